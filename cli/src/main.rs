@@ -1,0 +1,52 @@
+//! `jitsu`: the command-line tool.
+
+mod args;
+mod commands;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "jitsu",
+    version,
+    about = "Just-in-time unikernels for containerd and Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a unikernel ELF directly on KVM and wait for it to end.
+    Run(commands::run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let start_monotonic = args::monotonic_nanos();
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(args, start, start_monotonic),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("jitsu: error: {err:#}");
+            ExitCode::from(jitsu_runtime::EXIT_SETUP_FAILED as u8)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JITSU_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

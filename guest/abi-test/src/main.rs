@@ -1,0 +1,156 @@
+//! Exercises the guest ABI: `jitsu run abi-test -- COMMAND [ARG]`.
+//! Several commands misbehave on purpose, to show that the monitor contains
+//! them; that is the only reason this guest has `unsafe` code of its own.
+
+#![no_std]
+#![no_main]
+
+use jitsu_sdk::abi::hypercall as hc;
+use jitsu_sdk::{clock, hypercall, println, Boot};
+
+jitsu_sdk::entry!(main);
+
+fn main(boot: &Boot) -> i32 {
+    let mut words = boot.cmdline().split_ascii_whitespace();
+    let command = words.next().unwrap_or("hello");
+    let arg = words.next().and_then(|w| w.parse::<u64>().ok());
+    match command {
+        "hello" => {
+            println!("hello from abi-test");
+            0
+        }
+        "exit" => arg.unwrap_or(0) as i32,
+        "bootinfo" => print_boot_info(boot),
+        "walltime" => {
+            println!("walltime_nanos={}", hypercall::walltime());
+            0
+        }
+        "sse" => sse(),
+        "poll" => poll(arg.unwrap_or(10)),
+        "hypercalls" => hypercalls(arg.unwrap_or(10_000) as usize),
+        "panic" => panic!("deliberate panic from abi-test"),
+        "crash" => crash(),
+        "bad-buffer" => {
+            // A console write whose buffer lies past the end of guest memory.
+            let arg = [boot.mem_size() + 0x1000, 16, 0];
+            hypercall::raw(hc::CONSOLE_WRITE, arg.as_ptr() as u32);
+            println!("still running after a bad buffer");
+            0
+        }
+        "bad-arg" => {
+            // The argument structure itself lies outside guest memory.
+            hypercall::raw(hc::WALLTIME, u32::MAX - 4);
+            0
+        }
+        "bad-nr" => {
+            hypercall::raw(hc::COUNT, 0x2000);
+            0
+        }
+        "write-code" => write_code(),
+        "read-pagetables" => read_monitor_page(),
+        "exec-data" => exec_data(),
+        other => {
+            println!("abi-test: unknown command {other:?}");
+            2
+        }
+    }
+}
+
+fn print_boot_info(boot: &Boot) -> i32 {
+    let info = boot.info();
+    println!("abi_version={}", info.abi_version);
+    println!("mem_size={}", info.mem_size);
+    println!("image_end={:#x}", info.image_end);
+    println!("tsc_hz={}", info.tsc_hz);
+    println!("walltime_nanos={}", info.walltime_nanos);
+    println!("cmdline={}", boot.cmdline());
+    match boot.net() {
+        Some(net) => {
+            let [a, b, c, d, e, f] = net.mac;
+            println!("mac={a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}");
+            let [a, b, c, d] = net.ipv4;
+            println!("ipv4={a}.{b}.{c}.{d}/{}", net.prefix_len);
+            let [a, b, c, d] = net.gateway;
+            println!("gateway={a}.{b}.{c}.{d}");
+            println!("mtu={}", net.mtu);
+        }
+        None => println!("net=none"),
+    }
+    0
+}
+
+fn sse() -> i32 {
+    // Floating point goes through SSE registers; at CPL 0 on this kind of
+    // host that would stop the VM, at CPL 3 it runs natively.
+    let mut x = core::hint::black_box(1.0f64);
+    for i in 1..=20 {
+        x = x * 1.5 + 1.0 / i as f64;
+    }
+    println!("sse={x:.6}");
+    0
+}
+
+fn poll(millis: u64) -> i32 {
+    let start = clock::now_nanos();
+    let ready = hypercall::poll(millis * 1_000_000);
+    let waited = (clock::now_nanos() - start) / 1_000_000;
+    println!("poll ready={ready} waited_ms={waited}");
+    0
+}
+
+/// Times `n` WALLTIME round trips and prints the median and the 99th
+/// percentile in nanoseconds.
+fn hypercalls(n: usize) -> i32 {
+    let Some(samples) = jitsu_sdk::heap::array(n.max(1), |_| 0u64) else {
+        println!("hypercalls: out of memory");
+        return 1;
+    };
+    for sample in samples.iter_mut() {
+        let start = clock::rdtsc();
+        hypercall::walltime();
+        *sample = clock::ticks_to_nanos(clock::rdtsc() - start);
+    }
+    samples.sort_unstable();
+    let median = samples[samples.len() / 2];
+    let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
+    println!("hypercalls n={n} median_ns={median} p99_ns={p99}");
+    0
+}
+
+fn crash() -> i32 {
+    // SAFETY: none needed; ud2 raises #UD on purpose, and with no IDT the
+    // guest triple-faults. Nothing runs after it.
+    unsafe { core::arch::asm!("ud2") };
+    0
+}
+
+fn write_code() -> i32 {
+    let code = write_code as *const () as *mut u8;
+    // SAFETY: deliberately wrong: code pages are mapped read-only, so this
+    // store faults and the monitor reports a crash.
+    unsafe { code.write_volatile(0xcc) };
+    println!("wrote to code: W^X is broken");
+    0
+}
+
+fn read_monitor_page() -> i32 {
+    // The page tables lie below the boot info and are supervisor-only.
+    let page_table = 0x3000 as *const u64;
+    // SAFETY: deliberately wrong: the read faults at CPL 3.
+    let entry = unsafe { page_table.read_volatile() };
+    println!("read page table entry {entry:#x}: isolation is broken");
+    0
+}
+
+fn exec_data() -> i32 {
+    let Some(buf) = jitsu_sdk::heap::bytes(16) else {
+        return 1;
+    };
+    buf[0] = 0xc3; // ret
+                   // SAFETY: deliberately wrong: heap pages are no-execute, so the call
+                   // faults before the `ret` runs.
+    let f: extern "C" fn() = unsafe { core::mem::transmute(buf.as_ptr()) };
+    f();
+    println!("executed data: NX is broken");
+    0
+}

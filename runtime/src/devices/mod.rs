@@ -1,0 +1,5 @@
+//! The guest's devices: one small file each.
+
+pub mod console;
+pub mod net;
+pub mod tap;

@@ -1,0 +1,190 @@
+//! The guest NIC: frames between the TAP and guest memory, in batches packed
+//! as the ABI describes (little-endian u16 length, then the frame).
+
+use std::io::{ErrorKind, Read, Write};
+
+use jitsu_abi::hypercall::FRAME_HEADER_LEN;
+use jitsu_abi::ETHERNET_HEADER_LEN;
+
+use super::tap::Tap;
+
+pub struct NetDevice {
+    tap: Tap,
+    max_frame: usize,
+    pub stats: NetStats,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NetStats {
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    /// Frames the TAP would not take (queue full) and were dropped.
+    pub tx_dropped: u64,
+}
+
+/// A batch from the guest that does not follow the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedBatch {
+    pub offset: usize,
+    pub frames_sent: u64,
+}
+
+impl NetDevice {
+    pub fn new(tap: Tap) -> NetDevice {
+        let max_frame = tap.mtu() as usize + ETHERNET_HEADER_LEN;
+        NetDevice {
+            tap,
+            max_frame,
+            stats: NetStats::default(),
+        }
+    }
+
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Reads every waiting frame that fits into `buf`. Returns (frames, bytes used).
+    pub fn read_batch(&mut self, buf: &mut [u8]) -> std::io::Result<(u64, usize)> {
+        let (mut frames, mut used) = (0, 0);
+        while buf.len() - used >= FRAME_HEADER_LEN + self.max_frame {
+            let body = &mut buf[used + FRAME_HEADER_LEN..used + FRAME_HEADER_LEN + self.max_frame];
+            match self.tap.file().read(body) {
+                Ok(n) => {
+                    buf[used..used + FRAME_HEADER_LEN].copy_from_slice(&(n as u16).to_le_bytes());
+                    used += FRAME_HEADER_LEN + n;
+                    frames += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if frames > 0 => {
+                    tracing::debug!(%e, "tap read failed after a partial batch");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.stats.rx_frames += frames;
+        Ok((frames, used))
+    }
+
+    /// Sends the packed frames of `batch`. Frames the TAP cannot queue are
+    /// dropped and counted, as a full NIC queue would drop them.
+    pub fn write_batch(&mut self, batch: &[u8]) -> Result<u64, MalformedBatch> {
+        let mut frames = 0;
+        for frame in Frames::new(batch, self.max_frame) {
+            let frame = frame.map_err(|offset| MalformedBatch {
+                offset,
+                frames_sent: frames,
+            })?;
+            match self.tap.file().write(frame) {
+                Ok(_) => self.stats.tx_frames += 1,
+                Err(e) => {
+                    self.stats.tx_dropped += 1;
+                    tracing::trace!(%e, "tap write dropped a frame");
+                }
+            }
+            frames += 1;
+        }
+        Ok(frames)
+    }
+}
+
+/// Walks a packed batch; yields `Err(offset)` at the first malformed record.
+pub struct Frames<'a> {
+    batch: &'a [u8],
+    offset: usize,
+    max_frame: usize,
+}
+
+impl<'a> Frames<'a> {
+    pub fn new(batch: &'a [u8], max_frame: usize) -> Frames<'a> {
+        Frames {
+            batch,
+            offset: 0,
+            max_frame,
+        }
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<&'a [u8], usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.offset == self.batch.len() {
+            return None;
+        }
+        let at = self.offset;
+        let fail = |s: &mut Self| {
+            s.offset = s.batch.len();
+            Some(Err(at))
+        };
+        let Some(header) = self.batch.get(at..at + FRAME_HEADER_LEN) else {
+            return fail(self);
+        };
+        let len = u16::from_le_bytes([header[0], header[1]]) as usize;
+        if !(ETHERNET_HEADER_LEN..=self.max_frame).contains(&len) {
+            return fail(self);
+        }
+        let start = at + FRAME_HEADER_LEN;
+        let Some(frame) = self.batch.get(start..start + len) else {
+            return fail(self);
+        };
+        self.offset = start + len;
+        Some(Ok(frame))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pack(frames: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in frames {
+            out.extend_from_slice(&(f.len() as u16).to_le_bytes());
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    #[test]
+    fn rejects_short_long_and_torn_records() {
+        let ok = vec![0u8; 60];
+        assert_eq!(Frames::new(&pack(&[ok.clone()]), 1514).count(), 1);
+        let short = pack(&[vec![0; 13]]);
+        assert_eq!(Frames::new(&short, 1514).next(), Some(Err(0)));
+        let long = pack(&[vec![0; 1515]]);
+        assert_eq!(Frames::new(&long, 1514).next(), Some(Err(0)));
+        let mut torn = pack(&[ok.clone(), ok]);
+        torn.truncate(100);
+        let items: Vec<_> = Frames::new(&torn, 1514).collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1], Err(62));
+    }
+
+    proptest! {
+        #[test]
+        fn packed_frames_round_trip(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 14..1514), 0..8)) {
+            let packed = pack(&frames);
+            let parsed: Vec<&[u8]> = Frames::new(&packed, 1514).map(|f| f.unwrap()).collect();
+            prop_assert_eq!(parsed.len(), frames.len());
+            for (a, b) in parsed.iter().zip(&frames) {
+                prop_assert_eq!(*a, b.as_slice());
+            }
+        }
+
+        #[test]
+        fn arbitrary_batches_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut total = 0;
+            for item in Frames::new(&bytes, 1514) {
+                if let Ok(f) = item { total += f.len() + 2; }
+            }
+            prop_assert!(total <= bytes.len());
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Jitsu's unikernel runtime: validates a unikernel ELF, builds a KVM VM for
+//! it from the host side (page tables, GDT, CPL 3 long mode), serves its
+//! hypercalls on a seccomp-confined vCPU thread, and moves its frames to and
+//! from a TAP. The ABI it implements is described in `runtime/ABI.md`.
+
+pub mod boot_info;
+pub mod cpu;
+pub mod devices;
+pub mod elf;
+pub mod hypercall;
+pub mod layout;
+pub mod memory;
+pub mod seccomp;
+pub mod vm;
+
+pub use vm::{
+    NetSetup, Outcome, RunReport, Timings, Vm, VmConfig, VmError, EXIT_GUEST_FAULT,
+    EXIT_SETUP_FAILED,
+};

@@ -1,0 +1,342 @@
+//! A unikernel VM: built up to the last step by [`Vm::create`], run to its
+//! end by [`Vm::run`] on a confined vCPU thread.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jitsu_abi::BootInfo;
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use thiserror::Error;
+
+use crate::boot_info::{self, BootParams, GuestNet};
+use crate::cpu;
+use crate::devices::console::Console;
+use crate::devices::net::{NetDevice, NetStats};
+use crate::devices::tap::{Tap, TapError};
+use crate::elf::{ElfError, KernelImage};
+use crate::hypercall::{self, Action, Devices, Guest, HypercallError};
+use crate::layout::{self, AccessMap, LayoutError};
+use crate::memory::{GuestMemory, MemoryError};
+use crate::seccomp::{self, SeccompError, VcpuFds};
+
+/// Exit status of a monitor that could not start its guest.
+pub const EXIT_SETUP_FAILED: i32 = 125;
+/// Exit status of a monitor whose guest crashed or broke the ABI.
+pub const EXIT_GUEST_FAULT: i32 = 126;
+
+#[derive(Debug, Error)]
+pub enum VmError {
+    #[error(
+        "memory size {0} is not valid: it must be a multiple of 2 MiB between 2 MiB and 4 GiB"
+    )]
+    BadMemorySize(u64),
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+    #[error("cannot open /dev/kvm: {0} (is KVM available, and may this user use it?)")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    BootInfo(#[from] boot_info::WriteError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("cannot start the vCPU thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the vCPU thread died")]
+    ThreadDied,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// The guest's network: which TAP, and the identity to give the guest.
+#[derive(Debug, Clone)]
+pub struct NetSetup {
+    pub tap: String,
+    pub mac: [u8; 6],
+    pub ipv4: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub mem_size: u64,
+    pub cmdline: String,
+    pub net: Option<NetSetup>,
+}
+
+/// Phases, measured from `start` (the caller's notion of "exec").
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub start: Instant,
+    pub vm_create: Duration,
+    pub load: Duration,
+    /// When the vCPU thread entered KVM_RUN the first time.
+    pub run: Duration,
+    /// When the guest executed its first instruction (from its entry TSC).
+    pub first_instruction: Option<Duration>,
+    pub exit: Duration,
+}
+
+impl Timings {
+    pub fn new(start: Instant) -> Timings {
+        Timings {
+            start,
+            vm_create: Duration::ZERO,
+            load: Duration::ZERO,
+            run: Duration::ZERO,
+            first_instruction: None,
+            exit: Duration::ZERO,
+        }
+    }
+}
+
+/// How the guest ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Halted(u8),
+    Crashed { reason: String, registers: String },
+    Violation(HypercallError),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Halted(status) => *status as i32,
+            Outcome::Crashed { .. } | Outcome::Violation(_) => EXIT_GUEST_FAULT,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub timings: Timings,
+    pub net: Option<NetStats>,
+}
+
+/// Everything the vCPU thread owns. Field order is drop order: the vCPU and
+/// VM go before the memory they map.
+struct VcpuState {
+    vcpu: VcpuFd,
+    _vm: VmFd,
+    _kvm: Kvm,
+    mem: GuestMemory,
+    access: AccessMap,
+    devices: Devices,
+    tsc_khz: u32,
+}
+
+pub struct Vm {
+    state: VcpuState,
+    timings: Timings,
+}
+
+impl Vm {
+    /// Validates the kernel, creates the VM, loads the image and opens the
+    /// devices. No guest instruction runs.
+    pub fn create(kernel: &[u8], config: &VmConfig, start: Instant) -> Result<Vm, VmError> {
+        let mut timings = Timings::new(start);
+        let mem_size = config.mem_size;
+        let limits = jitsu_abi::layout::MEM_MIN..=jitsu_abi::layout::MEM_MAX;
+        if mem_size % jitsu_abi::layout::MEM_ALIGN != 0 || !limits.contains(&mem_size) {
+            return Err(VmError::BadMemorySize(mem_size));
+        }
+        boot_info::check_cmdline(&config.cmdline).map_err(boot_info::WriteError::from)?;
+        let t = Instant::now();
+        let image = KernelImage::parse(kernel, mem_size)?;
+        let parse = t.elapsed();
+
+        let t = Instant::now();
+        let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
+        let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        let mut mem = GuestMemory::new(mem_size)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: mem_size,
+            userspace_addr: mem.host_address(),
+            flags: 0,
+        };
+        // SAFETY: the region is our own anonymous mapping of `mem_size` bytes;
+        // it outlives the VM (VcpuState drops the VM first).
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))?;
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
+        cpu::set_cpuid(&kvm, &vcpu).map_err(kvm_err("set CPUID"))?;
+        let tsc_khz = vcpu.get_tsc_khz().map_err(kvm_err("get TSC frequency"))?;
+        timings.vm_create = t.elapsed();
+
+        let t = Instant::now();
+        let tap = config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?;
+        image.load(kernel, &mut mem)?;
+        let access = layout::build(&mut mem, &image)?;
+        let net = config
+            .net
+            .as_ref()
+            .zip(tap.as_ref())
+            .map(|(n, tap)| GuestNet {
+                mac: n.mac,
+                ipv4: n.ipv4,
+                prefix_len: n.prefix_len,
+                gateway: n.gateway,
+                mtu: tap.mtu(),
+            });
+        let params = BootParams {
+            image_end: image.end(),
+            tsc_hz: tsc_khz as u64 * 1000,
+            walltime_nanos: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            cmdline: &config.cmdline,
+            net,
+        };
+        let boot_info = boot_info::write(&mut mem, &params)?;
+        cpu::set_registers(&vcpu, image.entry, mem_size, boot_info)
+            .map_err(kvm_err("set registers"))?;
+        timings.load = parse + t.elapsed();
+
+        let devices = Devices {
+            console: Console::stdout(),
+            net: tap.map(NetDevice::new),
+        };
+        let state = VcpuState {
+            vcpu,
+            _vm: vm,
+            _kvm: kvm,
+            mem,
+            access,
+            devices,
+            tsc_khz,
+        };
+        Ok(Vm { state, timings })
+    }
+
+    /// Runs the guest to its end on a vCPU thread confined by seccomp.
+    pub fn run(self) -> Result<RunReport, VmError> {
+        let fds = VcpuFds {
+            vcpu: self.state.vcpu.as_raw_fd(),
+            console: self.state.devices.console.raw_fd(),
+            tap: self
+                .state
+                .devices
+                .net
+                .as_ref()
+                .map(|n| n.tap().file().as_raw_fd()),
+        };
+        let filter = seccomp::vcpu_filter(&fds)?;
+        let mut timings = self.timings;
+        let mut state = self.state;
+        let handle = thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn(move || {
+                let tsc_before = cpu::guest_tsc(&state.vcpu);
+                timings.run = timings.start.elapsed();
+                seccomp::apply(&filter)?;
+                let (outcome, first_exit) = vcpu_loop(&mut state);
+                timings.exit = timings.start.elapsed();
+                timings.first_instruction =
+                    first_instruction(&state, tsc_before, first_exit, timings.run);
+                let net = state.devices.net.as_ref().map(|n| n.stats);
+                // The state goes back to the caller's thread: closing its
+                // descriptors is not on this thread's allowlist.
+                Ok::<_, VmError>((
+                    RunReport {
+                        outcome,
+                        timings,
+                        net,
+                    },
+                    state,
+                ))
+            })
+            .map_err(VmError::Thread)?;
+        let (report, state) = handle.join().map_err(|_| VmError::ThreadDied)??;
+        drop(state);
+        Ok(report)
+    }
+}
+
+/// Runs the guest until it halts or faults. Returns the outcome and whether
+/// it exited at least once (so that its entry TSC has been recorded).
+fn vcpu_loop(state: &mut VcpuState) -> (Outcome, bool) {
+    let mut exited = false;
+    loop {
+        let exit = state.vcpu.run();
+        let crashed = |reason: String, vcpu: &VcpuFd| Outcome::Crashed {
+            reason,
+            registers: cpu::crash_state(vcpu),
+        };
+        match exit {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                exited = true;
+                let mut buf = [0u8; 8];
+                let len = data.len().min(8);
+                buf[..len].copy_from_slice(&data[..len]);
+                let mut guest = Guest {
+                    mem: &mut state.mem,
+                    access: &state.access,
+                };
+                match hypercall::dispatch(port, &buf[..len], &mut guest, &mut state.devices) {
+                    Ok(Action::Resume) => continue,
+                    Ok(Action::Halt(status)) => return (Outcome::Halted(status), exited),
+                    Err(violation) => return (Outcome::Violation(violation), exited),
+                }
+            }
+            Ok(VcpuExit::Shutdown) => {
+                return (
+                    crashed(
+                        "triple fault (an exception with no handler)".into(),
+                        &state.vcpu,
+                    ),
+                    exited,
+                )
+            }
+            Ok(VcpuExit::IoIn(port, _)) => {
+                let reason = format!("read from I/O port {port:#x}, which the ABI does not define");
+                return (crashed(reason, &state.vcpu), exited);
+            }
+            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
+                let reason =
+                    format!("access to guest-physical address {addr:#x}, outside guest memory");
+                return (crashed(reason, &state.vcpu), exited);
+            }
+            Ok(VcpuExit::Intr) => continue,
+            Ok(other) => {
+                let reason = format!("unexpected VM exit: {other:?}");
+                return (crashed(reason, &state.vcpu), exited);
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => return (crashed(format!("KVM_RUN failed: {e}"), &state.vcpu), exited),
+        }
+    }
+}
+
+/// Converts the guest's entry TSC into a time since `start`.
+fn first_instruction(
+    state: &VcpuState,
+    tsc_before: Option<u64>,
+    exited: bool,
+    run: Duration,
+) -> Option<Duration> {
+    if !exited || state.tsc_khz == 0 {
+        return None;
+    }
+    let info: BootInfo = state.mem.read(jitsu_abi::layout::BOOT_INFO_ADDR).ok()?;
+    let ticks = info.entry_tsc.checked_sub(tsc_before?)?;
+    let micros = ticks.checked_mul(1000)? / state.tsc_khz as u64;
+    // A guest can write anything there; ignore a value no real boot produces.
+    (micros < 60_000_000).then(|| run + Duration::from_micros(micros))
+}
