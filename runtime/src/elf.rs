@@ -15,7 +15,7 @@ pub enum ElfError {
     NotElf,
     #[error("not a 64-bit little-endian ELF file")]
     NotElf64,
-    #[error("malformed ELF: {0}")]
+    #[error("malformed or truncated ELF: {0}")]
     Malformed(String),
     #[error("not an executable (ELF type {0}, want ET_EXEC; a unikernel is linked static and not position-independent)")]
     NotExecutable(u16),
@@ -220,4 +220,226 @@ fn abi_note(elf: &Elf, bytes: &[u8]) -> Result<u32, ElfError> {
         }
     }
     Err(ElfError::NoAbiNote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MEM: u64 = 16 << 20;
+
+    /// A minimal unikernel ELF: one segment per `(vaddr, flags, bytes, memsz)`
+    /// and, unless `abi` is None, the ABI note with that version.
+    fn build(segments: &[(u64, u32, &[u8], u64)], entry: u64, abi: Option<u32>) -> Vec<u8> {
+        let phnum = segments.len() + abi.is_some() as usize;
+        let mut data_off = 64 + 56 * phnum;
+        let mut out = vec![0u8; data_off];
+        out[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
+        out[16..18].copy_from_slice(&2u16.to_le_bytes());
+        out[18..20].copy_from_slice(&62u16.to_le_bytes());
+        out[20..24].copy_from_slice(&1u32.to_le_bytes());
+        out[24..32].copy_from_slice(&entry.to_le_bytes());
+        out[32..40].copy_from_slice(&64u64.to_le_bytes());
+        out[52..54].copy_from_slice(&64u16.to_le_bytes());
+        out[54..56].copy_from_slice(&56u16.to_le_bytes());
+        out[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
+        let mut phdr = |i: usize,
+                        p_type: u32,
+                        flags: u32,
+                        offset: usize,
+                        vaddr: u64,
+                        filesz: usize,
+                        memsz: u64,
+                        out: &mut Vec<u8>| {
+            let at = 64 + 56 * i;
+            let align = if p_type == ph::PT_NOTE { 4 } else { 0x1000 };
+            let fields = [offset as u64, vaddr, vaddr, filesz as u64, memsz, align];
+            out[at..at + 4].copy_from_slice(&p_type.to_le_bytes());
+            out[at + 4..at + 8].copy_from_slice(&flags.to_le_bytes());
+            for (k, f) in fields.iter().enumerate() {
+                out[at + 8 + 8 * k..at + 16 + 8 * k].copy_from_slice(&f.to_le_bytes());
+            }
+        };
+        for (i, (vaddr, flags, bytes, memsz)) in segments.iter().enumerate() {
+            phdr(
+                i,
+                ph::PT_LOAD,
+                *flags,
+                data_off,
+                *vaddr,
+                bytes.len(),
+                *memsz,
+                &mut out,
+            );
+            out.extend_from_slice(bytes);
+            data_off += bytes.len();
+        }
+        if let Some(version) = abi {
+            phdr(
+                segments.len(),
+                ph::PT_NOTE,
+                4,
+                data_off,
+                0,
+                28,
+                28,
+                &mut out,
+            );
+            for word in [6u32, 8, NOTE_TYPE_ABI] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+            out.extend_from_slice(b"JITSU\0\0\0");
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        out
+    }
+
+    const RX: u32 = ph::PF_R | ph::PF_X;
+    const RW: u32 = ph::PF_R | ph::PF_W;
+
+    fn good() -> Vec<u8> {
+        build(
+            &[
+                (0x10_0000, RX, &[0xc3; 64], 64),
+                (0x10_1000, RW, &[1; 8], 0x2000),
+            ],
+            0x10_0000,
+            Some(ABI_VERSION),
+        )
+    }
+
+    #[test]
+    fn accepts_a_good_image_and_loads_it() {
+        let bytes = good();
+        let image = KernelImage::parse(&bytes, MEM).unwrap();
+        assert_eq!(image.entry, 0x10_0000);
+        assert_eq!(image.end(), 0x10_3000);
+        let mut mem = GuestMemory::new(MEM).unwrap();
+        image.load(&bytes, &mut mem).unwrap();
+        assert_eq!(mem.slice(0x10_0000, 2).unwrap(), &[0xc3, 0xc3]);
+        assert_eq!(
+            mem.slice(0x10_1007, 2).unwrap(),
+            &[1, 0],
+            "bss past the file bytes is zero"
+        );
+    }
+
+    #[test]
+    fn refuses_each_bad_case() {
+        let parse = |bytes: &[u8]| KernelImage::parse(bytes, MEM).unwrap_err();
+        assert_eq!(parse(b"MZ\x90\x00"), ElfError::NotElf);
+        let mut b = good();
+        b[4] = 1;
+        assert_eq!(parse(&b), ElfError::NotElf64);
+        let mut b = good();
+        b[18] = 40; // EM_ARM
+        assert_eq!(parse(&b), ElfError::WrongArchitecture(40));
+        let mut b = good();
+        b[16] = 3;
+        assert_eq!(parse(&b), ElfError::NotExecutable(3));
+        let wx = build(
+            &[(0x10_0000, RX | ph::PF_W, &[0; 4], 4)],
+            0x10_0000,
+            Some(1),
+        );
+        assert_eq!(
+            parse(&wx),
+            ElfError::WritableAndExecutable { vaddr: 0x10_0000 }
+        );
+        let low = build(&[(0x8000, RX, &[0; 4], 4)], 0x8000, Some(1));
+        assert!(matches!(parse(&low), ElfError::SegmentOutsideMemory { .. }));
+        let high = build(&[(MEM - 2, RX, &[0; 4], 4)], MEM - 2, Some(1));
+        assert!(matches!(
+            parse(&high),
+            ElfError::SegmentOutsideMemory { .. }
+        ));
+        let wrap = build(&[(u64::MAX - 1, RX, &[0; 4], 4)], 0x10_0000, Some(1));
+        assert!(matches!(
+            parse(&wrap),
+            ElfError::SegmentOutsideMemory { .. }
+        ));
+        let shared = build(
+            &[(0x10_0000, RX, &[0; 4], 4), (0x10_0800, RW, &[0; 4], 4)],
+            0x10_0000,
+            Some(1),
+        );
+        assert_eq!(
+            parse(&shared),
+            ElfError::SegmentsSharePage {
+                a: 0x10_0000,
+                b: 0x10_0800
+            }
+        );
+        let entry = build(
+            &[(0x10_0000, RX, &[0; 4], 4), (0x10_1000, RW, &[0; 4], 4)],
+            0x10_1000,
+            Some(1),
+        );
+        assert_eq!(parse(&entry), ElfError::EntryNotExecutable(0x10_1000));
+        let fat = build(&[(0x10_0000, RX, &[0; 64], 4)], 0x10_0000, Some(1));
+        assert_eq!(
+            parse(&fat),
+            ElfError::FileLargerThanMemory { vaddr: 0x10_0000 }
+        );
+        let none = build(&[], 0x10_0000, Some(1));
+        assert_eq!(parse(&none), ElfError::NoSegments);
+        let no_note = build(&[(0x10_0000, RX, &[0; 4], 4)], 0x10_0000, None);
+        assert_eq!(parse(&no_note), ElfError::NoAbiNote);
+        let v2 = build(&[(0x10_0000, RX, &[0; 4], 4)], 0x10_0000, Some(2));
+        assert_eq!(parse(&v2), ElfError::AbiMismatch { found: 2 });
+        let many: Vec<(u64, u32, &[u8], u64)> = (0..17)
+            .map(|i| (0x10_0000 + i * 0x1000, RX, &[0u8; 4][..], 4))
+            .collect();
+        assert_eq!(
+            parse(&build(&many, 0x10_0000, Some(1))),
+            ElfError::TooManySegments(17)
+        );
+    }
+
+    /// Whatever `parse` accepts is safe to load and map.
+    fn assert_sound(image: &KernelImage, bytes: &[u8]) {
+        for s in &image.segments {
+            assert!(s.gpa >= layout::IMAGE_MIN_ADDR && s.end() <= MEM);
+            assert!(!(s.perms.write && s.perms.exec));
+            assert!(s.file_offset + s.file_len <= bytes.len() as u64 && s.file_len <= s.mem_len);
+        }
+        assert!(image.segments.windows(2).all(|w| w[0].end() <= w[1].gpa));
+        let mut mem = GuestMemory::new(MEM).unwrap();
+        image.load(bytes, &mut mem).unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = KernelImage::parse(&bytes, MEM);
+        }
+
+        #[test]
+        fn corrupted_images_are_refused_or_sound(edits in proptest::collection::vec((0usize..400, any::<u8>()), 1..12)) {
+            let mut bytes = good();
+            for (at, value) in edits {
+                let len = bytes.len();
+                bytes[at % len] = value;
+            }
+            if let Ok(image) = KernelImage::parse(&bytes, MEM) {
+                assert_sound(&image, &bytes);
+            }
+        }
+
+        #[test]
+        fn generated_segments_are_refused_or_sound(
+            specs in proptest::collection::vec((0u64..0x1400, 0u32..8, 0usize..64, 0u64..0x3000), 1..5),
+            entry in 0x10_0000u64..0x20_0000,
+        ) {
+            let data = [0x90u8; 64];
+            let segments: Vec<(u64, u32, &[u8], u64)> =
+                specs.iter().map(|&(page, flags, len, memsz)| (page * 0x1000, flags, &data[..len], memsz)).collect();
+            let bytes = build(&segments, entry, Some(ABI_VERSION));
+            if let Ok(image) = KernelImage::parse(&bytes, MEM) {
+                assert_sound(&image, &bytes);
+            }
+        }
+    }
 }

@@ -1,0 +1,62 @@
+//! Fixtures for the end-to-end tests: where the binaries and guests are,
+//! private network namespaces with a TAP, and processes that are killed when
+//! a test ends, however it ends.
+//!
+//! These tests need root and /dev/kvm. Without them they fail with a message
+//! saying so: a skipped test would hide that nothing was checked.
+
+pub mod netns;
+pub mod process;
+
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `jitsu` binary under test: `$JITSU_BIN`, else the release build.
+pub fn jitsu_bin() -> PathBuf {
+    let path = std::env::var_os("JITSU_BIN")
+        .map_or_else(|| root().join("target/release/jitsu"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make build` (or set JITSU_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// A guest ELF by name: `$JITSU_GUESTS/NAME`, else the guest workspace's release build.
+pub fn guest(name: &str) -> PathBuf {
+    let dir = std::env::var_os("JITSU_GUESTS").map_or_else(
+        || root().join("guest/target/x86_64-unknown-linux-gnu/release"),
+        PathBuf::from,
+    );
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make guests` (or set JITSU_GUESTS)",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test unless it can use KVM and namespaces.
+pub fn require_root_and_kvm() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces, TAP devices)"
+    );
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "this test needs /dev/kvm"
+    );
+}
+
+/// A name unique to this process and call, short enough for an interface.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id())
+}

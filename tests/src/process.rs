@@ -1,0 +1,93 @@
+//! Child processes that cannot outlive the test that started them.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills and reaps the child on drop.
+pub struct Guarded {
+    child: Option<Child>,
+}
+
+impl Guarded {
+    pub fn spawn(cmd: &mut Command) -> Guarded {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Guarded { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
+    }
+
+    /// Reads stdout until `needle` appears (or the deadline passes); returns
+    /// what was read.
+    pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let stdout = self.child().stdout.as_mut().expect("stdout piped");
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while Instant::now() < deadline {
+            match stdout.read(&mut byte) {
+                Ok(0) => break,
+                Ok(_) => {
+                    seen.push(byte[0]);
+                    if String::from_utf8_lossy(&seen).contains(needle) {
+                        return String::from_utf8_lossy(&seen).into_owned();
+                    }
+                }
+                Err(e) => panic!("reading child stdout: {e}"),
+            }
+        }
+        panic!(
+            "{needle:?} did not appear; output so far: {}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+
+    /// Waits for the child to exit on its own.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child().try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command to completion with a time limit, capturing its output.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut guarded = Guarded::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let status = guarded.wait_timeout(timeout);
+    let mut child = guarded.child.take().expect("child");
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    child.stdout.take().map(|mut s| s.read_to_end(&mut stdout));
+    child.stderr.take().map(|mut s| s.read_to_end(&mut stderr));
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}

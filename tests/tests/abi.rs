@@ -1,0 +1,247 @@
+//! The guest ABI, end to end: `jitsu run abi-test -- COMMAND` on real KVM.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use jitsu_e2e::{guest, jitsu_bin, process::run_with_timeout, require_root_and_kvm};
+
+const GUEST_FAULT: i32 = 126;
+
+fn run_abi_test(jitsu_args: &[&str], guest_args: &[&str]) -> Output {
+    require_root_and_kvm();
+    let mut cmd = Command::new(jitsu_bin());
+    cmd.arg("run")
+        .args(jitsu_args)
+        .arg(guest("abi-test"))
+        .arg("--")
+        .args(guest_args);
+    run_with_timeout(&mut cmd, Duration::from_secs(20))
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The monitor ended on its own terms (an exit code, not a signal such as
+/// SIGSYS from seccomp) and printed no Rust panic.
+fn assert_monitor_alive(out: &Output) {
+    assert!(
+        out.status.code().is_some(),
+        "monitor killed by a signal: {:?}\n{}",
+        out.status,
+        stderr(out)
+    );
+    assert!(
+        !stderr(out).contains("panicked"),
+        "monitor panicked: {}",
+        stderr(out)
+    );
+}
+
+#[test]
+fn console_text_reaches_stdout() {
+    let out = run_abi_test(&[], &["hello"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello from abi-test\n");
+}
+
+#[test]
+fn exit_status_is_the_guests() {
+    for status in [0, 3, 42, 255] {
+        let out = run_abi_test(&[], &["exit", &status.to_string()]);
+        assert_eq!(out.status.code(), Some(status), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn boot_info_carries_memory_and_command_line() {
+    let out = run_abi_test(&["--mem", "32M"], &["bootinfo", "with", "some", "args"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("abi_version=1\n"), "{text}");
+    assert!(text.contains(&format!("mem_size={}\n", 32 << 20)), "{text}");
+    assert!(text.contains("cmdline=bootinfo with some args\n"), "{text}");
+    assert!(text.contains("net=none\n"), "{text}");
+    let tsc: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tsc_hz="))
+        .and_then(|v| v.parse().ok())
+        .expect("tsc_hz");
+    assert!(tsc > 100_000_000, "TSC frequency {tsc} is implausible");
+}
+
+#[test]
+fn walltime_is_the_hosts() {
+    let out = run_abi_test(&[], &["walltime"]);
+    let text = stdout(&out);
+    let nanos: u128 = text
+        .trim()
+        .strip_prefix("walltime_nanos=")
+        .and_then(|v| v.parse().ok())
+        .expect(&text);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    assert!(
+        now.abs_diff(nanos) < 60_000_000_000,
+        "guest walltime {nanos} far from host {now}"
+    );
+}
+
+#[test]
+fn sse_runs_at_cpl3() {
+    let out = run_abi_test(&[], &["sse"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "sse=6978.336839\n");
+}
+
+#[test]
+fn poll_waits_for_its_deadline() {
+    let out = run_abi_test(&[], &["poll", "100"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let waited: u64 = text
+        .split("waited_ms=")
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .expect(&text);
+    assert!(
+        (100..5000).contains(&waited),
+        "poll(100 ms) returned after {waited} ms"
+    );
+    assert!(
+        text.contains("ready=0"),
+        "no device can be ready without --net: {text}"
+    );
+}
+
+#[test]
+fn panic_prints_its_message_and_fails() {
+    let out = run_abi_test(&[], &["panic"]);
+    assert_eq!(out.status.code(), Some(101));
+    assert!(
+        stdout(&out).contains("deliberate panic from abi-test"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn crash_is_reported_with_registers() {
+    let out = run_abi_test(&[], &["crash"]);
+    assert_monitor_alive(&out);
+    assert_eq!(out.status.code(), Some(GUEST_FAULT));
+    let err = stderr(&out);
+    assert!(err.contains("guest crashed: triple fault"), "{err}");
+    assert!(
+        err.contains("rip=0x") && err.contains("rsp=0x") && err.contains("cr2=0x"),
+        "{err}"
+    );
+}
+
+fn cr2(err: &str) -> u64 {
+    let hex = err.split("cr2=0x").nth(1).expect("cr2 in report");
+    u64::from_str_radix(&hex[..16], 16).expect("cr2 hex")
+}
+
+#[test]
+fn code_pages_are_not_writable() {
+    let out = run_abi_test(&[], &["write-code"]);
+    assert_eq!(out.status.code(), Some(GUEST_FAULT), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("W^X is broken"));
+    assert!(
+        cr2(&stderr(&out)) >= 0x10_0000,
+        "fault address is in the image"
+    );
+}
+
+#[test]
+fn page_tables_are_not_readable_from_cpl3() {
+    let out = run_abi_test(&[], &["read-pagetables"]);
+    assert_eq!(out.status.code(), Some(GUEST_FAULT), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("isolation is broken"));
+    assert_eq!(cr2(&stderr(&out)), 0x3000);
+}
+
+#[test]
+fn data_pages_are_not_executable() {
+    let out = run_abi_test(&[], &["exec-data"]);
+    assert_eq!(out.status.code(), Some(GUEST_FAULT), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("NX is broken"));
+    let err = stderr(&out);
+    let rip = err
+        .split("rip=0x")
+        .nth(1)
+        .map(|h| u64::from_str_radix(&h[..16], 16).unwrap());
+    assert_eq!(
+        rip,
+        Some(cr2(&err)),
+        "the fault is the instruction fetch: {err}"
+    );
+}
+
+#[test]
+fn buffer_outside_guest_memory_stops_the_guest_not_the_monitor() {
+    let out = run_abi_test(&[], &["bad-buffer"]);
+    assert_monitor_alive(&out);
+    assert_eq!(out.status.code(), Some(GUEST_FAULT));
+    assert!(
+        stderr(&out).contains("console_write: buffer 0x1001000+0x10 is outside"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stdout(&out).contains("still running"),
+        "the guest must not continue"
+    );
+}
+
+#[test]
+fn argument_outside_guest_memory_stops_the_guest() {
+    let out = run_abi_test(&[], &["bad-arg"]);
+    assert_monitor_alive(&out);
+    assert_eq!(out.status.code(), Some(GUEST_FAULT));
+    assert!(
+        stderr(&out).contains("walltime: argument structure at 0xfffffffb"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unknown_hypercall_stops_the_guest() {
+    let out = run_abi_test(&[], &["bad-nr"]);
+    assert_monitor_alive(&out);
+    assert_eq!(out.status.code(), Some(GUEST_FAULT));
+    assert!(
+        stderr(&out).contains("unknown hypercall port 0x506"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn timings_name_every_phase() {
+    let out = run_abi_test(&["--timings"], &["exit", "0"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    for phase in ["vm_create=", "load=", "run=", "first_instruction=", "exit="] {
+        assert!(err.contains(phase), "{phase} missing: {err}");
+    }
+    let first = err
+        .split("first_instruction=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    assert!(
+        first.parse::<u64>().is_ok(),
+        "first instruction was not timed: {err}"
+    );
+}
