@@ -244,14 +244,14 @@ mod tests {
         out[52..54].copy_from_slice(&64u16.to_le_bytes());
         out[54..56].copy_from_slice(&56u16.to_le_bytes());
         out[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
-        let mut phdr = |i: usize,
-                        p_type: u32,
-                        flags: u32,
-                        offset: usize,
-                        vaddr: u64,
-                        filesz: usize,
-                        memsz: u64,
-                        out: &mut Vec<u8>| {
+        let phdr = |i: usize,
+                    p_type: u32,
+                    flags: u32,
+                    offset: usize,
+                    vaddr: u64,
+                    filesz: usize,
+                    memsz: u64,
+                    out: &mut Vec<u8>| {
             let at = 64 + 56 * i;
             let align = if p_type == ph::PT_NOTE { 4 } else { 0x1000 };
             let fields = [offset as u64, vaddr, vaddr, filesz as u64, memsz, align];

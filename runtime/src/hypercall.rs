@@ -11,10 +11,13 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::time::TimeSpec;
 use thiserror::Error;
 
+use std::sync::Arc;
+
 use crate::devices::console::Console;
 use crate::devices::net::NetDevice;
 use crate::layout::AccessMap;
 use crate::memory::{GuestMemory, Plain};
+use crate::stop::StopSignal;
 
 /// What the guest did wrong; the monitor stops it and reports this.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub enum Action {
 pub struct Devices {
     pub console: Console,
     pub net: Option<NetDevice>,
+    /// Wakes the poll hypercall when the monitor is asked to stop the guest.
+    pub stop: Arc<StopSignal>,
 }
 
 pub fn name(nr: u16) -> &'static str {
@@ -143,7 +148,7 @@ pub fn dispatch(
     match nr {
         hc::WALLTIME => walltime(guest, gpa),
         hc::CONSOLE_WRITE => console_write(guest, gpa, &devices.console),
-        hc::POLL => poll(guest, gpa, devices.net.as_ref()),
+        hc::POLL => poll(guest, gpa, devices.net.as_ref(), &devices.stop),
         hc::NET_WRITE => net_write(guest, gpa, devices.net.as_mut()),
         hc::NET_READ => net_read(guest, gpa, devices.net.as_mut()),
         _ => halt(guest, gpa),
@@ -167,28 +172,38 @@ fn console_write(guest: &mut Guest, gpa: u64, console: &Console) -> Result<Actio
     Ok(Action::Resume)
 }
 
-fn poll(guest: &mut Guest, gpa: u64, net: Option<&NetDevice>) -> Result<Action, HypercallError> {
+fn poll(
+    guest: &mut Guest,
+    gpa: u64,
+    net: Option<&NetDevice>,
+    stop: &StopSignal,
+) -> Result<Action, HypercallError> {
     let mut arg: Poll = guest.arg("poll", gpa)?;
     let timeout = (arg.timeout_nanos != u64::MAX)
         .then(|| TimeSpec::from_duration(Duration::from_nanos(arg.timeout_nanos)));
-    let mut one;
+    // The stop eventfd first, the NIC (if any) second.
+    let stop_fd = PollFd::new(stop.fd(), PollFlags::POLLIN);
+    let (mut both, mut one);
     let fds: &mut [PollFd] = match net {
         Some(net) => {
-            one = [PollFd::new(net.tap().file().as_fd(), PollFlags::POLLIN)];
+            both = [
+                stop_fd,
+                PollFd::new(net.tap().file().as_fd(), PollFlags::POLLIN),
+            ];
+            &mut both
+        }
+        None => {
+            one = [stop_fd];
             &mut one
         }
-        None => &mut [],
     };
     arg.ready = 0;
     arg.ret = match nix::poll::ppoll(fds, timeout, None) {
         Ok(_) | Err(nix::Error::EINTR) => hc::RET_OK,
         Err(_) => hc::RET_IO_ERROR,
     };
-    if fds
-        .first()
-        .and_then(PollFd::revents)
-        .is_some_and(|r| r.contains(PollFlags::POLLIN))
-    {
+    let net_ready = fds.get(1).and_then(PollFd::revents);
+    if net_ready.is_some_and(|r| r.contains(PollFlags::POLLIN)) {
         arg.ready |= hc::READY_NET;
     }
     guest.reply("poll", gpa, &arg)?;

@@ -11,6 +11,7 @@ pub mod hypercall;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;
+pub mod stop;
 pub mod vm;
 
 pub use vm::{

@@ -38,6 +38,8 @@ pub struct VcpuFds {
     pub vcpu: RawFd,
     pub console: RawFd,
     pub tap: Option<RawFd>,
+    /// Eventfd the thread writes when the guest has ended.
+    pub done: RawFd,
 }
 
 fn fd_is(arg: u8, fd: RawFd) -> Result<Cond, seccompiler::BackendError> {
@@ -57,8 +59,9 @@ fn rules(fds: &VcpuFds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
         })
         .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_ioctl, ioctl);
-    let mut writers = vec![fds.console, libc::STDERR_FILENO];
+    let mut writers = vec![fds.console, libc::STDERR_FILENO, fds.done];
     writers.extend(fds.tap);
+    writers.sort_unstable();
     writers.dedup();
     let write = writers
         .iter()

@@ -2,7 +2,9 @@
 //! end by [`Vm::run`] on a confined vCPU thread.
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +23,8 @@ use crate::hypercall::{self, Action, Devices, Guest, HypercallError};
 use crate::layout::{self, AccessMap, LayoutError};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::seccomp::{self, SeccompError, VcpuFds};
+use crate::stop::{self, StopSignal};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 /// Exit status of a monitor that could not start its guest.
 pub const EXIT_SETUP_FAILED: i32 = 125;
@@ -109,8 +113,13 @@ impl Timings {
 #[derive(Debug)]
 pub enum Outcome {
     Halted(u8),
-    Crashed { reason: String, registers: String },
+    Crashed {
+        reason: String,
+        registers: String,
+    },
     Violation(HypercallError),
+    /// The monitor was asked to stop the guest ([`RunningVm::stop`]).
+    Stopped,
 }
 
 impl Outcome {
@@ -118,6 +127,7 @@ impl Outcome {
         match self {
             Outcome::Halted(status) => *status as i32,
             Outcome::Crashed { .. } | Outcome::Violation(_) => EXIT_GUEST_FAULT,
+            Outcome::Stopped => 128 + libc::SIGTERM,
         }
     }
 }
@@ -209,9 +219,11 @@ impl Vm {
             .map_err(kvm_err("set registers"))?;
         timings.load = parse + t.elapsed();
 
+        let stop = Arc::new(StopSignal::new().map_err(VmError::Thread)?);
         let devices = Devices {
             console: Console::stdout(),
             net: tap.map(NetDevice::new),
+            stop,
         };
         let state = VcpuState {
             vcpu,
@@ -227,6 +239,15 @@ impl Vm {
 
     /// Runs the guest to its end on a vCPU thread confined by seccomp.
     pub fn run(self) -> Result<RunReport, VmError> {
+        self.start()?.wait()
+    }
+
+    /// Starts the guest on a vCPU thread confined by seccomp and returns at once.
+    pub fn start(self) -> Result<RunningVm, VmError> {
+        let done = Arc::new(
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(|e| VmError::Thread(e.into()))?,
+        );
         let fds = VcpuFds {
             vcpu: self.state.vcpu.as_raw_fd(),
             console: self.state.devices.console.raw_fd(),
@@ -236,36 +257,70 @@ impl Vm {
                 .net
                 .as_ref()
                 .map(|n| n.tap().file().as_raw_fd()),
+            done: done.as_fd().as_raw_fd(),
         };
         let filter = seccomp::vcpu_filter(&fds)?;
+        stop::install_kick_handler();
+        let stop = self.state.devices.stop.clone();
         let mut timings = self.timings;
         let mut state = self.state;
+        let thread_done = done.clone();
         let handle = thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || {
                 let tsc_before = cpu::guest_tsc(&state.vcpu);
                 timings.run = timings.start.elapsed();
-                seccomp::apply(&filter)?;
-                let (outcome, first_exit) = vcpu_loop(&mut state);
-                timings.exit = timings.start.elapsed();
-                timings.first_instruction =
-                    first_instruction(&state, tsc_before, first_exit, timings.run);
-                let net = state.devices.net.as_ref().map(|n| n.stats);
-                // The state goes back to the caller's thread: closing its
-                // descriptors is not on this thread's allowlist.
-                Ok::<_, VmError>((
+                let applied = seccomp::apply(&filter);
+                let result = applied.map_err(VmError::from).map(|()| {
+                    let (outcome, first_exit) = vcpu_loop(&mut state);
+                    timings.exit = timings.start.elapsed();
+                    timings.first_instruction =
+                        first_instruction(&state, tsc_before, first_exit, timings.run);
+                    let net = state.devices.net.as_ref().map(|n| n.stats);
                     RunReport {
                         outcome,
                         timings,
                         net,
-                    },
-                    state,
-                ))
+                    }
+                });
+                let _ = thread_done.write(1);
+                // The state goes back to the caller's thread: closing its
+                // descriptors is not on this thread's allowlist.
+                (result, state)
             })
             .map_err(VmError::Thread)?;
-        let (report, state) = handle.join().map_err(|_| VmError::ThreadDied)??;
+        Ok(RunningVm { handle, stop, done })
+    }
+}
+
+/// A guest running on its vCPU thread.
+pub struct RunningVm {
+    handle: thread::JoinHandle<(Result<RunReport, VmError>, VcpuState)>,
+    stop: Arc<StopSignal>,
+    done: Arc<EventFd>,
+}
+
+impl RunningVm {
+    /// Readable once the guest has ended (to wait for it alongside other events).
+    pub fn done_fd(&self) -> BorrowedFd<'_> {
+        self.done.as_fd()
+    }
+
+    /// Waits for the guest to end by itself.
+    pub fn wait(self) -> Result<RunReport, VmError> {
+        let (result, state) = self.handle.join().map_err(|_| VmError::ThreadDied)?;
         drop(state);
-        Ok(report)
+        result
+    }
+
+    /// Stops the guest wherever it is and waits for the vCPU thread.
+    pub fn stop(self) -> Result<RunReport, VmError> {
+        self.stop.request();
+        while !self.handle.is_finished() {
+            stop::kick(self.handle.as_pthread_t());
+            thread::sleep(Duration::from_millis(1));
+        }
+        self.wait()
     }
 }
 
@@ -274,6 +329,9 @@ impl Vm {
 fn vcpu_loop(state: &mut VcpuState) -> (Outcome, bool) {
     let mut exited = false;
     loop {
+        if state.devices.stop.requested() {
+            return (Outcome::Stopped, exited);
+        }
         let exit = state.vcpu.run();
         let crashed = |reason: String, vcpu: &VcpuFd| Outcome::Crashed {
             reason,

@@ -76,18 +76,37 @@ impl Drop for Guarded {
     }
 }
 
-/// Runs a command to completion with a time limit, capturing its output.
+/// Runs a command to completion with a time limit, capturing its output
+/// (read while it runs, so a chatty child cannot fill a pipe and hang).
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let mut guarded = Guarded::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        guarded
+            .child()
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        guarded
+            .child()
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let status = guarded.wait_timeout(timeout);
-    let mut child = guarded.child.take().expect("child");
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    child.stdout.take().map(|mut s| s.read_to_end(&mut stdout));
-    child.stderr.take().map(|mut s| s.read_to_end(&mut stderr));
     Output {
         status,
-        stdout,
-        stderr,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
     }
 }

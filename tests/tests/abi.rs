@@ -3,7 +3,8 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use jitsu_e2e::{guest, jitsu_bin, process::run_with_timeout, require_root_and_kvm};
+use jitsu_e2e::process::{run_with_timeout, Guarded};
+use jitsu_e2e::{guest, jitsu_bin, require_root_and_kvm};
 
 const GUEST_FAULT: i32 = 126;
 
@@ -244,4 +245,36 @@ fn timings_name_every_phase() {
         first.parse::<u64>().is_ok(),
         "first instruction was not timed: {err}"
     );
+}
+
+/// SIGTERM stops the guest wherever it is, in guest code or blocked in poll,
+/// and the monitor exits 128 + 15 after printing its timings.
+#[test]
+fn sigterm_stops_a_guest_in_guest_code_or_in_poll() {
+    require_root_and_kvm();
+    for args in [&["spin"][..], &["poll", "60000"]] {
+        let mut cmd = Command::new(jitsu_bin());
+        cmd.args(["run", "--timings"])
+            .arg(guest("abi-test"))
+            .arg("--")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut monitor = Guarded::spawn(&mut cmd);
+        if args[0] == "spin" {
+            monitor.wait_for_output("spinning", Duration::from_secs(10));
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let pid = nix::unistd::Pid::from_raw(monitor.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = monitor.wait_timeout(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(143), "{args:?}: {status:?}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(monitor.child().stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(
+            err.contains("timings"),
+            "{args:?}: a graceful stop prints timings: {err}"
+        );
+    }
 }

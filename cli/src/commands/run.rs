@@ -6,7 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use std::os::fd::AsFd;
+
 use jitsu_runtime::{NetSetup, Outcome, RunReport, Vm, VmConfig};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::args;
 
@@ -62,19 +67,55 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
     };
     let vm = Vm::create(&kernel, &config, start)
         .with_context(|| format!("{}", args.kernel.display()))?;
-    let report = vm
-        .run()
-        .with_context(|| format!("{}", args.kernel.display()))?;
+    let (report, signal) =
+        run_until_signal(vm).with_context(|| format!("{}", args.kernel.display()))?;
     describe_end(&args.kernel, &report.outcome);
     if args.timings {
         print_timings(&report, start_monotonic);
     }
-    Ok(report.outcome.exit_code() as u8)
+    Ok(match signal {
+        Some(signal) => 128 + signal as u8,
+        None => report.outcome.exit_code() as u8,
+    })
+}
+
+/// Runs the guest until it ends, or until SIGINT or SIGTERM asks the monitor
+/// to stop it (then the exit status is 128 + the signal, as for a process).
+fn run_until_signal(vm: Vm) -> Result<(RunReport, Option<i32>)> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    // Blocked before the vCPU thread exists, so it inherits the block and the
+    // signals arrive only through the signalfd below.
+    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
+    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    let running = vm.start()?;
+    let mut fds = [
+        PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN),
+        PollFd::new(running.done_fd(), PollFlags::POLLIN),
+    ];
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e).context("waiting for the guest"),
+        }
+        if fds[1].any().unwrap_or(false) {
+            return Ok((running.wait()?, None));
+        }
+        if fds[0].any().unwrap_or(false) {
+            let signal = signal_fd
+                .read_signal()
+                .ok()
+                .flatten()
+                .map(|s| s.ssi_signo as i32);
+            return Ok((running.stop()?, signal));
+        }
+    }
 }
 
 fn describe_end(kernel: &std::path::Path, outcome: &Outcome) {
     match outcome {
-        Outcome::Halted(_) => {}
+        Outcome::Halted(_) | Outcome::Stopped => {}
         Outcome::Crashed { reason, registers } => {
             eprintln!(
                 "jitsu: {}: guest crashed: {reason}\n{registers}",

@@ -28,6 +28,13 @@ fn main(boot: &Boot) -> i32 {
         "sse" => sse(),
         "poll" => poll(arg.unwrap_or(10)),
         "hypercalls" => hypercalls(arg.unwrap_or(10_000) as usize),
+        "spin" => {
+            // Guest code that never exits to the monitor: only a kick stops it.
+            println!("spinning");
+            loop {
+                core::hint::spin_loop();
+            }
+        }
         "panic" => panic!("deliberate panic from abi-test"),
         "crash" => crash(),
         "bad-buffer" => {

@@ -1,0 +1,45 @@
+# Jitsu: `make demo`, `make test`, `make bench`. Run as root on Debian 12.
+SHELL := /bin/bash
+CARGO ?= cargo
+GUEST_DIR := guest/target/x86_64-unknown-linux-gnu/release
+
+export JITSU_BIN := $(CURDIR)/target/release/jitsu
+export JITSU_GUESTS := $(CURDIR)/$(GUEST_DIR)
+
+.PHONY: all deps guests build lint test demo bench clean
+
+all: build
+
+## Debian packages the tests, demo and benchmarks use (installed only if missing).
+deps:
+	@scripts/install-deps.sh
+
+## The unikernels (guest/ is its own no_std workspace).
+guests:
+	cd guest && $(CARGO) build --release
+
+## Host binaries: jitsu, the test fixtures, the benchmark harness.
+build: guests
+	$(CARGO) build --release --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	cd guest && $(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	cd guest && $(CARGO) clippy --release -- -D warnings
+
+## Every test: unit, property and end to end (needs root and /dev/kvm).
+test: deps build lint
+	$(CARGO) test --release --workspace
+
+## Boot hello-http in a private network namespace and fetch a page, narrated.
+demo: deps build
+	@scripts/demo.sh
+
+## The benchmark table (ratios against baselines measured in the same run).
+bench: deps build
+	@target/release/jitsu-bench
+
+clean:
+	$(CARGO) clean
+	cd guest && $(CARGO) clean

@@ -1,0 +1,33 @@
+//! `make bench`: the benchmark harness. Every timing is reported with a
+//! baseline measured in the same run, because these machines are noisy.
+//! Benchmarks measure; they assert nothing (that is what tests are for).
+
+mod monitor;
+mod stats;
+
+fn main() -> anyhow::Result<()> {
+    jitsu_e2e::require_root_and_kvm();
+    let quick = std::env::var_os("JITSU_BENCH_QUICK").is_some();
+    let machine = machine();
+    println!("# jitsu bench on {machine}\n");
+    let mut rows = Vec::new();
+    rows.extend(monitor::rows(quick)?);
+    stats::print_table(&rows);
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split(':').nth(1))
+        })
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_string();
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!("{model}, {cpus} CPUs")
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `make demo`: boots the hello-http unikernel on KVM in a private network
+# namespace and fetches a page from it, saying what happens and how long it took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+JITSU=${JITSU_BIN:-target/release/jitsu}
+GUESTS=${JITSU_GUESTS:-guest/target/x86_64-unknown-linux-gnu/release}
+NS="jitsu-demo-$$"
+LOG=$(mktemp -d)
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
+now_us() { echo $(( $(date +%s%N) / 1000 )); }
+
+cleanup() {
+  [ -n "${MONITOR:-}" ] && kill "$MONITOR" 2>/dev/null && wait "$MONITOR" 2>/dev/null
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$LOG"
+}
+trap cleanup EXIT
+
+say "hello-http is a $(stat -c %s "$GUESTS/hello-http")-byte unikernel ELF: our Rust SDK + smoltcp, no OS underneath."
+say "Making a private network namespace $NS with a TAP (jtap0, 10.77.0.1/24)."
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+ip -n "$NS" tuntap add jtap0 mode tap
+ip -n "$NS" addr add 10.77.0.1/24 dev jtap0
+ip -n "$NS" link set jtap0 up
+
+say "Booting it: jitsu run --net jtap0 --ip 10.77.0.2/24 hello-http (a KVM VM, guest at CPL 3)."
+t0=$(now_us)
+ip netns exec "$NS" "$JITSU" run --timings --net jtap0 --ip 10.77.0.2/24 --gw 10.77.0.1 \
+  "$GUESTS/hello-http" >"$LOG/console" 2>"$LOG/stderr" &
+MONITOR=$!
+until grep -q listening "$LOG/console" 2>/dev/null; do
+  kill -0 "$MONITOR" 2>/dev/null || { cat "$LOG/stderr"; exit 1; }
+  sleep 0.001
+done
+t1=$(now_us)
+say "Guest console says: $(head -1 "$LOG/console")   ($(( t1 - t0 )) µs after exec, as seen by this shell)"
+
+say "Fetching http://10.77.0.2/ with curl from inside the namespace:"
+ip netns exec "$NS" curl -sS -w '\n--- HTTP %{http_code}, connect %{time_connect}s, total %{time_total}s\n' http://10.77.0.2/
+say "Again, on a kept-alive connection (two URLs, one connection):"
+ip netns exec "$NS" curl -sS -o /dev/null -o /dev/null -w 'HTTP %{http_code} in %{time_total}s (new connections: %{num_connects})\n' \
+  http://10.77.0.2/ http://10.77.0.2/
+
+say "An unknown path gives 404:"
+ip netns exec "$NS" curl -sS -o /dev/null -w 'HTTP %{http_code}\n' http://10.77.0.2/nope
+
+vcpu_tid=$(grep -l '^vcpu0$' /proc/"$MONITOR"/task/*/comm 2>/dev/null | head -1 | xargs -r dirname)
+if [ -n "$vcpu_tid" ]; then
+  say "The vCPU thread is confined by seccomp: $(grep Seccomp: "$vcpu_tid/status" | tr -s '\t' ' ')"
+fi
+say "The monitor's resident memory: $(grep VmRSS /proc/"$MONITOR"/status | tr -s ' \t' ' ')"
+
+say "Stopping it."
+kill "$MONITOR"; wait "$MONITOR" 2>/dev/null || true; MONITOR=
+say "Done. The namespace and TAP are removed on exit."

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Jitsu's tests, demo and benchmarks need, if any
+# is missing. Needs root (apt-get); does nothing when all are present.
+set -euo pipefail
+
+# command -> package
+declare -A want=(
+  [ip]=iproute2
+  [curl]=curl
+  [setpriv]=util-linux
+)
+
+missing=()
+for cmd in "${!want[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+done
+[ -e /dev/net/tun ] || { echo "install-deps: /dev/net/tun is missing (no TUN/TAP support)" >&2; exit 1; }
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
