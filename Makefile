@@ -29,8 +29,13 @@ lint:
 	cd guest && $(CARGO) clippy --release -- -D warnings
 
 ## Every test: unit, property and end to end (needs root and /dev/kvm).
+## cargo-nextest when present (one summary line at the end), else cargo test.
 test: deps build lint
-	$(CARGO) test --release --workspace
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --release --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --release --workspace --lib --bins --tests --no-fail-fast; \
+	fi
 
 ## Boot hello-http in a private network namespace and fetch a page, narrated.
 demo: deps build
