@@ -54,6 +54,8 @@ if [ -n "$vcpu_tid" ]; then
 fi
 say "The monitor's resident memory: $(grep VmRSS /proc/"$MONITOR"/status | tr -s ' \t' ' ')"
 
-say "Stopping it."
+say "Stopping it (SIGTERM: the monitor stops the guest and reports its phases)."
 kill "$MONITOR"; wait "$MONITOR" 2>/dev/null || true; MONITOR=
+timings=$(grep -o 'vm_create=.*first_instruction=[0-9a-z]*' "$LOG/stderr" || true)
+[ -n "$timings" ] && say "Monitor phases, µs since jitsu started: ${timings}"
 say "Done. The namespace and TAP are removed on exit."

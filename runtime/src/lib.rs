@@ -10,11 +10,11 @@ pub mod elf;
 pub mod hypercall;
 pub mod layout;
 pub mod memory;
+pub mod report;
 pub mod seccomp;
 pub mod stop;
+mod vcpu;
 pub mod vm;
 
-pub use vm::{
-    NetSetup, Outcome, RunReport, Timings, Vm, VmConfig, VmError, EXIT_GUEST_FAULT,
-    EXIT_SETUP_FAILED,
-};
+pub use report::{Outcome, RunReport, Timings, EXIT_GUEST_FAULT, EXIT_SETUP_FAILED};
+pub use vm::{NetSetup, RunningVm, Vm, VmConfig, VmError};

@@ -8,28 +8,24 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jitsu_abi::BootInfo;
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::Kvm;
 use thiserror::Error;
 
 use crate::boot_info::{self, BootParams, GuestNet};
 use crate::cpu;
 use crate::devices::console::Console;
-use crate::devices::net::{NetDevice, NetStats};
+use crate::devices::net::NetDevice;
 use crate::devices::tap::{Tap, TapError};
 use crate::elf::{ElfError, KernelImage};
-use crate::hypercall::{self, Action, Devices, Guest, HypercallError};
-use crate::layout::{self, AccessMap, LayoutError};
+use crate::hypercall::Devices;
+use crate::layout::{self, LayoutError};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::report::{RunReport, Timings};
 use crate::seccomp::{self, SeccompError, VcpuFds};
 use crate::stop::{self, StopSignal};
+use crate::vcpu::{first_instruction, vcpu_loop, VcpuState};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-
-/// Exit status of a monitor that could not start its guest.
-pub const EXIT_SETUP_FAILED: i32 = 125;
-/// Exit status of a monitor whose guest crashed or broke the ABI.
-pub const EXIT_GUEST_FAULT: i32 = 126;
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -81,74 +77,6 @@ pub struct VmConfig {
     pub mem_size: u64,
     pub cmdline: String,
     pub net: Option<NetSetup>,
-}
-
-/// Phases, measured from `start` (the caller's notion of "exec").
-#[derive(Debug, Clone, Copy)]
-pub struct Timings {
-    pub start: Instant,
-    pub vm_create: Duration,
-    pub load: Duration,
-    /// When the vCPU thread entered KVM_RUN the first time.
-    pub run: Duration,
-    /// When the guest executed its first instruction (from its entry TSC).
-    pub first_instruction: Option<Duration>,
-    pub exit: Duration,
-}
-
-impl Timings {
-    pub fn new(start: Instant) -> Timings {
-        Timings {
-            start,
-            vm_create: Duration::ZERO,
-            load: Duration::ZERO,
-            run: Duration::ZERO,
-            first_instruction: None,
-            exit: Duration::ZERO,
-        }
-    }
-}
-
-/// How the guest ended.
-#[derive(Debug)]
-pub enum Outcome {
-    Halted(u8),
-    Crashed {
-        reason: String,
-        registers: String,
-    },
-    Violation(HypercallError),
-    /// The monitor was asked to stop the guest ([`RunningVm::stop`]).
-    Stopped,
-}
-
-impl Outcome {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Outcome::Halted(status) => *status as i32,
-            Outcome::Crashed { .. } | Outcome::Violation(_) => EXIT_GUEST_FAULT,
-            Outcome::Stopped => 128 + libc::SIGTERM,
-        }
-    }
-}
-
-#[derive(Debug)]
-pub struct RunReport {
-    pub outcome: Outcome,
-    pub timings: Timings,
-    pub net: Option<NetStats>,
-}
-
-/// Everything the vCPU thread owns. Field order is drop order: the vCPU and
-/// VM go before the memory they map.
-struct VcpuState {
-    vcpu: VcpuFd,
-    _vm: VmFd,
-    _kvm: Kvm,
-    mem: GuestMemory,
-    access: AccessMap,
-    devices: Devices,
-    tsc_khz: u32,
 }
 
 pub struct Vm {
@@ -322,79 +250,4 @@ impl RunningVm {
         }
         self.wait()
     }
-}
-
-/// Runs the guest until it halts or faults. Returns the outcome and whether
-/// it exited at least once (so that its entry TSC has been recorded).
-fn vcpu_loop(state: &mut VcpuState) -> (Outcome, bool) {
-    let mut exited = false;
-    loop {
-        if state.devices.stop.requested() {
-            return (Outcome::Stopped, exited);
-        }
-        let exit = state.vcpu.run();
-        let crashed = |reason: String, vcpu: &VcpuFd| Outcome::Crashed {
-            reason,
-            registers: cpu::crash_state(vcpu),
-        };
-        match exit {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                exited = true;
-                let mut buf = [0u8; 8];
-                let len = data.len().min(8);
-                buf[..len].copy_from_slice(&data[..len]);
-                let mut guest = Guest {
-                    mem: &mut state.mem,
-                    access: &state.access,
-                };
-                match hypercall::dispatch(port, &buf[..len], &mut guest, &mut state.devices) {
-                    Ok(Action::Resume) => continue,
-                    Ok(Action::Halt(status)) => return (Outcome::Halted(status), exited),
-                    Err(violation) => return (Outcome::Violation(violation), exited),
-                }
-            }
-            Ok(VcpuExit::Shutdown) => {
-                return (
-                    crashed(
-                        "triple fault (an exception with no handler)".into(),
-                        &state.vcpu,
-                    ),
-                    exited,
-                )
-            }
-            Ok(VcpuExit::IoIn(port, _)) => {
-                let reason = format!("read from I/O port {port:#x}, which the ABI does not define");
-                return (crashed(reason, &state.vcpu), exited);
-            }
-            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
-                let reason =
-                    format!("access to guest-physical address {addr:#x}, outside guest memory");
-                return (crashed(reason, &state.vcpu), exited);
-            }
-            Ok(VcpuExit::Intr) => continue,
-            Ok(other) => {
-                let reason = format!("unexpected VM exit: {other:?}");
-                return (crashed(reason, &state.vcpu), exited);
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => return (crashed(format!("KVM_RUN failed: {e}"), &state.vcpu), exited),
-        }
-    }
-}
-
-/// Converts the guest's entry TSC into a time since `start`.
-fn first_instruction(
-    state: &VcpuState,
-    tsc_before: Option<u64>,
-    exited: bool,
-    run: Duration,
-) -> Option<Duration> {
-    if !exited || state.tsc_khz == 0 {
-        return None;
-    }
-    let info: BootInfo = state.mem.read(jitsu_abi::layout::BOOT_INFO_ADDR).ok()?;
-    let ticks = info.entry_tsc.checked_sub(tsc_before?)?;
-    let micros = ticks.checked_mul(1000)? / state.tsc_khz as u64;
-    // A guest can write anything there; ignore a value no real boot produces.
-    (micros < 60_000_000).then(|| run + Duration::from_micros(micros))
 }
