@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Boot a unikernel ELF directly on KVM and wait for it to end.
     Run(commands::run::RunArgs),
+    /// Serve XenStore on a unix socket (what Xen's xenstore-* tools talk to).
+    Xenstored(commands::xenstored::XenstoredArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args, start, start_monotonic),
+        Command::Xenstored(args) => commands::xenstored::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

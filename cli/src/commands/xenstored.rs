@@ -1,0 +1,53 @@
+//! `jitsu xenstored`: a XenStore daemon on a unix socket.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use jitsu_xenstore::server::{self, Server};
+use jitsu_xenstore::Limits;
+
+#[derive(Args)]
+pub struct XenstoredArgs {
+    /// Socket to serve [default: $XENSTORED_PATH, else /var/run/xenstored/socket].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Turn off the merge rule: any change to a node a transaction touched
+    /// makes its commit fail with EAGAIN, as in xenstored.
+    #[arg(long)]
+    strict: bool,
+    /// Nodes one domain may own.
+    #[arg(long, default_value_t = Limits::default().nodes_per_domain)]
+    quota_nodes: usize,
+    /// Watches per connection.
+    #[arg(long, default_value_t = Limits::default().watches_per_conn)]
+    quota_watches: usize,
+    /// Open transactions per connection.
+    #[arg(long, default_value_t = Limits::default().transactions_per_conn)]
+    quota_transactions: usize,
+}
+
+pub fn run(args: XenstoredArgs) -> Result<u8> {
+    let socket = args.socket.unwrap_or_else(server::default_socket_path);
+    let limits = Limits {
+        nodes_per_domain: args.quota_nodes,
+        watches_per_conn: args.quota_watches,
+        transactions_per_conn: args.quota_transactions,
+        ..Limits::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(async {
+        let listener = server::bind(&socket).with_context(|| format!("{}", socket.display()))?;
+        tracing::info!(socket = %socket.display(), strict = args.strict, "serving XenStore");
+        eprintln!("jitsu xenstored: serving {}{}", socket.display(), if args.strict { " (strict)" } else { "" });
+        let serve = Server::new(limits, args.strict).serve(listener);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            served = serve => served.context("serving")?,
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = std::fs::remove_file(&socket);
+        Ok(0)
+    })
+}
