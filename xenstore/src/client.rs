@@ -24,7 +24,10 @@ pub enum ClientError {
     #[error("XenStore error {0}")]
     Xs(#[from] XsError),
     #[error("cannot connect to XenStore at {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("XenStore connection lost")]
     Closed,
     #[error("request of {0} bytes is over the 4096-byte limit")]
@@ -69,7 +72,10 @@ impl Client {
         let path = path.as_ref();
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
         let (reader, writer) = stream.into_split();
         let pending: Pending = Arc::default();
         let watches: Watches = Arc::default();
@@ -86,23 +92,43 @@ impl Client {
     }
 
     /// Sends one request and waits for its reply.
-    pub async fn request(&self, kind: MsgType, tx_id: u32, payload: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+    pub async fn request(
+        &self,
+        kind: MsgType,
+        tx_id: u32,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
         if payload.len() > PAYLOAD_MAX {
             return Err(ClientError::TooBig(payload.len()));
         }
         let req_id = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.lock().expect("pending lock").insert(req_id, tx);
+        self.inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .insert(req_id, tx);
         let bytes = Message::new(kind, req_id, tx_id, payload).encode();
         let sent = self.inner.writer.lock().await.write_all(&bytes).await;
         if sent.is_err() {
-            self.inner.pending.lock().expect("pending lock").remove(&req_id);
+            self.inner
+                .pending
+                .lock()
+                .expect("pending lock")
+                .remove(&req_id);
             return Err(ClientError::Closed);
         }
         let reply = rx.await.map_err(|_| ClientError::Closed)?;
         if reply.kind == MsgType::Error {
-            let name = reply.strings().first().map(|s| String::from_utf8_lossy(s).into_owned()).unwrap_or_default();
-            return Err(XsError::from_name(&name).map_or(ClientError::BadReply(format!("error {name:?}")), ClientError::Xs));
+            let name = reply
+                .strings()
+                .first()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .unwrap_or_default();
+            return Err(XsError::from_name(&name).map_or(
+                ClientError::BadReply(format!("error {name:?}")),
+                ClientError::Xs,
+            ));
         }
         Ok(reply.payload)
     }
@@ -136,42 +162,77 @@ impl Client {
     }
 
     pub async fn set_perms(&self, path: &str, perms: &[&str]) -> Result<(), ClientError> {
-        let payload = wire::join_strings(std::iter::once(path.as_bytes()).chain(perms.iter().map(|p| p.as_bytes())));
+        let payload = wire::join_strings(
+            std::iter::once(path.as_bytes()).chain(perms.iter().map(|p| p.as_bytes())),
+        );
         self.request(MsgType::SetPerms, 0, payload).await.map(drop)
     }
 
     pub async fn get_domain_path(&self, domid: u32) -> Result<String, ClientError> {
-        let reply = strings(self.request(MsgType::GetDomainPath, 0, nul(&domid.to_string())).await?)?;
-        reply.into_iter().next().ok_or_else(|| ClientError::BadReply("empty domain path".into()))
+        let reply = strings(
+            self.request(MsgType::GetDomainPath, 0, nul(&domid.to_string()))
+                .await?,
+        )?;
+        reply
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::BadReply("empty domain path".into()))
     }
 
     /// Watches `path` (or `@introduceDomain` / `@releaseDomain`). The first
     /// event, for the path itself, arrives at once.
     pub async fn watch(&self, path: &str) -> Result<Watch, ClientError> {
-        let token = format!("jitsu-{}", self.inner.next_token.fetch_add(1, Ordering::Relaxed));
+        let token = format!(
+            "jitsu-{}",
+            self.inner.next_token.fetch_add(1, Ordering::Relaxed)
+        );
         let (tx, rx) = mpsc::unbounded_channel();
-        self.inner.watches.lock().expect("watch lock").insert(token.clone(), tx);
+        self.inner
+            .watches
+            .lock()
+            .expect("watch lock")
+            .insert(token.clone(), tx);
         let payload = wire::join_strings([path.as_bytes(), token.as_bytes()]);
         if let Err(e) = self.request(MsgType::Watch, 0, payload).await {
-            self.inner.watches.lock().expect("watch lock").remove(&token);
+            self.inner
+                .watches
+                .lock()
+                .expect("watch lock")
+                .remove(&token);
             return Err(e);
         }
-        Ok(Watch { client: self.clone(), path: path.into(), token, events: rx })
+        Ok(Watch {
+            client: self.clone(),
+            path: path.into(),
+            token,
+            events: rx,
+        })
     }
 
     pub async fn transaction(&self) -> Result<Transaction, ClientError> {
         let reply = strings(self.request(MsgType::TransactionStart, 0, vec![0]).await?)?;
-        let id = reply.first().and_then(|s| s.parse().ok()).ok_or_else(|| ClientError::BadReply("transaction id".into()))?;
-        Ok(Transaction { client: self.clone(), id })
+        let id = reply
+            .first()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ClientError::BadReply("transaction id".into()))?;
+        Ok(Transaction {
+            client: self.clone(),
+            id,
+        })
     }
 
     /// Runs `body` in a transaction and commits it, starting again (after a
     /// short, growing pause) whenever the commit or an operation says EAGAIN.
-    pub async fn transact<T>(&self, mut body: impl AsyncFnMut(&Transaction) -> Result<T, ClientError>) -> Result<T, ClientError> {
+    /// `body` gets a handle to the transaction (cheap to clone).
+    pub async fn transact<T, F, Fut>(&self, mut body: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Transaction) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         const ATTEMPTS: u32 = 100;
         for attempt in 0..ATTEMPTS {
             let tx = self.transaction().await?;
-            let outcome = match body(&tx).await {
+            let outcome = match body(tx.clone()).await {
                 Ok(value) => tx.commit().await.map(|()| value),
                 Err(e) => {
                     let _ = tx.abort().await;
@@ -181,7 +242,8 @@ impl Client {
             match outcome {
                 Err(e) if e.is_again() => {
                     let pause = 50u64 << attempt.min(6);
-                    tokio::time::sleep(Duration::from_micros(pause + (self.jitter() % pause))).await;
+                    tokio::time::sleep(Duration::from_micros(pause + (self.jitter() % pause)))
+                        .await;
                 }
                 other => return other,
             }
@@ -197,6 +259,7 @@ impl Client {
 }
 
 /// A transaction: the same operations, seen in isolation until commit.
+#[derive(Clone)]
 pub struct Transaction {
     client: Client,
     id: u32,
@@ -229,11 +292,17 @@ impl Transaction {
 
     /// Commits; EAGAIN (see [`ClientError::is_again`]) if it conflicted.
     pub async fn commit(self) -> Result<(), ClientError> {
-        self.client.request(MsgType::TransactionEnd, self.id, b"T\0".to_vec()).await.map(drop)
+        self.client
+            .request(MsgType::TransactionEnd, self.id, b"T\0".to_vec())
+            .await
+            .map(drop)
     }
 
     pub async fn abort(self) -> Result<(), ClientError> {
-        self.client.request(MsgType::TransactionEnd, self.id, b"F\0".to_vec()).await.map(drop)
+        self.client
+            .request(MsgType::TransactionEnd, self.id, b"F\0".to_vec())
+            .await
+            .map(drop)
     }
 }
 
@@ -256,8 +325,16 @@ impl Watch {
 
     pub async fn unwatch(self) -> Result<(), ClientError> {
         let payload = wire::join_strings([self.path.as_bytes(), self.token.as_bytes()]);
-        self.client.inner.watches.lock().expect("watch lock").remove(&self.token);
-        self.client.request(MsgType::Unwatch, 0, payload).await.map(drop)
+        self.client
+            .inner
+            .watches
+            .lock()
+            .expect("watch lock")
+            .remove(&self.token);
+        self.client
+            .request(MsgType::Unwatch, 0, payload)
+            .await
+            .map(drop)
     }
 }
 
@@ -274,7 +351,10 @@ fn nul(s: &str) -> Vec<u8> {
 }
 
 fn strings(payload: Vec<u8>) -> Result<Vec<String>, ClientError> {
-    Ok(wire::split_strings(&payload).into_iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+    Ok(wire::split_strings(&payload)
+        .into_iter()
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
 }
 
 async fn read(client: &Client, tx: u32, path: &str) -> Result<Vec<u8>, ClientError> {
@@ -296,7 +376,11 @@ async fn directory(client: &Client, tx: u32, path: &str) -> Result<Vec<String>, 
 }
 
 /// Reads frames; replies go to their waiting request, events to their watch.
-async fn read_replies(mut reader: tokio::net::unix::OwnedReadHalf, pending: Pending, watches: Watches) {
+async fn read_replies(
+    mut reader: tokio::net::unix::OwnedReadHalf,
+    pending: Pending,
+    watches: Watches,
+) {
     let mut buf = Vec::with_capacity(2 * (HEADER_LEN + PAYLOAD_MAX));
     let mut chunk = [0u8; 8192];
     loop {
@@ -317,7 +401,10 @@ async fn read_replies(mut reader: tokio::net::unix::OwnedReadHalf, pending: Pend
                 if let [path, token, ..] = parts.as_slice() {
                     let token = String::from_utf8_lossy(token).into_owned();
                     if let Some(tx) = watches.lock().expect("watch lock").get(&token) {
-                        let _ = tx.send(WatchEvent { path: String::from_utf8_lossy(path).into_owned(), token });
+                        let _ = tx.send(WatchEvent {
+                            path: String::from_utf8_lossy(path).into_owned(),
+                            token,
+                        });
                     }
                 }
             } else if let Some(tx) = pending.lock().expect("pending lock").remove(&msg.req_id) {

@@ -78,7 +78,14 @@ impl Daemon {
     pub fn connect(&mut self) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Conn { domid: 0, watches: Vec::new(), transactions: HashMap::new() });
+        self.conns.insert(
+            id,
+            Conn {
+                domid: 0,
+                watches: Vec::new(),
+                transactions: HashMap::new(),
+            },
+        );
         id
     }
 
@@ -94,7 +101,12 @@ impl Daemon {
         let msg = match frame.message() {
             Ok(msg) => msg,
             Err(_) => {
-                let reply = Message::new(MsgType::Error, header.req_id, header.tx_id, b"EINVAL\0".to_vec());
+                let reply = Message::new(
+                    MsgType::Error,
+                    header.req_id,
+                    header.tx_id,
+                    b"EINVAL\0".to_vec(),
+                );
                 return vec![(id, reply)];
             }
         };
@@ -112,7 +124,12 @@ impl Daemon {
         self.conns.get_mut(&id).ok_or(XsError::Inval)
     }
 
-    fn dispatch(&mut self, id: ConnId, msg: &Message, out: &mut Vec<Outgoing>) -> Result<Vec<u8>, XsError> {
+    fn dispatch(
+        &mut self,
+        id: ConnId,
+        msg: &Message,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Vec<u8>, XsError> {
         let args = msg.strings();
         let domid = self.conn(id)?.domid;
         let arg = |i: usize| args.get(i).copied().ok_or(XsError::Inval);
@@ -125,26 +142,50 @@ impl Daemon {
             MsgType::Write => {
                 // WRITE is <path>|<value|>: the value is everything after the
                 // first NUL, NULs included.
-                let split = msg.payload.iter().position(|&b| b == 0).ok_or(XsError::Inval)?;
+                let split = msg
+                    .payload
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or(XsError::Inval)?;
                 let path = path::resolve(&msg.payload[..split], domid)?;
-                self.modify(id, msg.tx_id, out, |tx, quota| tx.write(&path, &msg.payload[split + 1..], quota), |s, q, d| {
-                    s.write(&path, &msg.payload[split + 1..], d, q)
-                })
+                self.modify(
+                    id,
+                    msg.tx_id,
+                    out,
+                    |tx, quota| tx.write(&path, &msg.payload[split + 1..], quota),
+                    |s, q, d| s.write(&path, &msg.payload[split + 1..], d, q),
+                )
             }
             MsgType::Mkdir => {
                 let path = path_arg(0)?;
-                self.modify(id, msg.tx_id, out, |tx, quota| tx.mkdir(&path, quota), |s, q, d| s.mkdir(&path, d, q))
+                self.modify(
+                    id,
+                    msg.tx_id,
+                    out,
+                    |tx, quota| tx.mkdir(&path, quota),
+                    |s, q, d| s.mkdir(&path, d, q),
+                )
             }
             MsgType::Rm => {
                 let path = path_arg(0)?;
-                self.modify(id, msg.tx_id, out, |tx, _| tx.rm(&path), |s, _, d| s.rm(&path, d))
+                self.modify(
+                    id,
+                    msg.tx_id,
+                    out,
+                    |tx, _| tx.rm(&path),
+                    |s, _, d| s.rm(&path, d),
+                )
             }
             MsgType::SetPerms => {
                 let path = path_arg(0)?;
                 let perms = Perms::parse(args.get(1..).unwrap_or(&[]))?;
-                self.modify(id, msg.tx_id, out, |tx, quota| tx.set_perms(&path, perms.clone(), quota), |s, q, d| {
-                    s.set_perms(&path, perms.clone(), d, q)
-                })
+                self.modify(
+                    id,
+                    msg.tx_id,
+                    out,
+                    |tx, quota| tx.set_perms(&path, perms.clone(), quota),
+                    |s, q, d| s.set_perms(&path, perms.clone(), d, q),
+                )
             }
             MsgType::Watch => self.watch(id, arg(0)?, arg(1)?, out),
             MsgType::Unwatch => self.unwatch(id, arg(0)?, arg(1)?),
@@ -159,14 +200,22 @@ impl Daemon {
             MsgType::GetDomainPath => Ok(with_nul(path::domain_path(parse_domid(arg(0)?)?))),
             MsgType::IsDomainIntroduced => {
                 let d = parse_domid(arg(0)?)?;
-                Ok(if d == 0 || self.introduced.contains(&d) { b"T\0".to_vec() } else { b"F\0".to_vec() })
+                Ok(if d == 0 || self.introduced.contains(&d) {
+                    b"T\0".to_vec()
+                } else {
+                    b"F\0".to_vec()
+                })
             }
             MsgType::Introduce => self.introduce(domid, arg(0)?, args.len(), out),
             MsgType::Release => self.release(domid, arg(0)?, out),
             MsgType::Resume => {
                 let d = parse_domid(arg(0)?)?;
                 privileged(domid)?;
-                if self.introduced.contains(&d) { Ok(wire::ok()) } else { Err(XsError::NoEnt) }
+                if self.introduced.contains(&d) {
+                    Ok(wire::ok())
+                } else {
+                    Err(XsError::NoEnt)
+                }
             }
             MsgType::Control | MsgType::SetTarget | MsgType::Restrict => Err(XsError::NoSys),
             MsgType::WatchEvent | MsgType::Error => Err(XsError::Inval),
@@ -174,16 +223,28 @@ impl Daemon {
     }
 
     fn transaction(&mut self, id: ConnId, tx_id: u32) -> Result<&mut Transaction, XsError> {
-        self.conn(id)?.transactions.get_mut(&tx_id).ok_or(XsError::NoEnt)
+        self.conn(id)?
+            .transactions
+            .get_mut(&tx_id)
+            .ok_or(XsError::NoEnt)
     }
 
     fn read(&mut self, id: ConnId, tx_id: u32, path: &str) -> Result<Vec<u8>, XsError> {
         let domid = self.conn(id)?.domid;
-        let value = if tx_id == 0 { self.store.read(path, domid)? } else { self.transaction(id, tx_id)?.read(path)? };
+        let value = if tx_id == 0 {
+            self.store.read(path, domid)?
+        } else {
+            self.transaction(id, tx_id)?.read(path)?
+        };
         Ok(value.to_vec())
     }
 
-    fn children(&mut self, id: ConnId, tx_id: u32, path: &str) -> Result<(Vec<std::sync::Arc<str>>, u64), XsError> {
+    fn children(
+        &mut self,
+        id: ConnId,
+        tx_id: u32,
+        path: &str,
+    ) -> Result<(Vec<std::sync::Arc<str>>, u64), XsError> {
         let domid = self.conn(id)?.domid;
         if tx_id == 0 {
             let names = self.store.directory(path, domid)?;
@@ -202,8 +263,17 @@ impl Daemon {
 
     /// `<gen>|<child>|*` from byte `offset` of the full listing, as many
     /// whole names as fit; a final empty string marks the end.
-    fn directory_part(&mut self, id: ConnId, tx_id: u32, path: &str, offset: &[u8]) -> Result<Vec<u8>, XsError> {
-        let offset: usize = std::str::from_utf8(offset).ok().and_then(|o| o.parse().ok()).ok_or(XsError::Inval)?;
+    fn directory_part(
+        &mut self,
+        id: ConnId,
+        tx_id: u32,
+        path: &str,
+        offset: &[u8],
+    ) -> Result<Vec<u8>, XsError> {
+        let offset: usize = std::str::from_utf8(offset)
+            .ok()
+            .and_then(|o| o.parse().ok())
+            .ok_or(XsError::Inval)?;
         let (names, gen) = self.children(id, tx_id, path)?;
         let all = wire::join_strings(names.iter().map(|n| n.as_bytes()));
         if offset > all.len() || (offset > 0 && all[offset - 1] != 0) {
@@ -216,7 +286,10 @@ impl Daemon {
             out.extend_from_slice(rest);
             out.push(0);
         } else {
-            let cut = rest[..room].iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
+            let cut = rest[..room]
+                .iter()
+                .rposition(|&b| b == 0)
+                .map_or(0, |i| i + 1);
             if cut == 0 {
                 return Err(XsError::TooBig);
             }
@@ -227,8 +300,14 @@ impl Daemon {
 
     fn get_perms(&mut self, id: ConnId, tx_id: u32, path: &str) -> Result<Vec<u8>, XsError> {
         let domid = self.conn(id)?.domid;
-        let perms = if tx_id == 0 { self.store.get_perms(path, domid)? } else { self.transaction(id, tx_id)?.get_perms(path)? };
-        Ok(wire::join_strings(perms.to_strings().iter().map(|s| s.as_bytes())))
+        let perms = if tx_id == 0 {
+            self.store.get_perms(path, domid)?
+        } else {
+            self.transaction(id, tx_id)?.get_perms(path)?
+        };
+        Ok(wire::join_strings(
+            perms.to_strings().iter().map(|s| s.as_bytes()),
+        ))
     }
 
     /// Applies a modification directly (firing watches) or inside a transaction.
@@ -266,17 +345,28 @@ impl Daemon {
         if conn.transactions.len() >= limit {
             return Err(XsError::NoSpc);
         }
-        conn.transactions.insert(tid, Transaction::start(&store, conn.domid));
+        conn.transactions
+            .insert(tid, Transaction::start(&store, conn.domid));
         Ok(with_nul(tid.to_string()))
     }
 
-    fn transaction_end(&mut self, id: ConnId, tx_id: u32, verdict: &[u8], out: &mut Vec<Outgoing>) -> Result<Vec<u8>, XsError> {
+    fn transaction_end(
+        &mut self,
+        id: ConnId,
+        tx_id: u32,
+        verdict: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Vec<u8>, XsError> {
         let commit = match verdict {
             b"T" => true,
             b"F" => false,
             _ => return Err(XsError::Inval),
         };
-        let tx = self.conn(id)?.transactions.remove(&tx_id).ok_or(XsError::NoEnt)?;
+        let tx = self
+            .conn(id)?
+            .transactions
+            .remove(&tx_id)
+            .ok_or(XsError::NoEnt)?;
         if !commit {
             return Ok(wire::ok());
         }
@@ -296,11 +386,21 @@ impl Daemon {
         }
     }
 
-    fn watch(&mut self, id: ConnId, raw_path: &[u8], token: &[u8], out: &mut Vec<Outgoing>) -> Result<Vec<u8>, XsError> {
+    fn watch(
+        &mut self,
+        id: ConnId,
+        raw_path: &[u8],
+        token: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Vec<u8>, XsError> {
         let limit = self.limits.watches_per_conn;
         let conn = self.conn(id)?;
         let (path, relative_to) = watch_path(raw_path, conn.domid)?;
-        if conn.watches.iter().any(|w| w.path == path && w.token == token) {
+        if conn
+            .watches
+            .iter()
+            .any(|w| w.path == path && w.token == token)
+        {
             return Err(XsError::Exist);
         }
         if conn.watches.len() >= limit {
@@ -308,7 +408,11 @@ impl Daemon {
         }
         // A new watch fires once at once, after the reply.
         out.push((id, event(raw_path, token)));
-        conn.watches.push(Watch { path, token: token.to_vec(), relative_to });
+        conn.watches.push(Watch {
+            path,
+            token: token.to_vec(),
+            relative_to,
+        });
         Ok(wire::ok())
     }
 
@@ -316,14 +420,21 @@ impl Daemon {
         let conn = self.conn(id)?;
         let (path, _) = watch_path(raw_path, conn.domid)?;
         let before = conn.watches.len();
-        conn.watches.retain(|w| !(w.path == path && w.token == token));
+        conn.watches
+            .retain(|w| !(w.path == path && w.token == token));
         if conn.watches.len() == before {
             return Err(XsError::NoEnt);
         }
         Ok(wire::ok())
     }
 
-    fn introduce(&mut self, domid: u32, target: &[u8], nargs: usize, out: &mut Vec<Outgoing>) -> Result<Vec<u8>, XsError> {
+    fn introduce(
+        &mut self,
+        domid: u32,
+        target: &[u8],
+        nargs: usize,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Vec<u8>, XsError> {
         privileged(domid)?;
         let d = parse_domid(target)?;
         if d == 0 || nargs < 3 {
@@ -337,7 +448,12 @@ impl Daemon {
         Ok(wire::ok())
     }
 
-    fn release(&mut self, domid: u32, target: &[u8], out: &mut Vec<Outgoing>) -> Result<Vec<u8>, XsError> {
+    fn release(
+        &mut self,
+        domid: u32,
+        target: &[u8],
+        out: &mut Vec<Outgoing>,
+    ) -> Result<Vec<u8>, XsError> {
         privileged(domid)?;
         let d = parse_domid(target)?;
         if !self.introduced.remove(&d) {
@@ -363,7 +479,9 @@ impl Daemon {
                 for w in &conn.watches {
                     let epath = if path::is_within(&change.path, &w.path) {
                         change.path.as_str()
-                    } else if change.kind == ChangeKind::Removed && path::is_within(&w.path, &change.path) {
+                    } else if change.kind == ChangeKind::Removed
+                        && path::is_within(&w.path, &change.path)
+                    {
                         w.path.as_str()
                     } else {
                         continue;
@@ -372,7 +490,10 @@ impl Daemon {
                         continue;
                     }
                     let shown = match &w.relative_to {
-                        Some(prefix) => epath.strip_prefix(prefix.as_str()).map(|r| r.trim_start_matches('/')).unwrap_or(epath),
+                        Some(prefix) => epath
+                            .strip_prefix(prefix.as_str())
+                            .map(|r| r.trim_start_matches('/'))
+                            .unwrap_or(epath),
                         None => epath,
                     };
                     out.push((id, event(shown.as_bytes(), &w.token)));
@@ -408,7 +529,12 @@ fn watch_path(raw: &[u8], domid: u32) -> Result<(String, Option<String>), XsErro
 }
 
 fn event(epath: &[u8], token: &[u8]) -> Message {
-    Message::new(MsgType::WatchEvent, 0, 0, wire::join_strings([epath, token]))
+    Message::new(
+        MsgType::WatchEvent,
+        0,
+        0,
+        wire::join_strings([epath, token]),
+    )
 }
 
 fn with_nul(s: String) -> Vec<u8> {
@@ -422,7 +548,10 @@ fn parse_domid(raw: &[u8]) -> Result<u32, XsError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(XsError::Inval);
     }
-    text.parse().ok().filter(|&d| d <= DOMID_MAX).ok_or(XsError::Inval)
+    text.parse()
+        .ok()
+        .filter(|&d| d <= DOMID_MAX)
+        .ok_or(XsError::Inval)
 }
 
 fn privileged(domid: u32) -> Result<(), XsError> {

@@ -29,6 +29,8 @@ impl Default for Limits {
 
 impl Limits {
     pub fn quota(&self) -> Quota {
-        Quota { nodes_per_domain: self.nodes_per_domain }
+        Quota {
+            nodes_per_domain: self.nodes_per_domain,
+        }
     }
 }

@@ -69,7 +69,9 @@ pub fn join(parent: &str, name: &str) -> String {
 
 /// Whether `path` is `ancestor` or lies below it.
 pub fn is_within(path: &str, ancestor: &str) -> bool {
-    ancestor == "/" || path == ancestor || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
+    ancestor == "/"
+        || path == ancestor
+        || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
 }
 
 /// Every ancestor of `path`, nearest first, root last.
@@ -86,9 +88,26 @@ mod tests {
     fn resolves_and_refuses() {
         assert_eq!(resolve(b"/", 0).unwrap(), "/");
         assert_eq!(resolve(b"/a/b-c_d@e", 0).unwrap(), "/a/b-c_d@e");
-        assert_eq!(resolve(b"device/vif", 3).unwrap(), "/local/domain/3/device/vif");
-        for bad in [&b""[..], b"/a/", b"//a", b"/a//b", b"/a b", b"/a\0b", b"/\xc3\xa9", b"/a/../b"] {
-            assert_eq!(resolve(bad, 0), Err(XsError::Inval), "{:?}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            resolve(b"device/vif", 3).unwrap(),
+            "/local/domain/3/device/vif"
+        );
+        for bad in [
+            &b""[..],
+            b"/a/",
+            b"//a",
+            b"/a//b",
+            b"/a b",
+            b"/a\0b",
+            b"/\xc3\xa9",
+            b"/a/../b",
+        ] {
+            assert_eq!(
+                resolve(bad, 0),
+                Err(XsError::Inval),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let long = format!("/{}", "a".repeat(ABS_PATH_MAX));
         assert_eq!(resolve(long.as_bytes(), 0), Err(XsError::Inval));
@@ -105,7 +124,10 @@ mod tests {
         assert_eq!(join("/", "a"), "/a");
         assert!(is_within("/a/b", "/a") && is_within("/a", "/a") && is_within("/x", "/"));
         assert!(!is_within("/ab", "/a"));
-        assert_eq!(ancestors("/a/b/c").collect::<Vec<_>>(), vec!["/a/b", "/a", "/"]);
+        assert_eq!(
+            ancestors("/a/b/c").collect::<Vec<_>>(),
+            vec!["/a/b", "/a", "/"]
+        );
     }
 
     proptest! {

@@ -47,7 +47,10 @@ pub struct Perms(Vec<Perm>);
 impl Perms {
     /// Owned by `owner`, nobody else may do anything.
     pub fn owned_by(owner: u32) -> Perms {
-        Perms(vec![Perm { domid: owner, access: Access::None }])
+        Perms(vec![Perm {
+            domid: owner,
+            access: Access::None,
+        }])
     }
 
     /// Parses `n0`, `r5`, `w7`, `b1` strings; at least one, at most MAX_PERMS.
@@ -55,7 +58,10 @@ impl Perms {
         if items.is_empty() || items.len() > MAX_PERMS {
             return Err(XsError::Inval);
         }
-        let perms = items.iter().map(|item| parse_one(item)).collect::<Result<Vec<_>, _>>()?;
+        let perms = items
+            .iter()
+            .map(|item| parse_one(item))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Perms(perms))
     }
 
@@ -69,7 +75,10 @@ impl Perms {
     }
 
     pub fn to_strings(&self) -> Vec<String> {
-        self.0.iter().map(|p| format!("{}{}", p.access.letter(), p.domid)).collect()
+        self.0
+            .iter()
+            .map(|p| format!("{}{}", p.access.letter(), p.domid))
+            .collect()
     }
 
     fn access_of(&self, domid: u32) -> Option<Access> {
@@ -129,7 +138,14 @@ mod tests {
 
     #[test]
     fn refuses_bad_entries() {
-        for bad in [&[][..], &[&b"x1"[..]], &[b"r"], &[b"r-1"], &[b"r70000"], &[b"r1 "]] {
+        for bad in [
+            &[][..],
+            &[&b"x1"[..]],
+            &[b"r"],
+            &[b"r-1"],
+            &[b"r70000"],
+            &[b"r1 "],
+        ] {
             assert_eq!(Perms::parse(bad), Err(XsError::Inval));
         }
     }

@@ -24,7 +24,8 @@ const SKIP_MAX: u32 = 1 << 20;
 
 /// The default socket, unless `XENSTORED_PATH` names another.
 pub fn default_socket_path() -> PathBuf {
-    std::env::var_os("XENSTORED_PATH").map_or_else(|| PathBuf::from("/var/run/xenstored/socket"), PathBuf::from)
+    std::env::var_os("XENSTORED_PATH")
+        .map_or_else(|| PathBuf::from("/var/run/xenstored/socket"), PathBuf::from)
 }
 
 struct Shared {
@@ -40,8 +41,14 @@ pub struct Server {
 
 impl Server {
     pub fn new(limits: Limits, strict: bool) -> Server {
-        let shared = Shared { daemon: Daemon::new(limits, strict), outboxes: HashMap::new() };
-        Server { shared: Arc::new(Mutex::new(shared)), limits }
+        let shared = Shared {
+            daemon: Daemon::new(limits, strict),
+            outboxes: HashMap::new(),
+        };
+        Server {
+            shared: Arc::new(Mutex::new(shared)),
+            limits,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -93,48 +100,77 @@ impl Server {
             shared.daemon.disconnect(id);
             shared.outboxes.remove(&id);
         }
-        let _ = writer_task.await;
+        // Flush what is queued, but never wait long on a client that does
+        // not read.
+        let abort = writer_task.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_secs(1), writer_task).await.is_err() {
+            abort.abort();
+        }
     }
 
-    async fn read_loop(&self, id: ConnId, reader: &mut tokio::net::unix::OwnedReadHalf) -> std::io::Result<()> {
+    async fn read_loop(
+        &self,
+        id: ConnId,
+        reader: &mut tokio::net::unix::OwnedReadHalf,
+    ) -> std::io::Result<()> {
         let mut head = [0u8; HEADER_LEN];
         loop {
             if let Err(e) = reader.read_exact(&mut head).await {
-                return if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(()) } else { Err(e) };
+                return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Ok(())
+                } else {
+                    Err(e)
+                };
             }
             let header = Header::parse(&head);
             if header.len as usize > PAYLOAD_MAX {
                 if header.len > SKIP_MAX {
-                    return Err(std::io::Error::other(format!("{}-byte message: not XenStore", header.len)));
+                    return Err(std::io::Error::other(format!(
+                        "{}-byte message: not XenStore",
+                        header.len
+                    )));
                 }
                 skip(reader, header.len as u64).await?;
-                let reply = Message::new(MsgType::Error, header.req_id, header.tx_id, format!("{}\0", XsError::TooBig).into_bytes());
-                self.deliver(vec![(id, reply)]);
+                let reply = Message::new(
+                    MsgType::Error,
+                    header.req_id,
+                    header.tx_id,
+                    format!("{}\0", XsError::TooBig).into_bytes(),
+                );
+                deliver(&mut self.lock(), vec![(id, reply)]);
                 continue;
             }
             let mut payload = vec![0u8; header.len as usize];
             reader.read_exact(&mut payload).await?;
-            let out = self.lock().daemon.handle(id, Frame { header, payload });
-            self.deliver(out);
-        }
-    }
-
-    /// Queues messages in order; a connection whose outbox is full is cut off.
-    fn deliver(&self, messages: Vec<(ConnId, Message)>) {
-        let mut shared = self.lock();
-        let mut full = Vec::new();
-        for (to, msg) in messages {
-            if let Some(outbox) = shared.outboxes.get(&to) {
-                if outbox.try_send(msg.encode()).is_err() {
-                    full.push(to);
-                }
+            // Handling and queueing under one lock: events reach every
+            // client in the order the changes were made.
+            let mut shared = self.lock();
+            let out = shared.daemon.handle(id, Frame { header, payload });
+            deliver(&mut shared, out);
+            if !shared.outboxes.contains_key(&id) {
+                return Err(std::io::Error::other("cut off: outbox full"));
             }
         }
-        for id in full {
-            tracing::warn!(conn = id, "client is not reading its replies; disconnecting it");
-            shared.outboxes.remove(&id);
-            shared.daemon.disconnect(id);
+    }
+}
+
+/// Queues messages in order; a connection whose outbox is full is cut off.
+fn deliver(shared: &mut Shared, messages: Vec<(ConnId, Message)>) {
+    let mut full = Vec::new();
+    for (to, msg) in messages {
+        if let Some(outbox) = shared.outboxes.get(&to) {
+            if outbox.try_send(msg.encode()).is_err() {
+                full.push(to);
+            }
         }
+    }
+    for id in full {
+        tracing::warn!(
+            conn = id,
+            "client is not reading its replies; disconnecting it"
+        );
+        shared.outboxes.remove(&id);
+        shared.daemon.disconnect(id);
     }
 }
 

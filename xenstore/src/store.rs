@@ -39,7 +39,10 @@ pub enum ChangeKind {
 
 impl Change {
     fn new(path: &str, kind: ChangeKind) -> Change {
-        Change { path: path.into(), kind }
+        Change {
+            path: path.into(),
+            kind,
+        }
     }
 }
 
@@ -116,7 +119,12 @@ impl Store {
     }
 
     pub fn directory(&self, path: &str, domid: u32) -> Result<Vec<Arc<str>>, XsError> {
-        Ok(self.readable(path, domid)?.children.iter().cloned().collect())
+        Ok(self
+            .readable(path, domid)?
+            .children
+            .iter()
+            .cloned()
+            .collect())
     }
 
     pub fn get_perms(&self, path: &str, domid: u32) -> Result<Perms, XsError> {
@@ -145,18 +153,42 @@ impl Store {
     /// Creates `path` (which is missing) and its missing ancestors with
     /// empty values, each inheriting its parent's permissions, owned by the
     /// creator unless it is dom0.
-    fn create(&mut self, path: &str, value: &[u8], domid: u32, quota: &Quota, changes: &mut Vec<Change>) -> Result<(), XsError> {
+    fn create(
+        &mut self,
+        path: &str,
+        value: &[u8],
+        domid: u32,
+        quota: &Quota,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), XsError> {
         let missing = self.missing(path, domid)?;
-        let parent_perms = self.nodes[path::parent(&missing[0]).unwrap_or("/")].perms.clone();
-        let perms = if domid == 0 { parent_perms } else { parent_perms.with_owner(domid) };
+        let parent_perms = self.nodes[path::parent(&missing[0]).unwrap_or("/")]
+            .perms
+            .clone();
+        let perms = if domid == 0 {
+            parent_perms
+        } else {
+            parent_perms.with_owner(domid)
+        };
         let owner = perms.owner();
         if self.owned_by(owner) + missing.len() > quota.nodes_per_domain {
             return Err(XsError::Quota);
         }
         for (i, p) in missing.iter().enumerate() {
             let gen = self.next_gen();
-            let value: Arc<[u8]> = if i + 1 == missing.len() { Arc::from(value) } else { Arc::from(&b""[..]) };
-            let node = Node { value, perms: perms.clone(), children: OrdSet::new(), vgen: gen, cgen: gen, incarnation: gen };
+            let value: Arc<[u8]> = if i + 1 == missing.len() {
+                Arc::from(value)
+            } else {
+                Arc::from(&b""[..])
+            };
+            let node = Node {
+                value,
+                perms: perms.clone(),
+                children: OrdSet::new(),
+                vgen: gen,
+                cgen: gen,
+                incarnation: gen,
+            };
             self.nodes.insert(Arc::from(p.as_str()), node);
             self.link(p);
             changes.push(Change::new(p, ChangeKind::Created));
@@ -174,7 +206,13 @@ impl Store {
         node.cgen = gen;
     }
 
-    pub fn write(&mut self, path: &str, value: &[u8], domid: u32, quota: &Quota) -> Result<Vec<Change>, XsError> {
+    pub fn write(
+        &mut self,
+        path: &str,
+        value: &[u8],
+        domid: u32,
+        quota: &Quota,
+    ) -> Result<Vec<Change>, XsError> {
         let mut changes = Vec::new();
         if self.nodes.contains_key(path) {
             let gen = self.next_gen();
@@ -202,9 +240,15 @@ impl Store {
     /// Removes `path` and everything below it. Removing a missing node whose
     /// parent exists is not an error; the root cannot be removed.
     pub fn rm(&mut self, path: &str, domid: u32) -> Result<Vec<Change>, XsError> {
-        let Some(parent) = path::parent(path) else { return Err(XsError::Inval) };
+        let Some(parent) = path::parent(path) else {
+            return Err(XsError::Inval);
+        };
         let Some(node) = self.nodes.get(path) else {
-            return if self.nodes.contains_key(parent) { Ok(Vec::new()) } else { Err(XsError::NoEnt) };
+            return if self.nodes.contains_key(parent) {
+                Ok(Vec::new())
+            } else {
+                Err(XsError::NoEnt)
+            };
         };
         if !node.perms.can_write(domid) {
             return Err(XsError::Access);
@@ -219,14 +263,23 @@ impl Store {
             }
         }
         let gen = self.next_gen();
-        let parent_node = self.nodes.get_mut(parent).expect("parent of an existing node exists");
+        let parent_node = self
+            .nodes
+            .get_mut(parent)
+            .expect("parent of an existing node exists");
         parent_node.children.remove(path::basename(path));
         parent_node.cgen = gen;
         Ok(vec![Change::new(path, ChangeKind::Removed)])
     }
 
     /// Only dom0 and the node's owner may change its permissions.
-    pub fn set_perms(&mut self, path: &str, perms: Perms, domid: u32, quota: &Quota) -> Result<Vec<Change>, XsError> {
+    pub fn set_perms(
+        &mut self,
+        path: &str,
+        perms: Perms,
+        domid: u32,
+        quota: &Quota,
+    ) -> Result<Vec<Change>, XsError> {
         let node = self.nodes.get(path).ok_or(XsError::NoEnt)?;
         let old_owner = node.perms.owner();
         if domid != 0 && domid != old_owner {
@@ -256,7 +309,10 @@ impl Store {
         for (p, node) in self.nodes.iter() {
             *counts.entry(node.perms.owner()).or_default() += 1;
             if let Some(parent) = path::parent(p) {
-                let listed = self.nodes.get(parent).is_some_and(|n| n.children.contains(path::basename(p)));
+                let listed = self
+                    .nodes
+                    .get(parent)
+                    .is_some_and(|n| n.children.contains(path::basename(p)));
                 if !listed {
                     return Err(format!("{p} is not listed by its parent"));
                 }
@@ -269,7 +325,10 @@ impl Store {
         }
         for (domid, count) in counts {
             if self.owned_by(domid) != count {
-                return Err(format!("domain {domid} owns {count} nodes, counted {}", self.owned_by(domid)));
+                return Err(format!(
+                    "domain {domid} owns {count} nodes, counted {}",
+                    self.owned_by(domid)
+                ));
             }
         }
         Ok(())
@@ -287,18 +346,26 @@ impl Store {
 mod tests {
     use super::*;
 
-    const Q: Quota = Quota { nodes_per_domain: 100 };
+    const Q: Quota = Quota {
+        nodes_per_domain: 100,
+    };
 
     #[test]
     fn write_creates_parents_and_rm_removes_subtrees() {
         let mut s = Store::new();
         let changes = s.write("/a/b/c", b"v", 0, &Q).unwrap();
-        assert_eq!(changes.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(), ["/a", "/a/b", "/a/b/c"]);
+        assert_eq!(
+            changes.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(),
+            ["/a", "/a/b", "/a/b/c"]
+        );
         assert_eq!(&*s.read("/a/b/c", 0).unwrap(), b"v");
         assert_eq!(&*s.read("/a", 0).unwrap(), b"");
         assert_eq!(s.directory("/a", 0).unwrap(), vec![Arc::from("b")]);
         s.check().unwrap();
-        assert_eq!(s.rm("/a/b", 0).unwrap(), vec![Change::new("/a/b", ChangeKind::Removed)]);
+        assert_eq!(
+            s.rm("/a/b", 0).unwrap(),
+            vec![Change::new("/a/b", ChangeKind::Removed)]
+        );
         assert_eq!(s.read("/a/b/c", 0), Err(XsError::NoEnt));
         assert_eq!(s.rm("/a/zz", 0), Ok(vec![]), "missing node, parent exists");
         assert_eq!(s.rm("/q/zz", 0), Err(XsError::NoEnt));
@@ -310,20 +377,32 @@ mod tests {
     fn permissions_are_enforced() {
         let mut s = Store::new();
         s.write("/d", b"", 0, &Q).unwrap();
-        s.set_perms("/d", Perms::parse(&[b"n0", b"r5"]).unwrap(), 0, &Q).unwrap();
+        s.set_perms("/d", Perms::parse(&[b"n0", b"r5"]).unwrap(), 0, &Q)
+            .unwrap();
         assert!(s.read("/d", 5).is_ok());
         assert_eq!(s.read("/d", 6), Err(XsError::Access));
         assert_eq!(s.write("/d/x", b"", 5, &Q), Err(XsError::Access));
-        s.set_perms("/d", Perms::parse(&[b"n0", b"b5"]).unwrap(), 0, &Q).unwrap();
+        s.set_perms("/d", Perms::parse(&[b"n0", b"b5"]).unwrap(), 0, &Q)
+            .unwrap();
         s.write("/d/x", b"1", 5, &Q).unwrap();
-        assert_eq!(s.get_perms("/d/x", 0).unwrap().owner(), 5, "domains own what they create");
-        assert_eq!(s.set_perms("/d", Perms::owned_by(5), 5, &Q), Err(XsError::Access), "only the owner");
+        assert_eq!(
+            s.get_perms("/d/x", 0).unwrap().owner(),
+            5,
+            "domains own what they create"
+        );
+        assert_eq!(
+            s.set_perms("/d", Perms::owned_by(5), 5, &Q),
+            Err(XsError::Access),
+            "only the owner"
+        );
         s.check().unwrap();
     }
 
     #[test]
     fn node_quota_leaves_the_tree_unchanged() {
-        let q = Quota { nodes_per_domain: 4 };
+        let q = Quota {
+            nodes_per_domain: 4,
+        };
         let mut s = Store::new();
         s.write("/a/b", b"", 0, &q).unwrap(); // root + 2
         let before = s.paths();

@@ -104,7 +104,10 @@ impl Transaction {
             if let Some(parent) = crate::path::parent(&change.path) {
                 self.note(parent, false, true);
                 let name = crate::path::basename(&change.path).to_string();
-                self.own_children.entry(parent.to_string()).or_default().insert(name);
+                self.own_children
+                    .entry(parent.to_string())
+                    .or_default()
+                    .insert(name);
             }
         }
     }
@@ -156,14 +159,20 @@ impl Transaction {
 
     pub fn set_perms(&mut self, path: &str, perms: Perms, quota: &Quota) -> Result<(), XsError> {
         self.note(path, true, false);
-        self.working.set_perms(path, perms.clone(), self.domid, quota)?;
+        self.working
+            .set_perms(path, perms.clone(), self.domid, quota)?;
         self.log.push(Op::SetPerms(path.into(), perms));
         Ok(())
     }
 
     /// Checks the commit rule against `live`; on success returns the new
     /// tree and the changes to announce. `live` itself is never modified.
-    pub fn commit(self, live: &Store, quota: &Quota, strict: bool) -> Result<(Store, Vec<Change>), CommitError> {
+    pub fn commit(
+        self,
+        live: &Store,
+        quota: &Quota,
+        strict: bool,
+    ) -> Result<(Store, Vec<Change>), CommitError> {
         self.validate(live, strict)?;
         let mut next = live.clone();
         let mut changes = Vec::new();
@@ -195,7 +204,10 @@ impl Transaction {
                     return conflict();
                 }
                 let mine = self.own_children.get(path);
-                let changed = then.children.clone().symmetric_difference(now.children.clone());
+                let changed = then
+                    .children
+                    .clone()
+                    .symmetric_difference(now.children.clone());
                 if mine.is_some_and(|mine| changed.iter().any(|name| mine.contains(&**name))) {
                     return conflict();
                 }

@@ -147,13 +147,22 @@ pub struct Header {
 
 impl Header {
     pub fn parse(bytes: &[u8; HEADER_LEN]) -> Header {
-        let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        Header { kind: word(0), req_id: word(4), tx_id: word(8), len: word(12) }
+        let word =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        Header {
+            kind: word(0),
+            req_id: word(4),
+            tx_id: word(8),
+            len: word(12),
+        }
     }
 
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
-        for (i, v) in [self.kind, self.req_id, self.tx_id, self.len].into_iter().enumerate() {
+        for (i, v) in [self.kind, self.req_id, self.tx_id, self.len]
+            .into_iter()
+            .enumerate()
+        {
             out[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
         }
         out
@@ -178,7 +187,12 @@ pub enum DecodeError {
 
 impl Message {
     pub fn new(kind: MsgType, req_id: u32, tx_id: u32, payload: Vec<u8>) -> Message {
-        Message { kind, req_id, tx_id, payload }
+        Message {
+            kind,
+            req_id,
+            tx_id,
+            payload,
+        }
     }
 
     /// Header and payload as sent on the wire. Panics in debug builds only
@@ -236,20 +250,33 @@ pub struct Frame {
 
 impl Frame {
     pub fn decode(bytes: &[u8]) -> Result<Option<(Frame, usize)>, DecodeError> {
-        let Some(head) = bytes.first_chunk::<HEADER_LEN>() else { return Ok(None) };
+        let Some(head) = bytes.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
         let header = Header::parse(head);
         check_header(&header)?;
         let total = HEADER_LEN + header.len as usize;
         if bytes.len() < total {
             return Ok(None);
         }
-        Ok(Some((Frame { header, payload: bytes[HEADER_LEN..total].to_vec() }, total)))
+        Ok(Some((
+            Frame {
+                header,
+                payload: bytes[HEADER_LEN..total].to_vec(),
+            },
+            total,
+        )))
     }
 
     pub fn message(self) -> Result<Message, DecodeError> {
         let h = self.header;
         let kind = MsgType::from_u32(h.kind).ok_or(DecodeError::UnknownType(h.kind))?;
-        Ok(Message { kind, req_id: h.req_id, tx_id: h.tx_id, payload: self.payload })
+        Ok(Message {
+            kind,
+            req_id: h.req_id,
+            tx_id: h.tx_id,
+            payload: self.payload,
+        })
     }
 }
 
@@ -329,7 +356,14 @@ mod tests {
 
     #[test]
     fn unknown_types_are_refused_after_the_payload_arrives() {
-        let mut bytes = Header { kind: 99, req_id: 1, tx_id: 0, len: 2 }.to_bytes().to_vec();
+        let mut bytes = Header {
+            kind: 99,
+            req_id: 1,
+            tx_id: 0,
+            len: 2,
+        }
+        .to_bytes()
+        .to_vec();
         assert_eq!(Message::decode(&bytes), Ok(None));
         bytes.extend_from_slice(b"a\0");
         assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownType(99)));

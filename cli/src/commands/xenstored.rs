@@ -35,11 +35,18 @@ pub fn run(args: XenstoredArgs) -> Result<u8> {
         transactions_per_conn: args.quota_transactions,
         ..Limits::default()
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     runtime.block_on(async {
         let listener = server::bind(&socket).with_context(|| format!("{}", socket.display()))?;
         tracing::info!(socket = %socket.display(), strict = args.strict, "serving XenStore");
-        eprintln!("jitsu xenstored: serving {}{}", socket.display(), if args.strict { " (strict)" } else { "" });
+        eprintln!(
+            "jitsu xenstored: serving {}{}",
+            socket.display(),
+            if args.strict { " (strict)" } else { "" }
+        );
         let serve = Server::new(limits, args.strict).serve(listener);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
