@@ -8,6 +8,7 @@ declare -A want=(
   [ip]=iproute2
   [curl]=curl
   [setpriv]=util-linux
+  [xenstore-write]=xenstore-utils
 )
 
 missing=()

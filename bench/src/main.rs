@@ -4,6 +4,7 @@
 
 mod monitor;
 mod stats;
+mod xenstore;
 
 fn main() -> anyhow::Result<()> {
     jitsu_e2e::require_root_and_kvm();
@@ -12,6 +13,7 @@ fn main() -> anyhow::Result<()> {
     println!("# jitsu bench on {machine}\n");
     let mut rows = Vec::new();
     rows.extend(monitor::rows(quick)?);
+    rows.extend(xenstore::rows(quick)?);
     stats::print_table(&rows);
     Ok(())
 }

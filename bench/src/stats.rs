@@ -100,24 +100,24 @@ pub fn seconds(s: f64) -> String {
 
 pub fn print_table(rows: &[Row]) {
     println!(
-        "| {:<46} | {:>4} | {:>10} | {:>10} | {:<32} | {:>10} | {:>7} |",
+        "| {:<52} | {:>5} | {:>10} | {:>10} | {:<34} | {:>10} | {:>7} |",
         "benchmark", "N", "median", "p99", "baseline (same run)", "median", "ratio"
     );
     println!(
-        "|{:-<48}|{:->6}|{:->12}|{:->12}|{:-<34}|{:->12}|{:->9}|",
+        "|{:-<54}|{:->7}|{:->12}|{:->12}|{:-<36}|{:->12}|{:->9}|",
         "", "", "", "", "", "", ""
     );
     for row in rows {
         let ratio = row.samples.median() / row.baseline.median();
         println!(
-            "| {:<46} | {:>4} | {:>10} | {:>10} | {:<32} | {:>10} | {:>6.1}× |",
+            "| {:<52} | {:>5} | {:>10} | {:>10} | {:<34} | {:>10} | {:>7} |",
             row.name,
             row.samples.len(),
             row.unit.format(row.samples.median()),
             row.unit.format(row.samples.p99()),
             row.baseline_name,
             row.unit.format(row.baseline.median()),
-            ratio
+            if ratio < 1.0 { format!("{ratio:.2}×") } else { format!("{ratio:.1}×") }
         );
     }
 }
