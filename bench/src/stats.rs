@@ -117,7 +117,11 @@ pub fn print_table(rows: &[Row]) {
             row.unit.format(row.samples.p99()),
             row.baseline_name,
             row.unit.format(row.baseline.median()),
-            if ratio < 1.0 { format!("{ratio:.2}×") } else { format!("{ratio:.1}×") }
+            if ratio < 1.0 {
+                format!("{ratio:.2}×")
+            } else {
+                format!("{ratio:.1}×")
+            }
         );
     }
 }

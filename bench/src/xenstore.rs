@@ -13,7 +13,10 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::stats::{Row, Samples, Unit};
 
 pub fn rows(quick: bool) -> Result<Vec<Row>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let dir = tempfile::tempdir()?;
         let ops = if quick { 2_000 } else { 20_000 };
@@ -70,7 +73,13 @@ async fn echo_baseline(socket: &Path, n: usize) -> Result<Samples> {
     Ok(samples)
 }
 
-async fn request_row(dir: &Path, clients: usize, write: bool, ops: usize, echo: &Samples) -> Result<Row> {
+async fn request_row(
+    dir: &Path,
+    clients: usize,
+    write: bool,
+    ops: usize,
+    echo: &Samples,
+) -> Result<Row> {
     let name = format!("rw-{clients}-{write}.sock");
     let (_server, socket) = start(dir, &name, false).await?;
     let seed = Client::connect(&socket).await?;
@@ -105,7 +114,10 @@ async fn request_row(dir: &Path, clients: usize, write: bool, ops: usize, echo: 
     let rate = (per_client * clients) as f64 / started.elapsed().as_secs_f64();
     let what = if write { "write" } else { "read" };
     Ok(Row {
-        name: format!("XenStore {what}, {clients} client(s): {:.0}k/s", rate / 1000.0),
+        name: format!(
+            "XenStore {what}, {clients} client(s): {:.0}k/s",
+            rate / 1000.0
+        ),
         samples,
         baseline_name: "unix socket round trip".into(),
         baseline: echo.clone(),
@@ -121,8 +133,15 @@ async fn register(client: &Client, name: &str) -> Result<Duration> {
             let name = name.to_string();
             async move {
                 tx.mkdir(&format!("/jitsu/services/{name}")).await?;
-                for (key, value) in [("ip", "10.77.0.2"), ("state", "parked"), ("owner", "bench"), ("boot", ""), ("stats/boots", "0")] {
-                    tx.write(&format!("/jitsu/services/{name}/{key}"), value).await?;
+                for (key, value) in [
+                    ("ip", "10.77.0.2"),
+                    ("state", "parked"),
+                    ("owner", "bench"),
+                    ("boot", ""),
+                    ("stats/boots", "0"),
+                ] {
+                    tx.write(&format!("/jitsu/services/{name}/{key}"), value)
+                        .await?;
                 }
                 tx.directory("/jitsu/services").await?;
                 Ok(())
@@ -167,7 +186,10 @@ async fn registration_row(dir: &Path, n: usize, rounds: usize) -> Result<Row> {
         let eagain = 100.0 * stats.conflicts as f64 / attempts.max(1) as f64;
         results.push((samples, stats.commits as f64 / elapsed, eagain));
     }
-    let (strict, merge) = (results.pop().expect("strict"), results.pop().expect("merge"));
+    let (strict, merge) = (
+        results.pop().expect("strict"),
+        results.pop().expect("merge"),
+    );
     Ok(Row {
         name: format!(
             "{n} registering at once: merge {:.0}/s, EAGAIN {:.0}%",

@@ -371,8 +371,39 @@ async fn simple(client: &Client, kind: MsgType, tx: u32, path: &str) -> Result<(
     client.request(kind, tx, nul(path)).await.map(drop)
 }
 
+/// DIRECTORY, falling back to DIRECTORY_PART when the listing does not fit
+/// in one reply (E2BIG); parts are read again from the start if the node's
+/// generation changes between them.
 async fn directory(client: &Client, tx: u32, path: &str) -> Result<Vec<String>, ClientError> {
-    strings(client.request(MsgType::Directory, tx, nul(path)).await?)
+    match client.request(MsgType::Directory, tx, nul(path)).await {
+        Err(ClientError::Xs(XsError::TooBig)) => {}
+        other => return strings(other?),
+    }
+    'again: for _ in 0..16 {
+        let (mut names, mut offset, mut gen) = (Vec::new(), 0usize, None);
+        loop {
+            let payload = wire::join_strings([path.as_bytes(), offset.to_string().as_bytes()]);
+            let reply = client.request(MsgType::DirectoryPart, tx, payload).await?;
+            let parts = wire::split_strings(&reply);
+            let (part_gen, rest) = parts
+                .split_first()
+                .ok_or_else(|| ClientError::BadReply("empty DIRECTORY_PART".into()))?;
+            if gen.is_some_and(|g| g != *part_gen) {
+                continue 'again;
+            }
+            gen = Some(part_gen.to_vec());
+            for name in rest.iter().filter(|n| !n.is_empty()) {
+                offset += name.len() + 1;
+                names.push(String::from_utf8_lossy(name).into_owned());
+            }
+            if rest.last().is_some_and(|n| n.is_empty()) || rest.is_empty() {
+                return Ok(names);
+            }
+        }
+    }
+    Err(ClientError::BadReply(format!(
+        "{path} kept changing while it was listed"
+    )))
 }
 
 /// Reads frames; replies go to their waiting request, events to their watch.

@@ -103,7 +103,10 @@ impl Server {
         // Flush what is queued, but never wait long on a client that does
         // not read.
         let abort = writer_task.abort_handle();
-        if tokio::time::timeout(std::time::Duration::from_secs(1), writer_task).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(1), writer_task)
+            .await
+            .is_err()
+        {
             abort.abort();
         }
     }

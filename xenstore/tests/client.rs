@@ -114,3 +114,21 @@ fn a_counter_incremented_by_many_clients_loses_no_update() {
         );
     });
 }
+
+#[test]
+fn long_listings_are_read_in_parts() {
+    let d = Daemon::start();
+    d.block_on(async {
+        let c = Client::connect(&d.socket).await.unwrap();
+        for i in 0..600 {
+            c.mkdir(&format!("/wide/a-rather-long-child-name-{i:04}"))
+                .await
+                .unwrap();
+        }
+        let names = c.directory("/wide").await.unwrap();
+        assert_eq!(names.len(), 600);
+        let tx = c.transaction().await.unwrap();
+        assert_eq!(tx.directory("/wide").await.unwrap().len(), 600);
+        tx.abort().await.unwrap();
+    });
+}
