@@ -64,6 +64,26 @@ pub fn default_mac(ip: Option<Ipv4Addr>) -> [u8; 6] {
     [0x02, 0x4a, a, b, c, d]
 }
 
+/// `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 30s, 5m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    if d.is_zero() {
+        return Err("a timeout of zero would never let the guest run".into());
+    }
+    Ok(d)
+}
+
 /// CLOCK_MONOTONIC in nanoseconds, comparable with other processes' readings.
 pub fn monotonic_nanos() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
@@ -91,6 +111,18 @@ mod tests {
         assert!(parse_mac("02:4a:0a:00:00:02:03").is_err());
         assert!(parse_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_mac("zz:4a:0a:00:00:02").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("ms").is_err());
     }
 
     #[test]

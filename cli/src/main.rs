@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Boot a unikernel ELF directly on KVM and wait for it to end.
     Run(commands::run::RunArgs),
+    /// Ask a lazy monitor to boot, stop, or report its status.
+    Control(commands::control::ControlArgs),
     /// Serve XenStore on a unix socket (what Xen's xenstore-* tools talk to).
     Xenstored(commands::xenstored::XenstoredArgs),
 }
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args, start, start_monotonic),
         Command::Xenstored(args) => commands::xenstored::run(args),
+        Command::Control(args) => commands::control::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

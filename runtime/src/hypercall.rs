@@ -179,6 +179,12 @@ fn poll(
     stop: &StopSignal,
 ) -> Result<Action, HypercallError> {
     let mut arg: Poll = guest.arg("poll", gpa)?;
+    if net.is_some_and(NetDevice::has_pending) {
+        arg.ready = hc::READY_NET;
+        arg.ret = hc::RET_OK;
+        guest.reply("poll", gpa, &arg)?;
+        return Ok(Action::Resume);
+    }
     let timeout = (arg.timeout_nanos != u64::MAX)
         .then(|| TimeSpec::from_duration(Duration::from_nanos(arg.timeout_nanos)));
     // The stop eventfd first, the NIC (if any) second.

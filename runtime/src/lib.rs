@@ -4,11 +4,13 @@
 //! from a TAP. The ABI it implements is described in `runtime/ABI.md`.
 
 pub mod boot_info;
+pub mod clock;
 pub mod cpu;
 pub mod devices;
 pub mod elf;
 pub mod hypercall;
 pub mod layout;
+pub mod lazy;
 pub mod memory;
 pub mod report;
 pub mod seccomp;
@@ -17,4 +19,4 @@ mod vcpu;
 pub mod vm;
 
 pub use report::{Outcome, RunReport, Timings, EXIT_GUEST_FAULT, EXIT_SETUP_FAILED};
-pub use vm::{NetSetup, RunningVm, Vm, VmConfig, VmError};
+pub use vm::{NetSetup, ParkedVm, RunningVm, Vm, VmConfig, VmError};

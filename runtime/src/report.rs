@@ -20,6 +20,8 @@ pub struct Timings {
     pub run: Duration,
     /// When the guest executed its first instruction (from its entry TSC).
     pub first_instruction: Option<Duration>,
+    /// From the boot request (trigger) to the first guest instruction.
+    pub boot_latency: Option<Duration>,
     pub exit: Duration,
 }
 
@@ -31,6 +33,7 @@ impl Timings {
             load: Duration::ZERO,
             run: Duration::ZERO,
             first_instruction: None,
+            boot_latency: None,
             exit: Duration::ZERO,
         }
     }

@@ -1,11 +1,12 @@
 //! The vCPU thread's loop: run guest code, serve its exits, until it halts,
 //! faults, breaks the ABI or is asked to stop.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use jitsu_abi::BootInfo;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
+use crate::clock::BootClock;
 use crate::cpu;
 use crate::hypercall::{self, Action, Devices, Guest};
 use crate::layout::AccessMap;
@@ -22,15 +23,16 @@ pub(crate) struct VcpuState {
     pub access: AccessMap,
     pub devices: Devices,
     pub tsc_khz: u32,
+    pub clock: Arc<BootClock>,
 }
 
-/// Runs the guest until it halts or faults. Returns the outcome and whether
-/// it exited at least once (so that its entry TSC has been recorded).
-pub(crate) fn vcpu_loop(state: &mut VcpuState) -> (Outcome, bool) {
+/// Runs the guest until it halts, faults or is stopped. At the first exit
+/// the guest has recorded its entry TSC, which times its first instruction.
+pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
     let mut exited = false;
     loop {
         if state.devices.stop.requested() {
-            return (Outcome::Stopped, exited);
+            return Outcome::Stopped;
         }
         let exit = state.vcpu.run();
         let crashed = |reason: String, vcpu: &VcpuFd| Outcome::Crashed {
@@ -39,7 +41,10 @@ pub(crate) fn vcpu_loop(state: &mut VcpuState) -> (Outcome, bool) {
         };
         match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
-                exited = true;
+                if !exited {
+                    exited = true;
+                    record_first_instruction(&state.mem, &state.clock, state.tsc_khz);
+                }
                 let mut buf = [0u8; 8];
                 let len = data.len().min(8);
                 buf[..len].copy_from_slice(&data[..len]);
@@ -49,52 +54,37 @@ pub(crate) fn vcpu_loop(state: &mut VcpuState) -> (Outcome, bool) {
                 };
                 match hypercall::dispatch(port, &buf[..len], &mut guest, &mut state.devices) {
                     Ok(Action::Resume) => continue,
-                    Ok(Action::Halt(status)) => return (Outcome::Halted(status), exited),
-                    Err(violation) => return (Outcome::Violation(violation), exited),
+                    Ok(Action::Halt(status)) => return Outcome::Halted(status),
+                    Err(violation) => return Outcome::Violation(violation),
                 }
             }
             Ok(VcpuExit::Shutdown) => {
-                return (
-                    crashed(
-                        "triple fault (an exception with no handler)".into(),
-                        &state.vcpu,
-                    ),
-                    exited,
-                )
+                let reason = "triple fault (an exception with no handler)".into();
+                return crashed(reason, &state.vcpu);
             }
             Ok(VcpuExit::IoIn(port, _)) => {
                 let reason = format!("read from I/O port {port:#x}, which the ABI does not define");
-                return (crashed(reason, &state.vcpu), exited);
+                return crashed(reason, &state.vcpu);
             }
             Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
                 let reason =
                     format!("access to guest-physical address {addr:#x}, outside guest memory");
-                return (crashed(reason, &state.vcpu), exited);
+                return crashed(reason, &state.vcpu);
             }
             Ok(VcpuExit::Intr) => continue,
             Ok(other) => {
                 let reason = format!("unexpected VM exit: {other:?}");
-                return (crashed(reason, &state.vcpu), exited);
+                return crashed(reason, &state.vcpu);
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => return (crashed(format!("KVM_RUN failed: {e}"), &state.vcpu), exited),
+            Err(e) => return crashed(format!("KVM_RUN failed: {e}"), &state.vcpu),
         }
     }
 }
 
-/// Converts the guest's entry TSC into a time since `start`.
-pub(crate) fn first_instruction(
-    state: &VcpuState,
-    tsc_before: Option<u64>,
-    exited: bool,
-    run: Duration,
-) -> Option<Duration> {
-    if !exited || state.tsc_khz == 0 {
-        return None;
+
+fn record_first_instruction(mem: &GuestMemory, clock: &BootClock, tsc_khz: u32) {
+    if let Ok(info) = mem.read::<BootInfo>(jitsu_abi::layout::BOOT_INFO_ADDR) {
+        clock.record_entry(info.entry_tsc, tsc_khz);
     }
-    let info: BootInfo = state.mem.read(jitsu_abi::layout::BOOT_INFO_ADDR).ok()?;
-    let ticks = info.entry_tsc.checked_sub(tsc_before?)?;
-    let micros = ticks.checked_mul(1000)? / state.tsc_khz as u64;
-    // A guest can write anything there; ignore a value no real boot produces.
-    (micros < 60_000_000).then(|| run + Duration::from_micros(micros))
 }

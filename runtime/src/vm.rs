@@ -4,7 +4,8 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ use kvm_ioctls::Kvm;
 use thiserror::Error;
 
 use crate::boot_info::{self, BootParams, GuestNet};
+use crate::clock::{self, BootClock};
 use crate::cpu;
 use crate::devices::console::Console;
 use crate::devices::net::NetDevice;
@@ -24,7 +26,7 @@ use crate::memory::{GuestMemory, MemoryError};
 use crate::report::{RunReport, Timings};
 use crate::seccomp::{self, SeccompError, VcpuFds};
 use crate::stop::{self, StopSignal};
-use crate::vcpu::{first_instruction, vcpu_loop, VcpuState};
+use crate::vcpu::{vcpu_loop, VcpuState};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 #[derive(Debug, Error)]
@@ -56,23 +58,26 @@ pub enum VmError {
     Thread(std::io::Error),
     #[error("the vCPU thread died")]
     ThreadDied,
+    #[error("the parked VM was discarded before it booted")]
+    Cancelled,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// The guest's network: which TAP, and the identity to give the guest.
-#[derive(Debug, Clone)]
+/// The guest's network: which TAP (opened once by the caller, so that VMs
+/// that replace each other share it), and the identity to give the guest.
+#[derive(Clone)]
 pub struct NetSetup {
-    pub tap: String,
+    pub tap: Arc<Tap>,
     pub mac: [u8; 6],
     pub ipv4: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VmConfig {
     pub mem_size: u64,
     pub cmdline: String,
@@ -82,6 +87,7 @@ pub struct VmConfig {
 pub struct Vm {
     state: VcpuState,
     timings: Timings,
+    activity: Arc<AtomicU64>,
 }
 
 impl Vm {
@@ -119,7 +125,7 @@ impl Vm {
         timings.vm_create = t.elapsed();
 
         let t = Instant::now();
-        let tap = config.net.as_ref().map(|n| Tap::open(&n.tap)).transpose()?;
+        let tap = config.net.as_ref().map(|n| n.tap.clone());
         image.load(kernel, &mut mem)?;
         let access = layout::build(&mut mem, &image)?;
         let net = config
@@ -148,9 +154,10 @@ impl Vm {
         timings.load = parse + t.elapsed();
 
         let stop = Arc::new(StopSignal::new().map_err(VmError::Thread)?);
+        let activity = Arc::new(AtomicU64::new(clock::now_ns()));
         let devices = Devices {
             console: Console::stdout(),
-            net: tap.map(NetDevice::new),
+            net: tap.map(|tap| NetDevice::new(tap, activity.clone())),
             stop,
         };
         let state = VcpuState {
@@ -161,8 +168,9 @@ impl Vm {
             access,
             devices,
             tsc_khz,
+            clock: Arc::new(BootClock::default()),
         };
-        Ok(Vm { state, timings })
+        Ok(Vm { state, timings, activity })
     }
 
     /// Runs the guest to its end on a vCPU thread confined by seccomp.
@@ -170,8 +178,14 @@ impl Vm {
         self.start()?.wait()
     }
 
-    /// Starts the guest on a vCPU thread confined by seccomp and returns at once.
+    /// Starts the guest at once (park, then boot with nothing held).
     pub fn start(self) -> Result<RunningVm, VmError> {
+        Ok(self.park()?.boot(Vec::new(), Instant::now()))
+    }
+
+    /// Parks the VM: its vCPU thread is started and confined, and waits for
+    /// [`ParkedVm::boot`] before running the first guest instruction.
+    pub fn park(self) -> Result<ParkedVm, VmError> {
         let done = Arc::new(
             EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map_err(|e| VmError::Thread(e.into()))?,
@@ -179,74 +193,142 @@ impl Vm {
         let fds = VcpuFds {
             vcpu: self.state.vcpu.as_raw_fd(),
             console: self.state.devices.console.raw_fd(),
-            tap: self
-                .state
-                .devices
-                .net
-                .as_ref()
-                .map(|n| n.tap().file().as_raw_fd()),
+            tap: self.state.devices.net.as_ref().map(|n| n.tap().file().as_raw_fd()),
             done: done.as_fd().as_raw_fd(),
         };
         let filter = seccomp::vcpu_filter(&fds)?;
         stop::install_kick_handler();
         let stop = self.state.devices.stop.clone();
+        let clock = self.state.clock.clone();
+        let (go_tx, go_rx) = mpsc::channel::<Go>();
         let mut timings = self.timings;
         let mut state = self.state;
         let thread_done = done.clone();
         let handle = thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || {
-                let tsc_before = cpu::guest_tsc(&state.vcpu);
-                timings.run = timings.start.elapsed();
-                let applied = seccomp::apply(&filter);
-                let result = applied.map_err(VmError::from).map(|()| {
-                    let (outcome, first_exit) = vcpu_loop(&mut state);
-                    timings.exit = timings.start.elapsed();
-                    timings.first_instruction =
-                        first_instruction(&state, tsc_before, first_exit, timings.run);
-                    let net = state.devices.net.as_ref().map(|n| n.stats);
-                    RunReport {
-                        outcome,
-                        timings,
-                        net,
-                    }
-                });
+                let result = park_then_run(&mut state, &filter, &go_rx, &mut timings);
                 let _ = thread_done.write(1);
                 // The state goes back to the caller's thread: closing its
                 // descriptors is not on this thread's allowlist.
                 (result, state)
             })
             .map_err(VmError::Thread)?;
-        Ok(RunningVm { handle, stop, done })
+        Ok(ParkedVm {
+            vcpu: Some(VcpuThread { handle, stop, done, clock, activity: self.activity }),
+            go: go_tx,
+        })
+    }
+}
+
+/// What a parked vCPU thread waits for.
+enum Go {
+    Boot { held: Vec<Vec<u8>>, trigger: Instant },
+    Cancel,
+}
+
+/// The vCPU thread's life: confine itself, wait, run.
+fn park_then_run(state: &mut VcpuState, filter: &seccompiler::BpfProgram, go: &mpsc::Receiver<Go>, timings: &mut Timings) -> Result<RunReport, VmError> {
+    if let Some(tsc) = cpu::guest_tsc(&state.vcpu) {
+        state.clock.tsc_before.store(tsc, Ordering::Release);
+        state.clock.tsc_before_ns.store(clock::now_ns(), Ordering::Release);
+    }
+    seccomp::apply(filter)?;
+    let (held, trigger) = match go.recv() {
+        Ok(Go::Boot { held, trigger }) => (held, trigger),
+        Ok(Go::Cancel) | Err(_) => return Err(VmError::Cancelled),
+    };
+    state.clock.trigger_ns.store(clock::instant_ns(trigger), Ordering::Release);
+    if let Some(net) = state.devices.net.as_mut() {
+        net.hand_over(held);
+    }
+    timings.run = timings.start.elapsed();
+    let outcome = vcpu_loop(state);
+    timings.exit = timings.start.elapsed();
+    let first = state.clock.first_instruction_ns.load(Ordering::Acquire);
+    let start_ns = clock::instant_ns(timings.start);
+    timings.first_instruction = (first != 0).then(|| Duration::from_nanos(first.saturating_sub(start_ns)));
+    timings.boot_latency = state.clock.latency();
+    let net = state.devices.net.as_ref().map(|n| n.stats);
+    Ok(RunReport { outcome, timings: *timings, net })
+}
+
+/// The vCPU thread and what others use to reach it.
+struct VcpuThread {
+    handle: thread::JoinHandle<(Result<RunReport, VmError>, VcpuState)>,
+    stop: Arc<StopSignal>,
+    done: Arc<EventFd>,
+    clock: Arc<BootClock>,
+    activity: Arc<AtomicU64>,
+}
+
+impl VcpuThread {
+    fn join(self) -> Result<RunReport, VmError> {
+        let (result, state) = self.handle.join().map_err(|_| VmError::ThreadDied)?;
+        drop(state);
+        result
+    }
+}
+
+/// A VM whose vCPU thread waits for its first instruction.
+pub struct ParkedVm {
+    vcpu: Option<VcpuThread>,
+    go: mpsc::Sender<Go>,
+}
+
+impl ParkedVm {
+    /// Lets the guest run; `held` frames reach it before anything on the TAP.
+    /// `trigger` is when the boot was asked for, to time it.
+    pub fn boot(mut self, held: Vec<Vec<u8>>, trigger: Instant) -> RunningVm {
+        let vcpu = self.vcpu.take().expect("a parked VM has its vCPU thread");
+        // The thread is alive and waiting (it only returns after a message),
+        // unless it failed to confine itself; then `wait` reports why.
+        let _ = self.go.send(Go::Boot { held, trigger });
+        RunningVm { vcpu }
+    }
+}
+
+impl Drop for ParkedVm {
+    fn drop(&mut self) {
+        if let Some(vcpu) = self.vcpu.take() {
+            let _ = self.go.send(Go::Cancel);
+            let _ = vcpu.join();
+        }
     }
 }
 
 /// A guest running on its vCPU thread.
 pub struct RunningVm {
-    handle: thread::JoinHandle<(Result<RunReport, VmError>, VcpuState)>,
-    stop: Arc<StopSignal>,
-    done: Arc<EventFd>,
+    vcpu: VcpuThread,
 }
 
 impl RunningVm {
     /// Readable once the guest has ended (to wait for it alongside other events).
     pub fn done_fd(&self) -> BorrowedFd<'_> {
-        self.done.as_fd()
+        self.vcpu.done.as_fd()
+    }
+
+    /// Trigger to first guest instruction, once the guest has made its first exit.
+    pub fn boot_latency(&self) -> Option<Duration> {
+        self.vcpu.clock.latency()
+    }
+
+    /// When a frame last moved to or from the guest (`clock::now_ns`).
+    pub fn last_activity_ns(&self) -> u64 {
+        self.vcpu.activity.load(Ordering::Relaxed)
     }
 
     /// Waits for the guest to end by itself.
     pub fn wait(self) -> Result<RunReport, VmError> {
-        let (result, state) = self.handle.join().map_err(|_| VmError::ThreadDied)?;
-        drop(state);
-        result
+        self.vcpu.join()
     }
 
     /// Stops the guest wherever it is and waits for the vCPU thread.
     pub fn stop(self) -> Result<RunReport, VmError> {
-        self.stop.request();
-        while !self.handle.is_finished() {
-            stop::kick(self.handle.as_pthread_t());
-            thread::sleep(Duration::from_millis(1));
+        self.vcpu.stop.request();
+        while !self.vcpu.handle.is_finished() {
+            stop::kick(self.vcpu.handle.as_pthread_t());
+            thread::sleep(Duration::from_micros(200));
         }
         self.wait()
     }

@@ -8,6 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::os::fd::AsFd;
 
+use std::sync::Arc;
+
+use jitsu_runtime::devices::tap::Tap;
+use jitsu_runtime::lazy::{Ended, LazyConfig, Supervisor};
 use jitsu_runtime::{NetSetup, Outcome, RunReport, Vm, VmConfig};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -35,6 +39,20 @@ pub struct RunArgs {
     /// Print the phases of the run, in microseconds since jitsu started.
     #[arg(long)]
     timings: bool,
+    /// Park the unikernel and boot it on the first packet for its address
+    /// (or a `boot` on the control socket). Needs --net and --ip.
+    #[arg(long, requires = "net")]
+    lazy: bool,
+    /// With --lazy: park a fresh VM after this long without a frame (e.g. 500ms, 30s, 5m).
+    #[arg(long, value_parser = args::parse_duration, requires = "lazy")]
+    idle_timeout: Option<Duration>,
+    /// With --lazy: serve `boot`, `stop`, `status` on this unix socket.
+    #[arg(long, value_name = "PATH", requires = "lazy")]
+    control: Option<PathBuf>,
+    /// With --lazy: drop packets that arrive while the guest boots instead of
+    /// holding them (to measure what holding saves).
+    #[arg(long, requires = "lazy")]
+    no_hold: bool,
     /// The unikernel ELF.
     kernel: PathBuf,
     /// Command line handed to the guest.
@@ -50,8 +68,9 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
             let Some((ipv4, prefix_len)) = args.ip else {
                 bail!("--net {tap} needs --ip ADDR/PREFIX: the guest has no other way to learn its address");
             };
+            let tap = Tap::open(tap).with_context(|| format!("{}", args.kernel.display()))?;
             Some(NetSetup {
-                tap: tap.clone(),
+                tap: Arc::new(tap),
                 mac: args.mac.unwrap_or_else(|| args::default_mac(Some(ipv4))),
                 ipv4,
                 prefix_len,
@@ -65,6 +84,16 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
         cmdline: args.args.join(" "),
         net,
     };
+    if args.lazy {
+        let lazy = LazyConfig {
+            kernel,
+            vm: config,
+            idle_timeout: args.idle_timeout,
+            control: args.control.clone(),
+            hold: !args.no_hold,
+        };
+        return run_lazy(lazy, &args.kernel);
+    }
     let vm = Vm::create(&kernel, &config, start)
         .with_context(|| format!("{}", args.kernel.display()))?;
     let (report, signal) =
@@ -79,16 +108,36 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
     })
 }
 
-/// Runs the guest until it ends, or until SIGINT or SIGTERM asks the monitor
-/// to stop it (then the exit status is 128 + the signal, as for a process).
-fn run_until_signal(vm: Vm) -> Result<(RunReport, Option<i32>)> {
+/// Blocks SIGINT and SIGTERM for this thread and the threads it starts
+/// (so they arrive only through the returned signalfd).
+fn termination_signals() -> Result<SignalFd> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
-    // Blocked before the vCPU thread exists, so it inherits the block and the
-    // signals arrive only through the signalfd below.
     signals.thread_block().context("blocking SIGINT/SIGTERM")?;
-    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+    SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")
+}
+
+/// Keeps the unikernel parked, booting it on demand, until a signal or
+/// until the guest ends by itself.
+fn run_lazy(config: LazyConfig, kernel: &std::path::Path) -> Result<u8> {
+    let signal_fd = termination_signals()?;
+    let mut supervisor = Supervisor::new(config).with_context(|| format!("{}", kernel.display()))?;
+    tracing::info!("parked; waiting for a packet or a boot command");
+    match supervisor.serve(signal_fd.as_fd()).with_context(|| format!("{}", kernel.display()))? {
+        Ended::Signal(signal) => Ok(128 + signal as u8),
+        Ended::Guest(report) => {
+            describe_end(kernel, &report.outcome);
+            Ok(report.outcome.exit_code() as u8)
+        }
+    }
+}
+
+/// Runs the guest until it ends, or until SIGINT or SIGTERM asks the monitor
+/// to stop it (then the exit status is 128 + the signal, as for a process).
+fn run_until_signal(vm: Vm) -> Result<(RunReport, Option<i32>)> {
+    // Before the vCPU thread exists, so that it inherits the block.
+    let signal_fd = termination_signals()?;
     let running = vm.start()?;
     let mut fds = [
         PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN),

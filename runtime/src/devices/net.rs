@@ -1,7 +1,10 @@
 //! The guest NIC: frames between the TAP and guest memory, in batches packed
 //! as the ABI describes (little-endian u16 length, then the frame).
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use jitsu_abi::hypercall::FRAME_HEADER_LEN;
 use jitsu_abi::ETHERNET_HEADER_LEN;
@@ -9,8 +12,13 @@ use jitsu_abi::ETHERNET_HEADER_LEN;
 use super::tap::Tap;
 
 pub struct NetDevice {
-    tap: Tap,
+    tap: Arc<Tap>,
     max_frame: usize,
+    /// Frames that arrived before the guest ran (held by Synjitsu): the
+    /// guest reads them before anything from the TAP.
+    pending: VecDeque<Vec<u8>>,
+    /// When a frame last moved either way (`clock::now_ns`), for idle stop.
+    activity: Arc<AtomicU64>,
     pub stats: NetStats,
 }
 
@@ -30,13 +38,24 @@ pub struct MalformedBatch {
 }
 
 impl NetDevice {
-    pub fn new(tap: Tap) -> NetDevice {
+    pub fn new(tap: Arc<Tap>, activity: Arc<AtomicU64>) -> NetDevice {
         let max_frame = tap.mtu() as usize + ETHERNET_HEADER_LEN;
-        NetDevice {
-            tap,
-            max_frame,
-            stats: NetStats::default(),
-        }
+        NetDevice { tap, max_frame, pending: VecDeque::new(), activity, stats: NetStats::default() }
+    }
+
+    /// Queues frames to be read before the TAP.
+    pub fn hand_over(&mut self, frames: Vec<Vec<u8>>) {
+        let max = self.max_frame;
+        self.pending.extend(frames.into_iter().filter(|f| f.len() <= max));
+    }
+
+    /// Whether a read would find something without asking the TAP.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    fn touch(&self) {
+        self.activity.store(crate::clock::now_ns(), Ordering::Relaxed);
     }
 
     pub fn tap(&self) -> &Tap {
@@ -50,7 +69,17 @@ impl NetDevice {
     /// Reads every waiting frame that fits into `buf`. Returns (frames, bytes used).
     pub fn read_batch(&mut self, buf: &mut [u8]) -> std::io::Result<(u64, usize)> {
         let (mut frames, mut used) = (0, 0);
-        while buf.len() - used >= FRAME_HEADER_LEN + self.max_frame {
+        while let Some(frame) = self.pending.front() {
+            if buf.len() - used < FRAME_HEADER_LEN + frame.len() {
+                break;
+            }
+            buf[used..used + FRAME_HEADER_LEN].copy_from_slice(&(frame.len() as u16).to_le_bytes());
+            buf[used + FRAME_HEADER_LEN..used + FRAME_HEADER_LEN + frame.len()].copy_from_slice(frame);
+            used += FRAME_HEADER_LEN + frame.len();
+            frames += 1;
+            self.pending.pop_front();
+        }
+        while self.pending.is_empty() && buf.len() - used >= FRAME_HEADER_LEN + self.max_frame {
             let body = &mut buf[used + FRAME_HEADER_LEN..used + FRAME_HEADER_LEN + self.max_frame];
             match self.tap.file().read(body) {
                 Ok(n) => {
@@ -68,6 +97,9 @@ impl NetDevice {
             }
         }
         self.stats.rx_frames += frames;
+        if frames > 0 {
+            self.touch();
+        }
         Ok((frames, used))
     }
 
@@ -88,6 +120,9 @@ impl NetDevice {
                 }
             }
             frames += 1;
+        }
+        if frames > 0 {
+            self.touch();
         }
         Ok(frames)
     }

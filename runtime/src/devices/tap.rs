@@ -82,6 +82,11 @@ impl Tap {
         self.mtu
     }
 
+    pub fn file_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
     /// `&File` implements Read and Write, so shared access is enough to move frames.
     pub fn file(&self) -> &File {
         &self.file

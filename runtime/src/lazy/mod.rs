@@ -1,0 +1,285 @@
+//! Lazy boot: a monitor that keeps its unikernel parked until a packet (or
+//! a control command) asks for it, lets Synjitsu stand in while it is
+//! parked or booting, and parks a fresh VM again after an idle timeout.
+//!
+//! All of it runs on the monitor's main thread, in one `poll` loop: the TAP
+//! (only while parked: Synjitsu reads it), the control socket, the running
+//! guest's "done" eventfd, the signalfd and the idle deadline. The guest
+//! itself runs on its own confined vCPU thread (see [`crate::vm`]).
+
+pub mod control;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::Serialize;
+use synjitsu::Synjitsu;
+use thiserror::Error;
+
+use crate::clock;
+use crate::devices::tap::Tap;
+use crate::report::RunReport;
+use crate::vm::{ParkedVm, RunningVm, Vm, VmConfig, VmError};
+use control::{Command, ControlServer};
+
+#[derive(Debug, Error)]
+pub enum LazyError {
+    #[error("lazy boot needs a network device (--net TAP --ip ADDR/PREFIX)")]
+    NoNetwork,
+    #[error("control socket {path}: {source}")]
+    Control { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("waiting for events: {0}")]
+    Poll(nix::Error),
+}
+
+pub struct LazyConfig {
+    pub kernel: Vec<u8>,
+    pub vm: VmConfig,
+    /// Park again after this long without a frame either way.
+    pub idle_timeout: Option<Duration>,
+    pub control: Option<PathBuf>,
+    /// Hold packets that arrive before the guest runs (off: drop them, as a
+    /// lazy start without Synjitsu would).
+    pub hold: bool,
+}
+
+/// Why the monitor stopped.
+pub enum Ended {
+    /// A signal asked it to; the guest (if running) was stopped.
+    Signal(i32),
+    /// The guest ended by itself (halted or crashed).
+    Guest(RunReport),
+}
+
+enum State {
+    Parked(ParkedVm),
+    Running(RunningVm),
+}
+
+/// What `status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub state: &'static str,
+    pub boots: u64,
+    pub last_boot_latency_us: Option<u64>,
+    pub held_frames: u64,
+    pub dropped_frames: u64,
+    pub arp_replies: u64,
+    pub last_packet_unix_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+pub struct Supervisor {
+    config: LazyConfig,
+    tap: Arc<Tap>,
+    synjitsu: Synjitsu,
+    state: Option<State>,
+    control: Option<ControlServer>,
+    boots: u64,
+    last_boot_latency: Option<Duration>,
+    last_packet_ns: u64,
+}
+
+impl Supervisor {
+    pub fn new(config: LazyConfig) -> Result<Supervisor, LazyError> {
+        let net = config.vm.net.clone().ok_or(LazyError::NoNetwork)?;
+        let mut synjitsu_config = synjitsu::Config::new(net.ipv4, net.mac);
+        synjitsu_config.hold = config.hold;
+        let control = match &config.control {
+            Some(path) => Some(ControlServer::bind(path).map_err(|source| LazyError::Control { path: path.display().to_string(), source })?),
+            None => None,
+        };
+        let mut supervisor = Supervisor {
+            tap: net.tap,
+            synjitsu: Synjitsu::new(synjitsu_config),
+            state: None,
+            control,
+            boots: 0,
+            last_boot_latency: None,
+            last_packet_ns: 0,
+            config,
+        };
+        supervisor.park()?;
+        Ok(supervisor)
+    }
+
+    fn park(&mut self) -> Result<(), LazyError> {
+        let vm = Vm::create(&self.config.kernel, &self.config.vm, Instant::now())?;
+        self.state = Some(State::Parked(vm.park()?));
+        Ok(())
+    }
+
+    /// Serves until a signal arrives on `signals` or the guest ends by itself.
+    pub fn serve(&mut self, signals: BorrowedFd<'_>) -> Result<Ended, LazyError> {
+        loop {
+            let parked = matches!(self.state, Some(State::Parked(_)));
+            let timeout = self.idle_deadline().map_or(PollTimeout::NONE, |left| {
+                PollTimeout::try_from(left.as_millis().min(60_000) as u64 + 1).unwrap_or(PollTimeout::MAX)
+            });
+            let (signal, tap, done, control) = {
+                let mut fds = vec![PollFd::new(signals, PollFlags::POLLIN)];
+                match &self.state {
+                    Some(State::Parked(_)) => fds.push(PollFd::new(self.tap.file_fd(), PollFlags::POLLIN)),
+                    Some(State::Running(vm)) => fds.push(PollFd::new(vm.done_fd(), PollFlags::POLLIN)),
+                    None => {}
+                }
+                let control_fds = self.control.as_ref().map(ControlServer::poll_fds).unwrap_or_default();
+                fds.extend(control_fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::Error::EINTR) => {}
+                    Err(e) => return Err(LazyError::Poll(e)),
+                }
+                let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+                (ready[0], parked && ready[1], !parked && ready[1], ready[2..].to_vec())
+            };
+            if signal {
+                return Ok(Ended::Signal(self.stop_for_signal(signals)));
+            }
+            if tap {
+                self.read_tap()?;
+            }
+            if done {
+                if let Some(State::Running(vm)) = self.state.take() {
+                    return Ok(Ended::Guest(vm.wait()?));
+                }
+            }
+            if !control.is_empty() {
+                self.serve_control(&control)?;
+            }
+            if self.idle_deadline() == Some(Duration::ZERO) {
+                tracing::info!("idle: parking a fresh VM");
+                self.repark()?;
+            }
+        }
+    }
+
+    /// Time left before the running guest counts as idle.
+    fn idle_deadline(&self) -> Option<Duration> {
+        let (Some(State::Running(vm)), Some(timeout)) = (&self.state, self.config.idle_timeout) else { return None };
+        let idle = Duration::from_nanos(clock::now_ns().saturating_sub(vm.last_activity_ns()));
+        Some(timeout.saturating_sub(idle))
+    }
+
+    /// Feeds waiting frames to Synjitsu; boots at the first trigger and
+    /// leaves the rest on the TAP for the guest.
+    fn read_tap(&mut self) -> Result<(), LazyError> {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = match self.tap.file().read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(%e, "reading the TAP");
+                    return Ok(());
+                }
+            };
+            let received = Instant::now();
+            self.last_packet_ns = clock::instant_ns(received);
+            let verdict = self.synjitsu.on_frame(&buf[..n]);
+            if let synjitsu::Action::Reply(reply) = &verdict.action {
+                let _ = self.tap.file().write(reply);
+            }
+            if verdict.boot {
+                self.boot(received);
+                return Ok(());
+            }
+        }
+    }
+
+    fn boot(&mut self, trigger: Instant) {
+        if let Some(State::Parked(vm)) = self.state.take() {
+            self.boots += 1;
+            let held = self.synjitsu.take_held();
+            tracing::debug!(held = held.len(), "booting");
+            self.state = Some(State::Running(vm.boot(held, trigger)));
+        } else {
+            unreachable_state();
+        }
+    }
+
+    /// Stops the running guest and parks a fresh VM in its place.
+    fn repark(&mut self) -> Result<(), LazyError> {
+        if let Some(State::Running(vm)) = self.state.take() {
+            self.last_boot_latency = vm.boot_latency().or(self.last_boot_latency);
+            let report = vm.stop()?;
+            tracing::debug!(outcome = ?report.outcome, "guest stopped");
+        }
+        self.park()
+    }
+
+    fn stop_for_signal(&mut self, signals: BorrowedFd<'_>) -> i32 {
+        let mut info = [0u8; 128];
+        let signo = nix::unistd::read(signals, &mut info).ok().filter(|&n| n >= 4).map_or(libc::SIGTERM, |_| {
+            u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32
+        });
+        if let Some(State::Running(vm)) = self.state.take() {
+            let _ = vm.stop();
+        }
+        self.state = None; // a parked VM is cancelled on drop
+        signo
+    }
+
+    fn serve_control(&mut self, ready: &[bool]) -> Result<(), LazyError> {
+        let Some(mut control) = self.control.take() else { return Ok(()) };
+        let mut failure = None;
+        control.service(ready, |command| match command {
+            None => r#"{"error":"unknown command (boot, stop, status)"}"#.into(),
+            Some(command) => {
+                if let Err(e) = self.command(command) {
+                    let text = serde_json::json!({ "error": e.to_string() }).to_string();
+                    failure = Some(e);
+                    return text;
+                }
+                serde_json::to_string(&self.status()).unwrap_or_default()
+            }
+        });
+        self.control = Some(control);
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn command(&mut self, command: Command) -> Result<(), LazyError> {
+        match (command, &self.state) {
+            (Command::Boot, Some(State::Parked(_))) => self.boot(Instant::now()),
+            (Command::Stop, Some(State::Running(_))) => self.repark()?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        let stats = self.synjitsu.stats();
+        let (state, latency) = match &self.state {
+            Some(State::Parked(_)) | None => ("parked", self.last_boot_latency),
+            Some(State::Running(vm)) => match vm.boot_latency() {
+                Some(l) => ("running", Some(l)),
+                None => ("booting", self.last_boot_latency),
+            },
+        };
+        let last_packet = match &self.state {
+            Some(State::Running(vm)) => vm.last_activity_ns().max(self.last_packet_ns),
+            _ => self.last_packet_ns,
+        };
+        Status {
+            state,
+            boots: self.boots,
+            last_boot_latency_us: latency.map(|d| d.as_micros() as u64),
+            held_frames: stats.held,
+            dropped_frames: stats.dropped(),
+            arp_replies: stats.arp_replies,
+            last_packet_unix_ms: (last_packet != 0).then(|| clock::unix_ms(last_packet)),
+            idle_timeout_ms: self.config.idle_timeout.map(|d| d.as_millis() as u64),
+        }
+    }
+}
+
+#[cold]
+fn unreachable_state() {
+    tracing::error!("boot asked for while not parked");
+}
