@@ -22,7 +22,8 @@ pub fn instant_ns(at: Instant) -> u64 {
 /// Milliseconds since the Unix epoch of a `now_ns` reading.
 pub fn unix_ms(ns: u64) -> u64 {
     let wall = origin().1 + Duration::from_nanos(ns.saturating_sub(1));
-    wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    wall.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// When a guest was asked to boot and when its first instruction ran, shared
@@ -47,7 +48,9 @@ impl BootClock {
     /// Records the first instruction from the guest's entry TSC.
     pub fn record_entry(&self, entry_tsc: u64, tsc_khz: u32) {
         let before = self.tsc_before.load(Ordering::Acquire);
-        let Some(ticks) = entry_tsc.checked_sub(before) else { return };
+        let Some(ticks) = entry_tsc.checked_sub(before) else {
+            return;
+        };
         if tsc_khz == 0 {
             return;
         }

@@ -82,7 +82,6 @@ pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
     }
 }
 
-
 fn record_first_instruction(mem: &GuestMemory, clock: &BootClock, tsc_khz: u32) {
     if let Ok(info) = mem.read::<BootInfo>(jitsu_abi::layout::BOOT_INFO_ADDR) {
         clock.record_entry(info.entry_tsc, tsc_khz);

@@ -170,7 +170,11 @@ impl Vm {
             tsc_khz,
             clock: Arc::new(BootClock::default()),
         };
-        Ok(Vm { state, timings, activity })
+        Ok(Vm {
+            state,
+            timings,
+            activity,
+        })
     }
 
     /// Runs the guest to its end on a vCPU thread confined by seccomp.
@@ -193,7 +197,12 @@ impl Vm {
         let fds = VcpuFds {
             vcpu: self.state.vcpu.as_raw_fd(),
             console: self.state.devices.console.raw_fd(),
-            tap: self.state.devices.net.as_ref().map(|n| n.tap().file().as_raw_fd()),
+            tap: self
+                .state
+                .devices
+                .net
+                .as_ref()
+                .map(|n| n.tap().file().as_raw_fd()),
             done: done.as_fd().as_raw_fd(),
         };
         let filter = seccomp::vcpu_filter(&fds)?;
@@ -215,7 +224,13 @@ impl Vm {
             })
             .map_err(VmError::Thread)?;
         Ok(ParkedVm {
-            vcpu: Some(VcpuThread { handle, stop, done, clock, activity: self.activity }),
+            vcpu: Some(VcpuThread {
+                handle,
+                stop,
+                done,
+                clock,
+                activity: self.activity,
+            }),
             go: go_tx,
         })
     }
@@ -223,22 +238,36 @@ impl Vm {
 
 /// What a parked vCPU thread waits for.
 enum Go {
-    Boot { held: Vec<Vec<u8>>, trigger: Instant },
+    Boot {
+        held: Vec<Vec<u8>>,
+        trigger: Instant,
+    },
     Cancel,
 }
 
 /// The vCPU thread's life: confine itself, wait, run.
-fn park_then_run(state: &mut VcpuState, filter: &seccompiler::BpfProgram, go: &mpsc::Receiver<Go>, timings: &mut Timings) -> Result<RunReport, VmError> {
+fn park_then_run(
+    state: &mut VcpuState,
+    filter: &seccompiler::BpfProgram,
+    go: &mpsc::Receiver<Go>,
+    timings: &mut Timings,
+) -> Result<RunReport, VmError> {
     if let Some(tsc) = cpu::guest_tsc(&state.vcpu) {
         state.clock.tsc_before.store(tsc, Ordering::Release);
-        state.clock.tsc_before_ns.store(clock::now_ns(), Ordering::Release);
+        state
+            .clock
+            .tsc_before_ns
+            .store(clock::now_ns(), Ordering::Release);
     }
     seccomp::apply(filter)?;
     let (held, trigger) = match go.recv() {
         Ok(Go::Boot { held, trigger }) => (held, trigger),
         Ok(Go::Cancel) | Err(_) => return Err(VmError::Cancelled),
     };
-    state.clock.trigger_ns.store(clock::instant_ns(trigger), Ordering::Release);
+    state
+        .clock
+        .trigger_ns
+        .store(clock::instant_ns(trigger), Ordering::Release);
     if let Some(net) = state.devices.net.as_mut() {
         net.hand_over(held);
     }
@@ -247,10 +276,15 @@ fn park_then_run(state: &mut VcpuState, filter: &seccompiler::BpfProgram, go: &m
     timings.exit = timings.start.elapsed();
     let first = state.clock.first_instruction_ns.load(Ordering::Acquire);
     let start_ns = clock::instant_ns(timings.start);
-    timings.first_instruction = (first != 0).then(|| Duration::from_nanos(first.saturating_sub(start_ns)));
+    timings.first_instruction =
+        (first != 0).then(|| Duration::from_nanos(first.saturating_sub(start_ns)));
     timings.boot_latency = state.clock.latency();
     let net = state.devices.net.as_ref().map(|n| n.stats);
-    Ok(RunReport { outcome, timings: *timings, net })
+    Ok(RunReport {
+        outcome,
+        timings: *timings,
+        net,
+    })
 }
 
 /// The vCPU thread and what others use to reach it.

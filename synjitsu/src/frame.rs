@@ -109,7 +109,12 @@ pub fn tcp(segment: &[u8]) -> Option<Tcp> {
 }
 
 /// An ARP frame (request or reply) from `sender` to `target`.
-pub fn build_arp(op: u16, sender: (Mac, Ipv4Addr), target: (Mac, Ipv4Addr), eth_dst: Mac) -> Vec<u8> {
+pub fn build_arp(
+    op: u16,
+    sender: (Mac, Ipv4Addr),
+    target: (Mac, Ipv4Addr),
+    eth_dst: Mac,
+) -> Vec<u8> {
     let mut f = Vec::with_capacity(ETH_HEADER + ARP_LEN);
     f.extend_from_slice(&eth_dst);
     f.extend_from_slice(&sender.0);
@@ -154,7 +159,9 @@ mod tests {
 
     #[test]
     fn ipv4_lengths_are_checked() {
-        let mut p = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut p = vec![
+            0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
         p.extend_from_slice(&[0; 20]);
         assert_eq!(ipv4(&p).unwrap().payload.len(), 20);
         p[3] = 60; // claims more than there is

@@ -17,7 +17,9 @@ pub mod frame;
 use std::collections::{HashSet, VecDeque};
 use std::net::Ipv4Addr;
 
-use frame::{Mac, ARP_REPLY, ARP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_TCP, TCP_ACK, TCP_SYN};
+use frame::{
+    Mac, ARP_REPLY, ARP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_TCP, TCP_ACK, TCP_SYN,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -34,7 +36,13 @@ pub struct Config {
 
 impl Config {
     pub fn new(service_ip: Ipv4Addr, service_mac: Mac) -> Config {
-        Config { service_ip, service_mac, max_frames: 256, max_bytes: 256 * 1024, hold: true }
+        Config {
+            service_ip,
+            service_mac,
+            max_frames: 256,
+            max_bytes: 256 * 1024,
+            hold: true,
+        }
     }
 }
 
@@ -128,8 +136,10 @@ impl Synjitsu {
 
     pub fn on_frame(&mut self, frame: &[u8]) -> Verdict {
         let action = self.classify(frame);
-        let boot = matches!(action, Action::Held | Action::Dropped(Drop::NotHeld) | Action::Dropped(Drop::DuplicateSyn))
-            && !self.triggered;
+        let boot = matches!(
+            action,
+            Action::Held | Action::Dropped(Drop::NotHeld) | Action::Dropped(Drop::DuplicateSyn)
+        ) && !self.triggered;
         if boot {
             self.triggered = true;
             self.stats.triggers += 1;
@@ -180,7 +190,12 @@ impl Synjitsu {
             .then(|| frame::tcp(ip.payload))
             .flatten()
             .filter(|t| t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
-            .map(|t| SynKey { src: ip.src, src_port: t.src_port, dst_port: t.dst_port, seq: t.seq });
+            .map(|t| SynKey {
+                src: ip.src,
+                src_port: t.src_port,
+                dst_port: t.dst_port,
+                seq: t.seq,
+            });
         if let Some(key) = syn {
             if self.syns.contains(&key) {
                 self.stats.dropped_duplicate_syn += 1;
@@ -206,7 +221,9 @@ impl Synjitsu {
         self.queue.push_back((frame, syn));
         self.stats.held += 1;
         while self.queue.len() > self.config.max_frames || self.bytes > self.config.max_bytes {
-            let Some((old, key)) = self.queue.pop_front() else { break };
+            let Some((old, key)) = self.queue.pop_front() else {
+                break;
+            };
             self.bytes -= old.len();
             if let Some(key) = key {
                 // A retransmission of a dropped SYN may be held again.
@@ -222,8 +239,11 @@ impl Synjitsu {
     /// parking.
     pub fn take_held(&mut self) -> Vec<Vec<u8>> {
         let me = (self.config.service_mac, self.config.service_ip);
-        let mut out: Vec<Vec<u8>> =
-            self.clients.drain(..).map(|client| frame::build_arp(ARP_REQUEST, client, (me.0, me.1), me.0)).collect();
+        let mut out: Vec<Vec<u8>> = self
+            .clients
+            .drain(..)
+            .map(|client| frame::build_arp(ARP_REQUEST, client, (me.0, me.1), me.0))
+            .collect();
         out.extend(self.queue.drain(..).map(|(f, _)| f));
         self.bytes = 0;
         self.syns.clear();

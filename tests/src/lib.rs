@@ -5,7 +5,9 @@
 //! These tests need root and /dev/kvm. Without them they fail with a message
 //! saying so: a skipped test would hide that nothing was checked.
 
+pub mod lazy;
 pub mod netns;
+pub mod packet;
 pub mod process;
 
 use std::path::PathBuf;

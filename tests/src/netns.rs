@@ -53,6 +53,25 @@ impl NetNs {
         &self.name
     }
 
+    /// The MAC of the namespace's end of the TAP.
+    pub fn tap_mac(&self) -> [u8; 6] {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-o", "link", "show", &self.tap])
+            .output()
+            .expect("ip link");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("link/ether");
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(hex.split(':')) {
+            *byte = u8::from_str_radix(part, 16).expect("hex");
+        }
+        mac
+    }
+
     /// A command that runs `program` inside the namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");

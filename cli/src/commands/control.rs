@@ -18,7 +18,8 @@ pub fn run(args: ControlArgs) -> Result<u8> {
     if Command::parse(&args.command).is_none() {
         bail!("unknown command {:?} (boot, stop, status)", args.command);
     }
-    let reply = control::request(&args.socket, &args.command).with_context(|| format!("{}", args.socket.display()))?;
+    let reply = control::request(&args.socket, &args.command)
+        .with_context(|| format!("{}", args.socket.display()))?;
     println!("{reply}");
     Ok(if reply.contains("\"error\"") { 1 } else { 0 })
 }

@@ -115,16 +115,21 @@ fn termination_signals() -> Result<SignalFd> {
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
     signals.thread_block().context("blocking SIGINT/SIGTERM")?;
-    SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")
+    SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")
 }
 
 /// Keeps the unikernel parked, booting it on demand, until a signal or
 /// until the guest ends by itself.
 fn run_lazy(config: LazyConfig, kernel: &std::path::Path) -> Result<u8> {
     let signal_fd = termination_signals()?;
-    let mut supervisor = Supervisor::new(config).with_context(|| format!("{}", kernel.display()))?;
+    let mut supervisor =
+        Supervisor::new(config).with_context(|| format!("{}", kernel.display()))?;
     tracing::info!("parked; waiting for a packet or a boot command");
-    match supervisor.serve(signal_fd.as_fd()).with_context(|| format!("{}", kernel.display()))? {
+    match supervisor
+        .serve(signal_fd.as_fd())
+        .with_context(|| format!("{}", kernel.display()))?
+    {
         Ended::Signal(signal) => Ok(128 + signal as u8),
         Ended::Guest(report) => {
             describe_end(kernel, &report.outcome);

@@ -40,13 +40,20 @@ pub struct MalformedBatch {
 impl NetDevice {
     pub fn new(tap: Arc<Tap>, activity: Arc<AtomicU64>) -> NetDevice {
         let max_frame = tap.mtu() as usize + ETHERNET_HEADER_LEN;
-        NetDevice { tap, max_frame, pending: VecDeque::new(), activity, stats: NetStats::default() }
+        NetDevice {
+            tap,
+            max_frame,
+            pending: VecDeque::new(),
+            activity,
+            stats: NetStats::default(),
+        }
     }
 
     /// Queues frames to be read before the TAP.
     pub fn hand_over(&mut self, frames: Vec<Vec<u8>>) {
         let max = self.max_frame;
-        self.pending.extend(frames.into_iter().filter(|f| f.len() <= max));
+        self.pending
+            .extend(frames.into_iter().filter(|f| f.len() <= max));
     }
 
     /// Whether a read would find something without asking the TAP.
@@ -55,7 +62,8 @@ impl NetDevice {
     }
 
     fn touch(&self) {
-        self.activity.store(crate::clock::now_ns(), Ordering::Relaxed);
+        self.activity
+            .store(crate::clock::now_ns(), Ordering::Relaxed);
     }
 
     pub fn tap(&self) -> &Tap {
@@ -74,7 +82,8 @@ impl NetDevice {
                 break;
             }
             buf[used..used + FRAME_HEADER_LEN].copy_from_slice(&(frame.len() as u16).to_le_bytes());
-            buf[used + FRAME_HEADER_LEN..used + FRAME_HEADER_LEN + frame.len()].copy_from_slice(frame);
+            buf[used + FRAME_HEADER_LEN..used + FRAME_HEADER_LEN + frame.len()]
+                .copy_from_slice(frame);
             used += FRAME_HEADER_LEN + frame.len();
             frames += 1;
             self.pending.pop_front();

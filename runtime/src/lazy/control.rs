@@ -43,17 +43,26 @@ pub struct ControlServer {
 impl ControlServer {
     pub fn bind(path: &Path) -> std::io::Result<ControlServer> {
         if UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(ErrorKind::AddrInUse, format!("{} is in use", path.display())));
+            return Err(std::io::Error::new(
+                ErrorKind::AddrInUse,
+                format!("{} is in use", path.display()),
+            ));
         }
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
-        Ok(ControlServer { listener, path: path.to_path_buf(), clients: Vec::new() })
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            clients: Vec::new(),
+        })
     }
 
     /// The listener first, then each client, as `poll_fds` lists them.
     pub fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
-        std::iter::once(self.listener.as_fd()).chain(self.clients.iter().map(|c| c.stream.as_fd())).collect()
+        std::iter::once(self.listener.as_fd())
+            .chain(self.clients.iter().map(|c| c.stream.as_fd()))
+            .collect()
     }
 
     /// Handles readiness (indexes as in `poll_fds`): accepts clients, reads
@@ -62,13 +71,17 @@ impl ControlServer {
         if ready.first() == Some(&true) {
             while let Ok((stream, _)) = self.listener.accept() {
                 if stream.set_nonblocking(true).is_ok() {
-                    self.clients.push(Client { stream, buf: Vec::new() });
+                    self.clients.push(Client {
+                        stream,
+                        buf: Vec::new(),
+                    });
                 }
             }
         }
         let mut keep = Vec::with_capacity(self.clients.len());
         for (i, mut client) in std::mem::take(&mut self.clients).into_iter().enumerate() {
-            let alive = !ready.get(i + 1).copied().unwrap_or(false) || serve_client(&mut client, &mut answer);
+            let alive = !ready.get(i + 1).copied().unwrap_or(false)
+                || serve_client(&mut client, &mut answer);
             if alive {
                 keep.push(client);
             }
@@ -103,14 +116,18 @@ fn serve_client(client: &mut Client, answer: &mut impl FnMut(Option<Command>) ->
         reply.push('\n');
         // Replies are small; a client that cannot take one is dropped.
         let _ = client.stream.set_nonblocking(false);
-        let _ = client.stream.set_write_timeout(Some(Duration::from_millis(100)));
+        let _ = client
+            .stream
+            .set_write_timeout(Some(Duration::from_millis(100)));
         if client.stream.write_all(reply.as_bytes()).is_err() {
             return false;
         }
         let _ = client.stream.set_nonblocking(true);
     }
     if client.buf.len() > LINE_MAX {
-        let _ = client.stream.write_all(b"{\"error\":\"command too long\"}\n");
+        let _ = client
+            .stream
+            .write_all(b"{\"error\":\"command too long\"}\n");
         return false;
     }
     true

@@ -31,7 +31,10 @@ pub enum LazyError {
     #[error("lazy boot needs a network device (--net TAP --ip ADDR/PREFIX)")]
     NoNetwork,
     #[error("control socket {path}: {source}")]
-    Control { path: String, source: std::io::Error },
+    Control {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error("waiting for events: {0}")]
@@ -92,7 +95,12 @@ impl Supervisor {
         let mut synjitsu_config = synjitsu::Config::new(net.ipv4, net.mac);
         synjitsu_config.hold = config.hold;
         let control = match &config.control {
-            Some(path) => Some(ControlServer::bind(path).map_err(|source| LazyError::Control { path: path.display().to_string(), source })?),
+            Some(path) => Some(
+                ControlServer::bind(path).map_err(|source| LazyError::Control {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            ),
             None => None,
         };
         let mut supervisor = Supervisor {
@@ -120,23 +128,44 @@ impl Supervisor {
         loop {
             let parked = matches!(self.state, Some(State::Parked(_)));
             let timeout = self.idle_deadline().map_or(PollTimeout::NONE, |left| {
-                PollTimeout::try_from(left.as_millis().min(60_000) as u64 + 1).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(left.as_millis().min(60_000) as u64 + 1)
+                    .unwrap_or(PollTimeout::MAX)
             });
             let (signal, tap, done, control) = {
                 let mut fds = vec![PollFd::new(signals, PollFlags::POLLIN)];
                 match &self.state {
-                    Some(State::Parked(_)) => fds.push(PollFd::new(self.tap.file_fd(), PollFlags::POLLIN)),
-                    Some(State::Running(vm)) => fds.push(PollFd::new(vm.done_fd(), PollFlags::POLLIN)),
+                    Some(State::Parked(_)) => {
+                        fds.push(PollFd::new(self.tap.file_fd(), PollFlags::POLLIN))
+                    }
+                    Some(State::Running(vm)) => {
+                        fds.push(PollFd::new(vm.done_fd(), PollFlags::POLLIN))
+                    }
                     None => {}
                 }
-                let control_fds = self.control.as_ref().map(ControlServer::poll_fds).unwrap_or_default();
-                fds.extend(control_fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
+                let control_fds = self
+                    .control
+                    .as_ref()
+                    .map(ControlServer::poll_fds)
+                    .unwrap_or_default();
+                fds.extend(
+                    control_fds
+                        .iter()
+                        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
+                );
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::Error::EINTR) => {}
                     Err(e) => return Err(LazyError::Poll(e)),
                 }
-                let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
-                (ready[0], parked && ready[1], !parked && ready[1], ready[2..].to_vec())
+                let ready: Vec<bool> = fds
+                    .iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect();
+                (
+                    ready[0],
+                    parked && ready[1],
+                    !parked && ready[1],
+                    ready[2..].to_vec(),
+                )
             };
             if signal {
                 return Ok(Ended::Signal(self.stop_for_signal(signals)));
@@ -161,7 +190,10 @@ impl Supervisor {
 
     /// Time left before the running guest counts as idle.
     fn idle_deadline(&self) -> Option<Duration> {
-        let (Some(State::Running(vm)), Some(timeout)) = (&self.state, self.config.idle_timeout) else { return None };
+        let (Some(State::Running(vm)), Some(timeout)) = (&self.state, self.config.idle_timeout)
+        else {
+            return None;
+        };
         let idle = Duration::from_nanos(clock::now_ns().saturating_sub(vm.last_activity_ns()));
         Some(timeout.saturating_sub(idle))
     }
@@ -216,9 +248,12 @@ impl Supervisor {
 
     fn stop_for_signal(&mut self, signals: BorrowedFd<'_>) -> i32 {
         let mut info = [0u8; 128];
-        let signo = nix::unistd::read(signals, &mut info).ok().filter(|&n| n >= 4).map_or(libc::SIGTERM, |_| {
-            u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32
-        });
+        let signo = nix::unistd::read(signals, &mut info)
+            .ok()
+            .filter(|&n| n >= 4)
+            .map_or(libc::SIGTERM, |_| {
+                u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32
+            });
         if let Some(State::Running(vm)) = self.state.take() {
             let _ = vm.stop();
         }
@@ -227,7 +262,9 @@ impl Supervisor {
     }
 
     fn serve_control(&mut self, ready: &[bool]) -> Result<(), LazyError> {
-        let Some(mut control) = self.control.take() else { return Ok(()) };
+        let Some(mut control) = self.control.take() else {
+            return Ok(());
+        };
         let mut failure = None;
         control.service(ready, |command| match command {
             None => r#"{"error":"unknown command (boot, stop, status)"}"#.into(),

@@ -1,0 +1,254 @@
+//! Lazy boot end to end: a parked hello-http in a private namespace, booted
+//! by the first packet, handed the held SYN, parked again when idle.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use jitsu_e2e::lazy::LazyHello;
+use jitsu_e2e::packet::{tcp_syn, PacketSocket};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// GETs `/` on a fresh connection; returns the reply and the connection's
+/// total retransmissions (a lost or unanswered SYN counts).
+fn get(addr: SocketAddr) -> (String, u32) {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let retrans = total_retrans(&stream);
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: lazy\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read reply");
+    (reply, retrans)
+}
+
+fn total_retrans(stream: &TcpStream) -> u32 {
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the pointers are valid for the lengths given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_total_retrans
+}
+
+fn addr(server: &LazyHello) -> SocketAddr {
+    SocketAddr::from((server.ns.guest_ip, 80))
+}
+
+#[test]
+fn a_parked_service_answers_its_first_syn_without_a_retransmission() {
+    let mut server = LazyHello::start(&[]);
+    let parked = server.status();
+    assert_eq!(
+        (parked["state"].as_str(), parked["boots"].as_u64()),
+        (Some("parked"), Some(0))
+    );
+    let a = addr(&server);
+    let (reply, retrans) = server.ns.run_in(move || get(a));
+    assert!(
+        reply.starts_with("HTTP/1.1 200 OK") && reply.contains("Hello from hello-http"),
+        "{reply}"
+    );
+    assert_eq!(retrans, 0, "the client sent exactly one SYN");
+    let status = server.status();
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["boots"], 1);
+    assert!(
+        status["held_frames"].as_u64().unwrap() >= 1,
+        "the SYN was held: {status}"
+    );
+    assert!(
+        status["arp_replies"].as_u64().unwrap() >= 1,
+        "Synjitsu answered ARP: {status}"
+    );
+    assert!(
+        status["last_boot_latency_us"].as_u64().is_some(),
+        "{status}"
+    );
+    // The guest printed its banner only now: nothing ran while parked.
+    let out = server.monitor.wait_for_output("listening", TIMEOUT);
+    assert_eq!(out.matches("listening").count(), 1);
+}
+
+#[test]
+fn no_guest_instruction_runs_until_the_trigger() {
+    let mut server = LazyHello::start(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.status()["boots"], 0);
+    assert!(server.monitor.child().try_wait().unwrap().is_none());
+    let booted = server.command("boot");
+    assert!(
+        matches!(booted["state"].as_str(), Some("booting" | "running")),
+        "{booted}"
+    );
+    server
+        .monitor
+        .wait_for_output("hello-http: listening", TIMEOUT);
+}
+
+#[test]
+fn control_boots_stops_and_reports() {
+    let server = LazyHello::start(&[]);
+    server.command("boot");
+    server.wait_until(|s| s["state"] == "running", TIMEOUT);
+    let stopped = server.command("stop");
+    assert_eq!(stopped["state"], "parked", "{stopped}");
+    assert_eq!(stopped["boots"], 1);
+    let nonsense = jitsu_e2e_request(&server, "dance");
+    assert!(nonsense.contains("unknown command"), "{nonsense}");
+    let a = addr(&server);
+    let (reply, _) = server.ns.run_in(move || get(a));
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "after a stop the next packet boots again"
+    );
+    assert_eq!(server.status()["boots"], 2);
+}
+
+fn jitsu_e2e_request(server: &LazyHello, command: &str) -> String {
+    use std::io::BufRead;
+    let mut s = std::os::unix::net::UnixStream::connect(&server.control).unwrap();
+    s.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+/// (fds, threads, RSS KiB, interfaces in the namespace), once the monitor
+/// has noticed that the last control client went away.
+fn counts(server: &LazyHello) -> (Vec<String>, usize, u64, usize) {
+    std::thread::sleep(Duration::from_millis(100));
+    let pid = server.monitor.pid();
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_link(e.unwrap().path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    fds.sort();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let links = std::process::Command::new("ip")
+        .args(["-n", server.ns.name(), "-o", "link", "show"])
+        .output()
+        .unwrap();
+    (
+        fds,
+        threads,
+        rss_kib,
+        String::from_utf8_lossy(&links.stdout).lines().count(),
+    )
+}
+
+#[test]
+fn twenty_boot_idle_cycles_leak_nothing() {
+    let server = LazyHello::start(&["--idle-timeout", "150ms"]);
+    let a = addr(&server);
+    let cycle = |n: u64| {
+        let (reply, retrans) = server.ns.run_in(move || get(a));
+        assert!(reply.starts_with("HTTP/1.1 200"), "cycle {n}: {reply}");
+        assert_eq!(retrans, 0, "cycle {n}: one SYN");
+        server.wait_until(|s| s["state"] == "parked" && s["boots"] == n, TIMEOUT);
+    };
+    for n in 1..=3 {
+        cycle(n);
+    }
+    let before = counts(&server);
+    for n in 4..=23 {
+        cycle(n);
+    }
+    let after = counts(&server);
+    assert_eq!(after.0, before.0, "file descriptors");
+    assert_eq!(after.1, before.1, "threads");
+    assert_eq!(after.3, before.3, "network interfaces in the namespace");
+    assert!(
+        after.2 < before.2 + 4096,
+        "resident memory grew from {} to {} KiB",
+        before.2,
+        after.2
+    );
+    assert_eq!(
+        server.status()["boots"],
+        23,
+        "every cycle booted a fresh VM"
+    );
+}
+
+#[test]
+fn a_storm_of_syns_boots_once_and_stays_bounded() {
+    let server = LazyHello::start(&[]);
+    let before = counts(&server).2;
+    let guest_mac = [0x02, 0x4a, 10, 77, 0, 2];
+    let (host, guest) = (server.ns.host_ip, server.ns.guest_ip);
+    let tap = server.ns.tap.clone();
+    // From the namespace's own MAC and address, as a flood from this host
+    // would be: the guest's answers reach the kernel, which resets them.
+    let host_mac = server.ns.tap_mac();
+    server.ns.run_in(move || {
+        let socket = PacketSocket::bind(&tap).expect("packet socket");
+        for i in 0..10_000u32 {
+            let frame = tcp_syn(
+                host_mac,
+                guest_mac,
+                host,
+                guest,
+                20_000 + (i % 40_000) as u16,
+                80,
+                i.wrapping_mul(2654435761),
+            );
+            socket.send(&frame).expect("send");
+        }
+    });
+    let status = server.wait_until(|s| s["state"] == "running", TIMEOUT);
+    assert_eq!(status["boots"], 1, "{status}");
+    let after = counts(&server).2;
+    assert!(
+        after < before + 16 * 1024,
+        "resident memory grew from {before} to {after} KiB"
+    );
+    // The guest works through the storm (its answers are reset by the
+    // namespace's kernel); a client that retries a refused connect, as
+    // clients do, gets its page.
+    let a = addr(&server);
+    let started = std::time::Instant::now();
+    let reply = server.ns.run_in(move || loop {
+        match TcpStream::connect_timeout(&a, TIMEOUT) {
+            Ok(stream) => {
+                drop(stream);
+                break get(a).0;
+            }
+            Err(e) if started.elapsed() < TIMEOUT => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("still refused after {TIMEOUT:?}: {e}"),
+        }
+    });
+    eprintln!("served again {:?} after the storm", started.elapsed());
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "a normal client after the storm: {reply}"
+    );
+    assert_eq!(server.status()["boots"], 1);
+}
