@@ -58,4 +58,21 @@ say "Stopping it (SIGTERM: the monitor stops the guest and reports its phases)."
 kill "$MONITOR"; wait "$MONITOR" 2>/dev/null || true; MONITOR=
 timings=$(grep -o 'vm_create=.*first_instruction=[0-9a-z]*' "$LOG/stderr" || true)
 [ -n "$timings" ] && say "Monitor phases, µs since jitsu started: ${timings}"
+say "Now lazily: jitsu run --lazy parks the VM (built, loaded, confined) and lets Synjitsu answer for it."
+CTL="$LOG/control.sock"
+ip netns exec "$NS" "$JITSU" run --lazy --idle-timeout 1s --control "$CTL" --net jtap0 --ip 10.77.0.2/24 --gw 10.77.0.1 \
+  "$GUESTS/hello-http" >"$LOG/console" 2>"$LOG/stderr" &
+MONITOR=$!
+until [ -S "$CTL" ]; do sleep 0.001; done
+say "Status while parked: $("$JITSU" control "$CTL" status)"
+say "A cold request (the SYN boots the VM and is held for it):"
+ip netns exec "$NS" curl -sS -o /dev/null -w 'HTTP %{http_code}: connect %{time_connect}s, first byte %{time_starttransfer}s\n' http://10.77.0.2/
+say "Status: $("$JITSU" control "$CTL" status)"
+say "Idle for the 1 s timeout: the VM is destroyed and a fresh one parked..."
+sleep 1.3
+say "Status: $("$JITSU" control "$CTL" status)"
+say "A second cold request:"
+ip netns exec "$NS" curl -sS -o /dev/null -w 'HTTP %{http_code}: connect %{time_connect}s, first byte %{time_starttransfer}s\n' http://10.77.0.2/
+say "Retransmitted SYNs seen by the client's kernel: $(ip netns exec "$NS" nstat -az TcpExtTCPSynRetrans 2>/dev/null | awk '/TCPSynRetrans/ {print $2}')"
+kill "$MONITOR"; wait "$MONITOR" 2>/dev/null || true; MONITOR=
 say "Done. The namespace and TAP are removed on exit."

@@ -2,6 +2,7 @@
 //! baseline measured in the same run, because these machines are noisy.
 //! Benchmarks measure; they assert nothing (that is what tests are for).
 
+mod lazy;
 mod monitor;
 mod stats;
 mod xenstore;
@@ -13,6 +14,12 @@ fn main() -> anyhow::Result<()> {
     println!("# jitsu bench on {machine}\n");
     let mut rows = Vec::new();
     rows.extend(monitor::rows(quick)?);
+    let exec_first = rows
+        .iter()
+        .find(|r| r.name.starts_with("exec to first guest instruction"))
+        .map(|r| r.samples.clone())
+        .unwrap_or_else(stats::Samples::new);
+    rows.extend(lazy::rows(quick, exec_first)?);
     rows.extend(xenstore::rows(quick)?);
     stats::print_table(&rows);
     Ok(())

@@ -15,6 +15,11 @@ pub fn now_ns() -> u64 {
     origin().0.elapsed().as_nanos() as u64 + 1
 }
 
+/// The instant of a `now_ns` reading.
+pub fn to_instant(ns: u64) -> Instant {
+    origin().0 + Duration::from_nanos(ns.saturating_sub(1))
+}
+
 pub fn instant_ns(at: Instant) -> u64 {
     at.saturating_duration_since(origin().0).as_nanos() as u64 + 1
 }

@@ -155,9 +155,10 @@ impl Vm {
 
         let stop = Arc::new(StopSignal::new().map_err(VmError::Thread)?);
         let activity = Arc::new(AtomicU64::new(clock::now_ns()));
+        let guest_mac = config.net.as_ref().map_or([0; 6], |n| n.mac);
         let devices = Devices {
             console: Console::stdout(),
-            net: tap.map(|tap| NetDevice::new(tap, activity.clone())),
+            net: tap.map(|tap| NetDevice::new(tap, guest_mac, activity.clone())),
             stop,
         };
         let state = VcpuState {
@@ -275,9 +276,8 @@ fn park_then_run(
     let outcome = vcpu_loop(state);
     timings.exit = timings.start.elapsed();
     let first = state.clock.first_instruction_ns.load(Ordering::Acquire);
-    let start_ns = clock::instant_ns(timings.start);
     timings.first_instruction =
-        (first != 0).then(|| Duration::from_nanos(first.saturating_sub(start_ns)));
+        (first != 0).then(|| clock::to_instant(first).saturating_duration_since(timings.start));
     timings.boot_latency = state.clock.latency();
     let net = state.devices.net.as_ref().map(|n| n.stats);
     Ok(RunReport {

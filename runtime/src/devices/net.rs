@@ -18,7 +18,10 @@ pub struct NetDevice {
     /// guest reads them before anything from the TAP.
     pending: VecDeque<Vec<u8>>,
     /// When a frame last moved either way (`clock::now_ns`), for idle stop.
+    /// Only frames the guest sends or that are addressed to its MAC count:
+    /// broadcast and multicast chatter on the link must not keep it awake.
     activity: Arc<AtomicU64>,
+    mac: [u8; 6],
     pub stats: NetStats,
 }
 
@@ -38,13 +41,14 @@ pub struct MalformedBatch {
 }
 
 impl NetDevice {
-    pub fn new(tap: Arc<Tap>, activity: Arc<AtomicU64>) -> NetDevice {
+    pub fn new(tap: Arc<Tap>, mac: [u8; 6], activity: Arc<AtomicU64>) -> NetDevice {
         let max_frame = tap.mtu() as usize + ETHERNET_HEADER_LEN;
         NetDevice {
             tap,
             max_frame,
             pending: VecDeque::new(),
             activity,
+            mac,
             stats: NetStats::default(),
         }
     }
@@ -77,6 +81,7 @@ impl NetDevice {
     /// Reads every waiting frame that fits into `buf`. Returns (frames, bytes used).
     pub fn read_batch(&mut self, buf: &mut [u8]) -> std::io::Result<(u64, usize)> {
         let (mut frames, mut used) = (0, 0);
+        let mut for_me = false;
         while let Some(frame) = self.pending.front() {
             if buf.len() - used < FRAME_HEADER_LEN + frame.len() {
                 break;
@@ -92,6 +97,7 @@ impl NetDevice {
             let body = &mut buf[used + FRAME_HEADER_LEN..used + FRAME_HEADER_LEN + self.max_frame];
             match self.tap.file().read(body) {
                 Ok(n) => {
+                    for_me |= body[..n].starts_with(&self.mac);
                     buf[used..used + FRAME_HEADER_LEN].copy_from_slice(&(n as u16).to_le_bytes());
                     used += FRAME_HEADER_LEN + n;
                     frames += 1;
@@ -106,7 +112,7 @@ impl NetDevice {
             }
         }
         self.stats.rx_frames += frames;
-        if frames > 0 {
+        if for_me {
             self.touch();
         }
         Ok((frames, used))

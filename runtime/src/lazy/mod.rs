@@ -240,6 +240,7 @@ impl Supervisor {
     fn repark(&mut self) -> Result<(), LazyError> {
         if let Some(State::Running(vm)) = self.state.take() {
             self.last_boot_latency = vm.boot_latency().or(self.last_boot_latency);
+            self.last_packet_ns = self.last_packet_ns.max(vm.last_activity_ns());
             let report = vm.stop()?;
             tracing::debug!(outcome = ?report.outcome, "guest stopped");
         }
