@@ -23,6 +23,10 @@ struct Cli {
 enum Command {
     /// Boot a unikernel ELF directly on KVM and wait for it to end.
     Run(commands::run::RunArgs),
+    /// Run the node's services: XenStore and the DNS directory.
+    Daemon(commands::daemon::DaemonArgs),
+    /// List the registered services.
+    Ps(commands::ps::PsArgs),
     /// Ask a lazy monitor to boot, stop, or report its status.
     Control(commands::control::ControlArgs),
     /// Serve XenStore on a unix socket (what Xen's xenstore-* tools talk to).
@@ -38,6 +42,8 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args, start, start_monotonic),
         Command::Xenstored(args) => commands::xenstored::run(args),
         Command::Control(args) => commands::control::run(args),
+        Command::Daemon(args) => commands::daemon::run(args),
+        Command::Ps(args) => commands::ps::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

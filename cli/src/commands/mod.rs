@@ -1,3 +1,5 @@
 pub mod control;
+pub mod daemon;
+pub mod ps;
 pub mod run;
 pub mod xenstored;

@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use jitsu_runtime::devices::tap::Tap;
-use jitsu_runtime::lazy::{Ended, LazyConfig, Supervisor};
+use jitsu_runtime::lazy::{Ended, LazyConfig, RegistryConfig, Supervisor};
 use jitsu_runtime::{NetSetup, Outcome, RunReport, Vm, VmConfig};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -49,6 +49,11 @@ pub struct RunArgs {
     /// With --lazy: serve `boot`, `stop`, `status` on this unix socket.
     #[arg(long, value_name = "PATH", requires = "lazy")]
     control: Option<PathBuf>,
+    /// With --lazy: register the service in XenStore under this name (a DNS
+    /// label), keep its state there, and boot when its `boot` key is written.
+    /// The XenStore daemon is $XENSTORED_PATH, else /var/run/xenstored/socket.
+    #[arg(long, requires = "lazy")]
+    name: Option<String>,
     /// With --lazy: drop packets that arrive while the guest boots instead of
     /// holding them (to measure what holding saves).
     #[arg(long, requires = "lazy")]
@@ -91,6 +96,17 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
             idle_timeout: args.idle_timeout,
             control: args.control.clone(),
             hold: !args.no_hold,
+            registry: match &args.name {
+                None => None,
+                Some(name) if !jitsu_xenstore::registry::valid_name(name) => {
+                    bail!("--name {name:?}: a service name is a DNS label (a-z, 0-9, '-', at most 63)")
+                }
+                Some(name) => Some(RegistryConfig {
+                    name: name.clone(),
+                    socket: jitsu_xenstore::server::default_socket_path(),
+                    owner: format!("pid:{}", std::process::id()),
+                }),
+            },
         };
         return run_lazy(lazy, &args.kernel);
     }

@@ -8,6 +8,7 @@
 //! itself runs on its own confined vCPU thread (see [`crate::vm`]).
 
 pub mod control;
+pub mod registry;
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::BorrowedFd;
@@ -25,6 +26,8 @@ use crate::devices::tap::Tap;
 use crate::report::RunReport;
 use crate::vm::{ParkedVm, RunningVm, Vm, VmConfig, VmError};
 use control::{Command, ControlServer};
+use jitsu_xenstore::registry::Service;
+use registry::RegistryAgent;
 
 #[derive(Debug, Error)]
 pub enum LazyError {
@@ -50,6 +53,16 @@ pub struct LazyConfig {
     /// Hold packets that arrive before the guest runs (off: drop them, as a
     /// lazy start without Synjitsu would).
     pub hold: bool,
+    /// Register the service in XenStore under this name.
+    pub registry: Option<RegistryConfig>,
+}
+
+pub struct RegistryConfig {
+    pub name: String,
+    /// The XenStore daemon's socket.
+    pub socket: PathBuf,
+    /// Who registers it (written to `owner`).
+    pub owner: String,
 }
 
 /// Why the monitor stopped.
@@ -63,6 +76,15 @@ pub enum Ended {
 enum State {
     Parked(ParkedVm),
     Running(RunningVm),
+}
+
+/// Which event sources are ready after a wait.
+struct Ready {
+    signal: bool,
+    tap: bool,
+    done: bool,
+    boot_requested: bool,
+    control: Vec<bool>,
 }
 
 /// What `status` reports.
@@ -87,6 +109,8 @@ pub struct Supervisor {
     boots: u64,
     last_boot_latency: Option<Duration>,
     last_packet_ns: u64,
+    agent: Option<RegistryAgent>,
+    published: Option<(Service, Instant)>,
 }
 
 impl Supervisor {
@@ -111,9 +135,21 @@ impl Supervisor {
             boots: 0,
             last_boot_latency: None,
             last_packet_ns: 0,
+            agent: None,
+            published: None,
             config,
         };
         supervisor.park()?;
+        if let Some(reg) = &supervisor.config.registry {
+            let agent = RegistryAgent::start(reg.socket.clone(), supervisor.service()).map_err(
+                |source| LazyError::Control {
+                    path: reg.socket.display().to_string(),
+                    source,
+                },
+            )?;
+            supervisor.published = Some((supervisor.service(), Instant::now()));
+            supervisor.agent = Some(agent);
+        }
         Ok(supervisor)
     }
 
@@ -126,65 +162,123 @@ impl Supervisor {
     /// Serves until a signal arrives on `signals` or the guest ends by itself.
     pub fn serve(&mut self, signals: BorrowedFd<'_>) -> Result<Ended, LazyError> {
         loop {
-            let parked = matches!(self.state, Some(State::Parked(_)));
-            let timeout = self.idle_deadline().map_or(PollTimeout::NONE, |left| {
-                PollTimeout::try_from(left.as_millis().min(60_000) as u64 + 1)
-                    .unwrap_or(PollTimeout::MAX)
-            });
-            let (signal, tap, done, control) = {
-                let mut fds = vec![PollFd::new(signals, PollFlags::POLLIN)];
-                match &self.state {
-                    Some(State::Parked(_)) => {
-                        fds.push(PollFd::new(self.tap.file_fd(), PollFlags::POLLIN))
-                    }
-                    Some(State::Running(vm)) => {
-                        fds.push(PollFd::new(vm.done_fd(), PollFlags::POLLIN))
-                    }
-                    None => {}
-                }
-                let control_fds = self
-                    .control
-                    .as_ref()
-                    .map(ControlServer::poll_fds)
-                    .unwrap_or_default();
-                fds.extend(
-                    control_fds
-                        .iter()
-                        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
-                );
-                match poll(&mut fds, timeout) {
-                    Ok(_) | Err(nix::Error::EINTR) => {}
-                    Err(e) => return Err(LazyError::Poll(e)),
-                }
-                let ready: Vec<bool> = fds
-                    .iter()
-                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                    .collect();
-                (
-                    ready[0],
-                    parked && ready[1],
-                    !parked && ready[1],
-                    ready[2..].to_vec(),
-                )
-            };
-            if signal {
+            let ready = self.wait(signals)?;
+            if ready.signal {
                 return Ok(Ended::Signal(self.stop_for_signal(signals)));
             }
-            if tap {
+            if ready.tap {
                 self.read_tap()?;
             }
-            if done {
+            if ready.boot_requested
+                && self
+                    .agent
+                    .as_ref()
+                    .is_some_and(RegistryAgent::take_boot_request)
+            {
+                if let Some(State::Parked(_)) = self.state {
+                    tracing::info!("boot requested through the registry");
+                    self.boot(Instant::now());
+                }
+            }
+            if ready.done {
                 if let Some(State::Running(vm)) = self.state.take() {
                     return Ok(Ended::Guest(vm.wait()?));
                 }
             }
-            if !control.is_empty() {
-                self.serve_control(&control)?;
+            if !ready.control.is_empty() {
+                self.serve_control(&ready.control)?;
             }
             if self.idle_deadline() == Some(Duration::ZERO) {
                 tracing::info!("idle: parking a fresh VM");
                 self.repark()?;
             }
+            self.sync_registry();
+        }
+    }
+
+    /// Waits for the next event; which sources are watched depends on the state.
+    fn wait(&self, signals: BorrowedFd<'_>) -> Result<Ready, LazyError> {
+        let parked = matches!(self.state, Some(State::Parked(_)));
+        let mut fds = vec![PollFd::new(signals, PollFlags::POLLIN)];
+        match &self.state {
+            Some(State::Parked(_)) => fds.push(PollFd::new(self.tap.file_fd(), PollFlags::POLLIN)),
+            Some(State::Running(vm)) => fds.push(PollFd::new(vm.done_fd(), PollFlags::POLLIN)),
+            None => fds.push(PollFd::new(signals, PollFlags::empty())),
+        }
+        let agent_fd = self.agent.as_ref().map(RegistryAgent::boot_fd);
+        fds.extend(agent_fd.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+        let control_fds = self
+            .control
+            .as_ref()
+            .map(ControlServer::poll_fds)
+            .unwrap_or_default();
+        fds.extend(
+            control_fds
+                .iter()
+                .map(|fd| PollFd::new(*fd, PollFlags::POLLIN)),
+        );
+        match poll(&mut fds, self.poll_timeout()) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(LazyError::Poll(e)),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        let control_from = 2 + agent_fd.is_some() as usize;
+        Ok(Ready {
+            signal: ready[0],
+            tap: parked && ready[1],
+            done: !parked && self.state.is_some() && ready[1],
+            boot_requested: agent_fd.is_some() && ready[2],
+            control: ready[control_from..].to_vec(),
+        })
+    }
+
+    /// Until the guest's first exit (booting), look often so that `running`
+    /// is published promptly; otherwise wait for the idle deadline.
+    fn poll_timeout(&self) -> PollTimeout {
+        if matches!(&self.state, Some(State::Running(vm)) if vm.boot_latency().is_none()) {
+            return PollTimeout::from(2u8);
+        }
+        self.idle_deadline().map_or(PollTimeout::NONE, |left| {
+            PollTimeout::try_from(left.as_millis().min(60_000) as u64 + 1)
+                .unwrap_or(PollTimeout::MAX)
+        })
+    }
+
+    /// The registry entry as things stand.
+    fn service(&self) -> Service {
+        let status = self.status();
+        let reg = self.config.registry.as_ref();
+        Service {
+            name: reg.map(|r| r.name.clone()).unwrap_or_default(),
+            ip: self.config.vm.net.as_ref().map(|n| n.ipv4),
+            state: status.state.to_string(),
+            owner: reg.map(|r| r.owner.clone()).unwrap_or_default(),
+            boots: status.boots,
+            last_boot_us: status.last_boot_latency_us,
+            last_packet_ms: status.last_packet_unix_ms,
+        }
+    }
+
+    /// Publishes state changes at once and packet times at most once a second.
+    fn sync_registry(&mut self) {
+        let Some(agent) = &self.agent else { return };
+        let now = self.service();
+        let due = match &self.published {
+            None => true,
+            Some((old, at)) => {
+                let mut old_without_time = old.clone();
+                old_without_time.last_packet_ms = now.last_packet_ms;
+                old_without_time != now
+                    || (old.last_packet_ms != now.last_packet_ms
+                        && at.elapsed() >= Duration::from_secs(1))
+            }
+        };
+        if due {
+            agent.publish(now.clone());
+            self.published = Some((now, Instant::now()));
         }
     }
 

@@ -1,0 +1,183 @@
+//! The service registry in XenStore, as every Jitsu component reads and
+//! writes it:
+//!
+//! ```text
+//! /jitsu/services/<name>/ip        "10.77.0.2"
+//!                       /state     parked | booting | running | stopping
+//!                       /boot      written to request a boot (a timestamp)
+//!                       /owner     who registered it (monitor pid, container id)
+//!                       /stats/boots, /stats/last_boot_us, /stats/last_packet_ms
+//! ```
+
+use std::net::Ipv4Addr;
+
+use crate::client::{Client, ClientError};
+use crate::XsError;
+
+pub const ROOT: &str = "/jitsu/services";
+
+pub fn service_path(name: &str) -> String {
+    format!("{ROOT}/{name}")
+}
+
+/// Service names are DNS labels: 1–63 of `[a-z0-9-]`, not starting or
+/// ending with `-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// What a monitor publishes about its service.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Service {
+    pub name: String,
+    pub ip: Option<Ipv4Addr>,
+    pub state: String,
+    pub owner: String,
+    pub boots: u64,
+    pub last_boot_us: Option<u64>,
+    pub last_packet_ms: Option<u64>,
+}
+
+impl Service {
+    /// The keys and values to write, relative to the service's path.
+    fn entries(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ip", self.ip.map(|ip| ip.to_string()).unwrap_or_default()),
+            ("state", self.state.clone()),
+            ("owner", self.owner.clone()),
+            ("stats/boots", self.boots.to_string()),
+            (
+                "stats/last_boot_us",
+                self.last_boot_us.map(|v| v.to_string()).unwrap_or_default(),
+            ),
+            (
+                "stats/last_packet_ms",
+                self.last_packet_ms
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+            ),
+        ]
+    }
+}
+
+/// Writes the whole entry (creating it) in one transaction.
+pub async fn publish(client: &Client, service: &Service) -> Result<(), ClientError> {
+    let base = service_path(&service.name);
+    client
+        .transact(|tx| {
+            let (base, entries) = (base.clone(), service.entries());
+            async move {
+                tx.mkdir(&base).await?;
+                for (key, value) in entries {
+                    tx.write(&format!("{base}/{key}"), value).await?;
+                }
+                Ok(())
+            }
+        })
+        .await
+}
+
+/// Writes only what changed since `old`.
+pub async fn update(client: &Client, old: &Service, new: &Service) -> Result<(), ClientError> {
+    let base = service_path(&new.name);
+    for ((key, before), (_, after)) in old.entries().into_iter().zip(new.entries()) {
+        if before != after {
+            client.write(&format!("{base}/{key}"), after).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn remove(client: &Client, name: &str) -> Result<(), ClientError> {
+    client.rm(&service_path(name)).await
+}
+
+async fn read_opt(client: &Client, path: &str) -> Result<Option<String>, ClientError> {
+    match client.read_string(path).await {
+        Ok(v) => Ok(Some(v)),
+        Err(ClientError::Xs(XsError::NoEnt)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads one service; `None` if it is not (or no longer) registered.
+pub async fn read(client: &Client, name: &str) -> Result<Option<Service>, ClientError> {
+    let base = service_path(name);
+    let Some(state) = read_opt(client, &format!("{base}/state")).await? else {
+        return Ok(None);
+    };
+    let text = |v: Option<String>| v.filter(|s| !s.is_empty());
+    Ok(Some(Service {
+        name: name.to_string(),
+        ip: text(read_opt(client, &format!("{base}/ip")).await?).and_then(|s| s.parse().ok()),
+        state,
+        owner: read_opt(client, &format!("{base}/owner"))
+            .await?
+            .unwrap_or_default(),
+        boots: text(read_opt(client, &format!("{base}/stats/boots")).await?)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        last_boot_us: text(read_opt(client, &format!("{base}/stats/last_boot_us")).await?)
+            .and_then(|s| s.parse().ok()),
+        last_packet_ms: text(read_opt(client, &format!("{base}/stats/last_packet_ms")).await?)
+            .and_then(|s| s.parse().ok()),
+    }))
+}
+
+/// Every registered service, by name.
+pub async fn read_all(client: &Client) -> Result<Vec<Service>, ClientError> {
+    let names = match client.directory(ROOT).await {
+        Ok(names) => names,
+        Err(ClientError::Xs(XsError::NoEnt)) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut services = Vec::new();
+    for name in names {
+        if let Some(s) = read(client, &name).await? {
+            services.push(s);
+        }
+    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(services)
+}
+
+/// Asks for a boot of a parked service: in one transaction, if its state is
+/// `parked`, set it to `booting` and write `boot`. However many ask at once,
+/// one of them writes (the others see `booting` on their retry). Returns
+/// whether this call was the one.
+pub async fn request_boot(client: &Client, name: &str, stamp: u64) -> Result<bool, ClientError> {
+    let base = service_path(name);
+    client
+        .transact(|tx| {
+            let base = base.clone();
+            async move {
+                let state = tx.read(&format!("{base}/state")).await?;
+                if state != b"parked" {
+                    return Ok(false);
+                }
+                tx.write(&format!("{base}/state"), "booting").await?;
+                tx.write(&format!("{base}/boot"), stamp.to_string()).await?;
+                Ok(true)
+            }
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels() {
+        assert!(valid_name("hello") && valid_name("web-1") && valid_name("a"));
+        for bad in ["", "-a", "a-", "Hello", "a.b", "a_b", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+}
