@@ -9,6 +9,7 @@ declare -A want=(
   [curl]=curl
   [setpriv]=util-linux
   [xenstore-write]=xenstore-utils
+  [dig]=dnsutils
 )
 
 missing=()

@@ -2,6 +2,7 @@
 //! baseline measured in the same run, because these machines are noisy.
 //! Benchmarks measure; they assert nothing (that is what tests are for).
 
+mod dns;
 mod lazy;
 mod monitor;
 mod stats;
@@ -20,6 +21,7 @@ fn main() -> anyhow::Result<()> {
         .map(|r| r.samples.clone())
         .unwrap_or_else(stats::Samples::new);
     rows.extend(lazy::rows(quick, exec_first)?);
+    rows.extend(dns::rows(quick)?);
     rows.extend(xenstore::rows(quick)?);
     stats::print_table(&rows);
     Ok(())

@@ -48,13 +48,11 @@ pub struct DnsConfig {
 
 /// Serves DNS on UDP and TCP until the future is dropped.
 pub async fn serve(config: DnsConfig) -> Result<(), DnsError> {
-    let origin = Name::from_ascii(&config.zone)
-        .map(|n| n.to_lowercase())
-        .and_then(|n| {
-            let mut n = n;
-            n.set_fqdn(true);
-            Ok(n)
-        });
+    let origin = Name::from_ascii(&config.zone).map(|n| {
+        let mut n = n.to_lowercase();
+        n.set_fqdn(true);
+        n
+    });
     let origin = origin.map_err(|source| DnsError::Zone {
         zone: config.zone.clone(),
         source,

@@ -57,6 +57,8 @@ pub struct Stats {
     pub dropped_not_for_service: u64,
     pub dropped_malformed: u64,
     pub dropped_not_held: u64,
+    /// TCP segments of connections from before the service was parked.
+    pub dropped_stale: u64,
 }
 
 impl Stats {
@@ -66,6 +68,7 @@ impl Stats {
             + self.dropped_not_for_service
             + self.dropped_malformed
             + self.dropped_not_held
+            + self.dropped_stale
     }
 }
 
@@ -84,6 +87,10 @@ pub enum Drop {
     NotForService,
     DuplicateSyn,
     NotHeld,
+    /// A TCP segment without SYN: part of a connection the parked guest
+    /// never had (a fresh VM would only reset it), so it neither boots the
+    /// guest nor is held.
+    Stale,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,9 +193,14 @@ impl Synjitsu {
             self.stats.dropped_not_for_service += 1;
             return Action::Dropped(Drop::NotForService);
         }
-        let syn = (ip.protocol == IPPROTO_TCP)
+        let tcp = (ip.protocol == IPPROTO_TCP)
             .then(|| frame::tcp(ip.payload))
-            .flatten()
+            .flatten();
+        if tcp.is_some_and(|t| t.flags & TCP_SYN == 0) {
+            self.stats.dropped_stale += 1;
+            return Action::Dropped(Drop::Stale);
+        }
+        let syn = tcp
             .filter(|t| t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
             .map(|t| SynKey {
                 src: ip.src,

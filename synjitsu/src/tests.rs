@@ -152,6 +152,25 @@ fn the_queue_drops_the_oldest_beyond_its_bounds() {
 }
 
 #[test]
+fn segments_of_old_connections_neither_boot_nor_wait() {
+    let mut s = Synjitsu::new(Config::new(SERVICE, MAC));
+    let mut ack = syn(1000, 5, SERVICE);
+    ack[14 + 20 + 13] = TCP_ACK; // flags: a bare ACK
+    assert_eq!(
+        s.on_frame(&ack),
+        Verdict {
+            action: Action::Dropped(Drop::Stale),
+            boot: false
+        }
+    );
+    assert_eq!(s.stats().dropped_stale, 1);
+    assert!(
+        s.on_frame(&syn(1000, 6, SERVICE)).boot,
+        "a new connection still boots"
+    );
+}
+
+#[test]
 fn with_holding_off_the_trigger_still_boots() {
     let mut config = Config::new(SERVICE, MAC);
     config.hold = false;
@@ -180,7 +199,7 @@ proptest! {
         }
         let st = s.stats();
         prop_assert_eq!(st.held - st.dropped_overflow, s.held_now() as u64);
-        let total = st.held + st.arp_replies + st.dropped_duplicate_syn + st.dropped_not_for_service + st.dropped_malformed + st.dropped_not_held;
+        let total = st.held + st.arp_replies + st.dropped_duplicate_syn + st.dropped_not_for_service + st.dropped_malformed + st.dropped_not_held + st.dropped_stale;
         prop_assert_eq!(total, frames.len() as u64, "every frame is accounted for once");
     }
 }

@@ -76,7 +76,8 @@ impl LazyHello {
     }
 }
 
-fn try_request(path: &std::path::Path, command: &str) -> std::io::Result<String> {
+/// One command to a lazy monitor's control socket, one line back.
+pub fn try_request(path: &std::path::Path, command: &str) -> std::io::Result<String> {
     use std::io::{BufRead, BufReader, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(path)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;

@@ -7,6 +7,7 @@
 
 pub mod lazy;
 pub mod netns;
+pub mod node;
 pub mod packet;
 pub mod process;
 

@@ -22,6 +22,15 @@ impl Guarded {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Whether the child has not exited.
+    pub fn child_alive(&self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        matches!(
+            nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Ok(nix::sys::wait::WaitStatus::StillAlive)
+        )
+    }
+
     pub fn child(&mut self) -> &mut Child {
         self.child.as_mut().expect("running")
     }

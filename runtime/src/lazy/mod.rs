@@ -111,6 +111,8 @@ pub struct Supervisor {
     last_packet_ns: u64,
     agent: Option<RegistryAgent>,
     published: Option<(Service, Instant)>,
+    /// When the current parking began (ms since the epoch).
+    parked_since_ms: u64,
 }
 
 impl Supervisor {
@@ -137,6 +139,7 @@ impl Supervisor {
             last_packet_ns: 0,
             agent: None,
             published: None,
+            parked_since_ms: 0,
             config,
         };
         supervisor.park()?;
@@ -154,6 +157,7 @@ impl Supervisor {
     }
 
     fn park(&mut self) -> Result<(), LazyError> {
+        self.parked_since_ms = clock::unix_ms(clock::now_ns());
         let vm = Vm::create(&self.config.kernel, &self.config.vm, Instant::now())?;
         self.state = Some(State::Parked(vm.park()?));
         Ok(())
@@ -169,16 +173,8 @@ impl Supervisor {
             if ready.tap {
                 self.read_tap()?;
             }
-            if ready.boot_requested
-                && self
-                    .agent
-                    .as_ref()
-                    .is_some_and(RegistryAgent::take_boot_request)
-            {
-                if let Some(State::Parked(_)) = self.state {
-                    tracing::info!("boot requested through the registry");
-                    self.boot(Instant::now());
-                }
+            if ready.boot_requested {
+                self.registry_boot();
             }
             if ready.done {
                 if let Some(State::Running(vm)) = self.state.take() {
@@ -194,6 +190,30 @@ impl Supervisor {
             }
             self.sync_registry();
         }
+    }
+
+    /// A boot asked for through the registry, unless it predates this parking.
+    fn registry_boot(&mut self) {
+        let Some(stamp) = self
+            .agent
+            .as_ref()
+            .and_then(RegistryAgent::take_boot_request)
+        else {
+            return;
+        };
+        if !matches!(self.state, Some(State::Parked(_))) {
+            return;
+        }
+        if stamp < self.parked_since_ms {
+            tracing::debug!(
+                stamp,
+                parked_since = self.parked_since_ms,
+                "stale boot request"
+            );
+            return;
+        }
+        tracing::info!("boot requested through the registry");
+        self.boot(Instant::now());
     }
 
     /// Waits for the next event; which sources are watched depends on the state.

@@ -7,6 +7,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -24,6 +25,8 @@ enum Message {
 pub struct RegistryAgent {
     tx: mpsc::UnboundedSender<Message>,
     boot_requested: Arc<EventFd>,
+    /// The `boot` value of the latest request (milliseconds since the epoch).
+    requested_at: Arc<AtomicU64>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -35,15 +38,18 @@ impl RegistryAgent {
         )?);
         let (tx, rx) = mpsc::unbounded_channel();
         let wake = boot_requested.clone();
+        let requested_at = Arc::new(AtomicU64::new(0));
+        let stamp = requested_at.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let thread = thread::Builder::new()
             .name("registry".into())
-            .spawn(move || runtime.block_on(agent(socket, service, rx, wake)))?;
+            .spawn(move || runtime.block_on(agent(socket, service, rx, Waker { wake, stamp })))?;
         Ok(RegistryAgent {
             tx,
             boot_requested,
+            requested_at,
             thread: Some(thread),
         })
     }
@@ -53,9 +59,14 @@ impl RegistryAgent {
         self.boot_requested.as_fd()
     }
 
-    /// Whether a boot was requested since the last call.
-    pub fn take_boot_request(&self) -> bool {
-        self.boot_requested.read().is_ok()
+    /// The time (ms since the epoch) of a boot requested since the last
+    /// call, if any. The caller compares it with when it parked: a request
+    /// from an earlier parking (its event can arrive late) is stale.
+    pub fn take_boot_request(&self) -> Option<u64> {
+        self.boot_requested
+            .read()
+            .ok()
+            .map(|_| self.requested_at.load(Ordering::Acquire))
     }
 
     pub fn publish(&self, service: Service) {
@@ -74,11 +85,17 @@ impl Drop for RegistryAgent {
 
 const RETRY: Duration = Duration::from_millis(50);
 
+/// How the agent tells the supervisor about a boot request.
+struct Waker {
+    wake: Arc<EventFd>,
+    stamp: Arc<AtomicU64>,
+}
+
 async fn agent(
     socket: PathBuf,
     mut current: Service,
     mut rx: mpsc::UnboundedReceiver<Message>,
-    wake: Arc<EventFd>,
+    wake: Waker,
 ) {
     loop {
         let client = tokio::select! {
@@ -119,7 +136,7 @@ async fn serve(
     client: &Client,
     current: &mut Service,
     rx: &mut mpsc::UnboundedReceiver<Message>,
-    wake: &EventFd,
+    wake: &Waker,
 ) -> Served {
     let boot_path = format!("{}/boot", registry::service_path(&current.name));
     // A boot key left from before this registration is not a request.
@@ -136,7 +153,8 @@ async fn serve(
             msg = rx.recv() => match msg {
                 Some(Message::Publish(s)) => {
                     *current = s;
-                    if registry::update(client, &published, current).await.is_err() {
+                    if let Err(e) = registry::update(client, &published, current).await {
+                        tracing::warn!(%e, "updating the registry");
                         return Served::Lost;
                     }
                     published = current.clone();
@@ -145,6 +163,7 @@ async fn serve(
             },
             event = watch.next() => {
                 if event.is_none() {
+                    tracing::warn!("the boot watch ended");
                     return Served::Lost;
                 }
                 match client.read(&boot_path).await {
@@ -152,10 +171,15 @@ async fn serve(
                         // The requester set the state to `booting`; what the
                         // monitor publishes next must overwrite it.
                         published.state = "booting".into();
-                        let _ = wake.write(1);
+                        let stamp = String::from_utf8_lossy(&value).parse().unwrap_or(u64::MAX);
+                        wake.stamp.store(stamp, Ordering::Release);
+                        let _ = wake.wake.write(1);
                     }
                     Ok(_) | Err(jitsu_xenstore::ClientError::Xs(_)) => {}
-                    Err(_) => return Served::Lost,
+                    Err(e) => {
+                        tracing::warn!(%e, "reading the boot request");
+                        return Served::Lost;
+                    }
                 }
             }
         }

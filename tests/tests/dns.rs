@@ -1,0 +1,324 @@
+//! The DNS directory end to end: `jitsu daemon`, a lazy hello-http
+//! registered as `hello`, and `dig` in a private namespace.
+
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jitsu_e2e::jitsu_bin;
+use jitsu_e2e::node::Node;
+use jitsu_e2e::process::{run_with_timeout, Guarded};
+
+fn status(dig: &str) -> &str {
+    dig.split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("")
+}
+
+fn answers(dig: &str) -> usize {
+    dig.split("ANSWER: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn record_types_over_udp_and_tcp() {
+    let node = Node::start(false, &[]);
+    for transport in [&[][..], &["+tcp"]] {
+        let a = node.dig("hello.jitsu.internal", "A", transport);
+        assert_eq!((status(&a), answers(&a)), ("NOERROR", 1), "{a}");
+        assert!(
+            a.contains("10.77.0.2") && a.contains(" aa"),
+            "authoritative answer: {a}"
+        );
+        let aaaa = node.dig("hello.jitsu.internal", "AAAA", transport);
+        assert_eq!((status(&aaaa), answers(&aaaa)), ("NOERROR", 0), "{aaaa}");
+        let nx = node.dig("nobody.jitsu.internal", "A", transport);
+        assert_eq!(status(&nx), "NXDOMAIN", "{nx}");
+        assert!(nx.contains("SOA"), "negative answers carry the SOA: {nx}");
+        let soa = node.dig("jitsu.internal", "SOA", transport);
+        assert_eq!((status(&soa), answers(&soa)), ("NOERROR", 1), "{soa}");
+        let ns = node.dig("jitsu.internal", "NS", transport);
+        assert!(ns.contains("ns.jitsu.internal."), "{ns}");
+        let outside = node.dig("example.com", "A", transport);
+        assert_eq!(status(&outside), "REFUSED", "{outside}");
+    }
+}
+
+#[test]
+fn names_outside_the_zone_are_forwarded() {
+    let node = Node::start(false, &["--forward", "127.0.0.2:53"]);
+    // The upstream: another directory, for another zone, in the same namespace.
+    let upstream_store = node.dir.path().join("upstream.sock");
+    let mut cmd = node.ns.command(jitsu_bin());
+    cmd.args([
+        "daemon",
+        "--dns-listen",
+        "127.0.0.2:53",
+        "--zone",
+        "upstream.test.",
+        "--xenstore-listen",
+    ])
+    .arg(&upstream_store)
+    .stderr(Stdio::null());
+    let _upstream = Guarded::spawn(&mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&upstream_store).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (key, value) in [("ip", "10.1.2.3"), ("state", "running")] {
+        let ok = Command::new("xenstore-write")
+            .env("XENSTORED_PATH", &upstream_store)
+            .args([&format!("/jitsu/services/far/{key}"), value])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let far = node.dig("far.upstream.test", "A", &[]);
+        if answers(&far) == 1 {
+            assert!(far.contains("10.1.2.3"), "{far}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never forwarded: {far}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        status(&node.dig("hello.jitsu.internal", "A", &[])),
+        "NOERROR"
+    );
+}
+
+/// A DNS query for `name`/A with id `id`.
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+#[test]
+fn fifty_concurrent_lookups_boot_once_and_the_answer_works() {
+    let node = Node::start(false, &[]);
+    let answered = node.ns.run_in(|| {
+        let sockets: Vec<UdpSocket> = (0..50).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        for (i, s) in sockets.iter().enumerate() {
+            s.send_to(&query(i as u16, "hello.jitsu.internal"), "127.0.0.1:53").unwrap();
+        }
+        sockets
+            .iter()
+            .filter(|s| {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 512];
+                matches!(s.recv(&mut buf), Ok(n) if n > 12 && buf[3] & 0x0f == 0 && u16::from_be_bytes([buf[6], buf[7]]) == 1)
+            })
+            .count()
+    });
+    assert_eq!(
+        answered, 50,
+        "every lookup answered at once, with the address"
+    );
+    let running = node.wait_state("running");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        node.hello().unwrap()["boots"],
+        1,
+        "exactly one boot: {running}"
+    );
+
+    let short = node.dig("hello.jitsu.internal", "A", &["+short"]);
+    let ip = short.trim();
+    let mut curl = node.ns.command("curl");
+    curl.args([
+        "-sS",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{ip}/"),
+    ]);
+    let out = run_with_timeout(&mut curl, Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+#[test]
+fn a_lookup_alone_boots_a_parked_service() {
+    let node = Node::start(false, &[]);
+    assert_eq!(node.hello().unwrap()["boots"], 0);
+    assert_eq!(answers(&node.dig("hello.jitsu.internal", "A", &[])), 1);
+    let running = node.wait_state("running");
+    assert_eq!(running["boots"], 1);
+}
+
+#[test]
+fn garbage_never_stops_the_server() {
+    let node = Node::start(false, &[]);
+    node.ns.run_in(|| {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut seed = 0x1234_5678_9abc_def0_u64;
+        for round in 0..300 {
+            let len = 1 + (round * 37) % 600;
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let _ = udp.send_to(&junk, "127.0.0.1:53");
+        }
+        let valid = query(7, "hello.jitsu.internal");
+        for cut in [1, 5, 12, valid.len() - 1] {
+            let _ = udp.send_to(&valid[..cut], "127.0.0.1:53");
+        }
+        let _ = udp.send_to(&vec![0xab; 65_000], "127.0.0.1:53");
+        // TCP: a length prefix promising more than comes, then a huge one.
+        if let Ok(mut tcp) = TcpStream::connect("127.0.0.1:53") {
+            let _ = tcp.write_all(&[0x01, 0x00, 0xde, 0xad]);
+        }
+        if let Ok(mut tcp) = TcpStream::connect("127.0.0.1:53") {
+            let _ = tcp.write_all(&[0xff, 0xff]);
+            let _ = tcp.write_all(&vec![0u8; 70_000]);
+        }
+    });
+    assert!(node.daemon.child_alive(), "the daemon is still running");
+    for transport in [&[][..], &["+tcp"]] {
+        let a = node.dig("hello.jitsu.internal", "A", transport);
+        assert_eq!((status(&a), answers(&a)), ("NOERROR", 1), "{a}");
+    }
+}
+
+#[test]
+fn the_name_resolves_again_within_a_second_of_a_xenstore_restart() {
+    let mut node = Node::start(true, &[]);
+    assert_eq!(answers(&node.dig("hello.jitsu.internal", "A", &[])), 1);
+    node.wait_state("running");
+    drop(node.xenstored.take()); // SIGKILL: the registry is gone with it
+    let restarted = Instant::now();
+    node.xenstored = Some(Guarded::spawn(
+        Command::new(jitsu_bin())
+            .arg("xenstored")
+            .arg("--socket")
+            .arg(&node.xenstore)
+            .stderr(Stdio::null()),
+    ));
+    // The directory keeps answering from what it knew while XenStore is
+    // away; what matters is that the registry itself has the name again.
+    let entry = loop {
+        if let Some(entry) = node.hello() {
+            break entry;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "never registered again"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let a = node.dig("hello.jitsu.internal", "A", &["+time=1"]);
+    let took = restarted.elapsed();
+    assert_eq!(answers(&a), 1, "{a}");
+    assert!(
+        took < Duration::from_secs(1),
+        "registered and resolved again after {took:?}"
+    );
+    assert_eq!(
+        entry["state"], "running",
+        "registered again with its current state"
+    );
+}
+
+#[test]
+fn a_name_registered_while_the_directory_was_disconnected_resolves() {
+    let mut node = Node::start(true, &[]);
+    drop(node.xenstored.take());
+    node.xenstored = Some(Guarded::spawn(
+        Command::new(jitsu_bin())
+            .arg("xenstored")
+            .arg("--socket")
+            .arg(&node.xenstore)
+            .stderr(Stdio::null()),
+    ));
+    let restarted = Instant::now();
+    for (key, value) in [("ip", "10.77.0.9"), ("state", "running")] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !Command::new("xenstore-write")
+            .env("XENSTORED_PATH", &node.xenstore)
+            .args([&format!("/jitsu/services/late/{key}"), value])
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    loop {
+        let a = node.dig("late.jitsu.internal", "A", &["+time=1"]);
+        if answers(&a) == 1 {
+            assert!(a.contains("10.77.0.9"), "{a}");
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(2),
+            "the directory did not follow the new daemon: {a}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_entry_goes_when_the_monitor_ends() {
+    let mut node = Node::start(false, &[]);
+    assert!(node.hello().is_some());
+    let mut monitor = node.monitor.take().expect("a monitor");
+    let pid = nix::unistd::Pid::from_raw(monitor.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(
+        monitor.wait_timeout(Duration::from_secs(5)).code(),
+        Some(143)
+    );
+    assert!(node.hello().is_none(), "{:?}", node.ps());
+    assert_eq!(
+        status(&node.dig("hello.jitsu.internal", "A", &[])),
+        "NXDOMAIN"
+    );
+}
+
+#[test]
+fn a_boot_request_from_before_the_parking_is_ignored() {
+    let node = Node::start(false, &[]);
+    let write = |value: &str| {
+        let ok = Command::new("xenstore-write")
+            .env("XENSTORED_PATH", &node.xenstore)
+            .args(["/jitsu/services/hello/boot", value])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    write("1"); // 1970: older than this parking
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        node.hello().unwrap()["boots"],
+        0,
+        "a stale request must not boot"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    write(&now_ms.to_string());
+    assert_eq!(node.wait_state("running")["boots"], 1);
+}
