@@ -322,3 +322,16 @@ fn a_boot_request_from_before_the_parking_is_ignored() {
     write(&now_ms.to_string());
     assert_eq!(node.wait_state("running")["boots"], 1);
 }
+
+#[test]
+fn wait_ready_answers_once_the_service_runs() {
+    let node = Node::start(false, &["--wait-ready"]);
+    let a = node.dig("hello.jitsu.internal", "A", &[]);
+    assert_eq!(answers(&a), 1, "{a}");
+    let entry = node.hello().unwrap();
+    assert_eq!(
+        entry["state"], "running",
+        "the answer waited for the boot: {entry}"
+    );
+    assert_eq!(entry["boots"], 1);
+}
