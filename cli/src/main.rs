@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod oci;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -25,6 +26,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Run the node's services: XenStore and the DNS directory.
     Daemon(commands::daemon::DaemonArgs),
+    /// Package a unikernel ELF as an OCI image archive (for `ctr images import`).
+    Pack(commands::pack::PackArgs),
     /// List the registered services.
     Ps(commands::ps::PsArgs),
     /// Ask a lazy monitor to boot, stop, or report its status.
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Control(args) => commands::control::run(args),
         Command::Daemon(args) => commands::daemon::run(args),
         Command::Ps(args) => commands::ps::run(args),
+        Command::Pack(args) => commands::pack::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -14,6 +14,7 @@ pub mod lazy;
 pub mod memory;
 pub mod report;
 pub mod seccomp;
+pub mod spec;
 pub mod stop;
 mod vcpu;
 pub mod vm;

@@ -1,0 +1,80 @@
+//! `jitsu pack`: a unikernel ELF and its metadata as an OCI image archive.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use jitsu_runtime::elf::KernelImage;
+use jitsu_runtime::spec::{BootPolicy, Metadata, METADATA_FILE};
+
+use crate::oci::{self, File};
+
+/// Where the ELF lies in the image's filesystem.
+const KERNEL_PATH: &str = "unikernel.elf";
+
+#[derive(Args)]
+pub struct PackArgs {
+    /// The unikernel ELF.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Image name, e.g. `jitsu/hello:latest`.
+    #[arg(long)]
+    name: String,
+    /// Guest memory.
+    #[arg(long, default_value = "16M")]
+    mem: String,
+    /// DNS name to register the service under.
+    #[arg(long)]
+    dns_name: Option<String>,
+    /// Park again after this long idle (e.g. 30s).
+    #[arg(long)]
+    idle_timeout: Option<String>,
+    /// lazy (boot on demand) or eager (boot at start).
+    #[arg(long, default_value = "lazy", value_parser = ["lazy", "eager"])]
+    boot: String,
+    /// Command line for the guest.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// The image archive to write.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+pub fn run(args: PackArgs) -> Result<u8> {
+    let elf = std::fs::read(&args.kernel).with_context(|| format!("{}", args.kernel.display()))?;
+    let mut metadata = Metadata::new(&format!("/{KERNEL_PATH}"));
+    metadata.mem = args.mem;
+    metadata.cmdline = args.cmdline;
+    metadata.dns_name = args.dns_name;
+    metadata.idle_timeout = args.idle_timeout;
+    metadata.boot = if args.boot == "eager" {
+        BootPolicy::Eager
+    } else {
+        BootPolicy::Lazy
+    };
+    let spec = metadata.validate().context("image metadata")?;
+    KernelImage::parse(&elf, spec.mem).with_context(|| format!("{}", args.kernel.display()))?;
+    let json = metadata.to_json();
+    let files = [
+        File {
+            path: KERNEL_PATH,
+            mode: 0o755,
+            data: &elf,
+        },
+        File {
+            path: METADATA_FILE,
+            mode: 0o644,
+            data: json.as_bytes(),
+        },
+    ];
+    let reference = oci::normalize_reference(&args.name);
+    let archive = oci::image_archive(
+        &files,
+        metadata.labels(),
+        &format!("/{KERNEL_PATH}"),
+        &reference,
+    )?;
+    std::fs::write(&args.output, archive).with_context(|| format!("{}", args.output.display()))?;
+    eprintln!("jitsu pack: {reference} → {}", args.output.display());
+    Ok(0)
+}
