@@ -10,6 +10,8 @@ declare -A want=(
   [setpriv]=util-linux
   [xenstore-write]=xenstore-utils
   [dig]=dnsutils
+  [containerd]=containerd
+  [ctr]=containerd
 )
 
 missing=()

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// The XenStore daemon is $XENSTORED_PATH, else /var/run/xenstored/socket.
     #[arg(long, requires = "lazy")]
     name: Option<String>,
+    /// End (as on SIGTERM) when the parent process dies: for monitors
+    /// started by the containerd shim.
+    #[arg(long)]
+    die_with_parent: bool,
     /// With --lazy: drop packets that arrive while the guest boots instead of
     /// holding them (to measure what holding saves).
     #[arg(long, requires = "lazy")]
@@ -66,6 +70,10 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
+    if args.die_with_parent {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+            .context("PR_SET_PDEATHSIG")?;
+    }
     let kernel =
         std::fs::read(&args.kernel).with_context(|| format!("{}", args.kernel.display()))?;
     let net = match &args.net {

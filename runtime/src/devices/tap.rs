@@ -7,6 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use thiserror::Error;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 
 #[derive(Debug, Error)]
 pub enum TapError {
@@ -46,6 +47,19 @@ impl Tap {
         if nix::net::if_::if_nametoindex(name).is_err() {
             return Err(TapError::Missing(name.into()));
         }
+        Tap::attach(name)
+    }
+
+    /// Opens `name`, creating it if it does not exist (TUNSETIFF does both).
+    fn attach(name: &str) -> Result<Tap, TapError> {
+        let invalid = name.is_empty()
+            || name.len() >= libc::IFNAMSIZ
+            || name
+                .bytes()
+                .any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0);
+        if invalid {
+            return Err(TapError::InvalidName(name.into()));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -72,6 +86,33 @@ impl Tap {
             name: name.into(),
             mtu,
         })
+    }
+
+    /// Creates a TAP interface that outlives this process (until
+    /// [`Tap::destroy`]), for a monitor to open later.
+    pub fn create_persistent(name: &str) -> Result<(), TapError> {
+        let tap = Tap::attach(name)?;
+        // SAFETY: TUNSETPERSIST takes an integer argument by value.
+        if unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+            return Err(TapError::Attach {
+                name: name.into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a persistent TAP created by [`Tap::create_persistent`].
+    pub fn destroy(name: &str) -> Result<(), TapError> {
+        let tap = Tap::attach(name)?;
+        // SAFETY: as above; 0 clears persistence and the device goes with the fd.
+        if unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETPERSIST, 0 as libc::c_ulong) } < 0 {
+            return Err(TapError::Attach {
+                name: name.into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &str {

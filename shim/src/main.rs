@@ -1,0 +1,12 @@
+//! `containerd-shim-jitsu-v1`: containerd's runtime `io.containerd.jitsu.v1`.
+//! Each container is a unikernel parked by its own monitor (`jitsu run
+//! --lazy`), booted on its first packet or DNS lookup.
+
+mod container;
+mod network;
+mod service;
+
+#[tokio::main]
+async fn main() {
+    containerd_shim::asynchronous::run::<service::Service>("io.containerd.jitsu.v1", None).await;
+}

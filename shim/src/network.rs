@@ -1,0 +1,143 @@
+//! Networking for containers started without CNI (`ctr run`): a bridge
+//! `jitsu0` holding the node range's first address, one persistent TAP per
+//! container enslaved to it, and addresses handed out from a directory of
+//! files (`create_new` is the lock: two shims cannot take the same one).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use jitsu_runtime::devices::tap::Tap;
+use rtnetlink::{new_connection, Handle, LinkBridge, LinkUnspec};
+
+pub const BRIDGE: &str = "jitsu0";
+/// The node range: the bridge takes the first address, guests the rest.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub const PREFIX: u8 = 16;
+
+pub type NetResult<T> = Result<T, String>;
+
+async fn handle() -> NetResult<Handle> {
+    let (connection, handle, _) = new_connection().map_err(|e| format!("netlink: {e}"))?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+async fn index(handle: &Handle, name: &str) -> NetResult<Option<u32>> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(format!("looking up {name}: {e}")),
+    }
+}
+
+/// Creates `jitsu0` with the gateway address if it is missing, and sets it up.
+async fn ensure_bridge(handle: &Handle) -> NetResult<u32> {
+    if index(handle, BRIDGE).await?.is_none() {
+        match handle
+            .link()
+            .add(LinkBridge::new(BRIDGE).build())
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+            Err(e) => return Err(format!("creating {BRIDGE}: {e}")),
+        }
+    }
+    let bridge = index(handle, BRIDGE)
+        .await?
+        .ok_or_else(|| format!("{BRIDGE} vanished"))?;
+    match handle
+        .address()
+        .add(bridge, GATEWAY.into(), PREFIX)
+        .execute()
+        .await
+    {
+        Ok(()) => {}
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+        Err(e) => return Err(format!("addressing {BRIDGE}: {e}")),
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(bridge).up().build())
+        .execute()
+        .await
+        .map_err(|e| format!("bringing {BRIDGE} up: {e}"))?;
+    Ok(bridge)
+}
+
+/// A TAP named `tap` on the bridge, up, ready for the monitor to open.
+pub async fn plug_tap(tap: &str) -> NetResult<()> {
+    let handle = handle().await?;
+    let bridge = ensure_bridge(&handle).await?;
+    Tap::create_persistent(tap).map_err(|e| e.to_string())?;
+    let index = index(&handle, tap)
+        .await?
+        .ok_or_else(|| format!("{tap} vanished"))?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .controller(bridge)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| format!("plugging {tap} into {BRIDGE}: {e}"))
+}
+
+/// Removes the TAP (the bridge stays for the next container).
+pub async fn unplug_tap(tap: &str) -> NetResult<()> {
+    let handle = handle().await?;
+    match index(&handle, tap).await? {
+        Some(index) => handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|e| format!("deleting {tap}: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Address allocation: one file per address in use.
+pub struct Ipam {
+    dir: PathBuf,
+}
+
+impl Ipam {
+    pub fn new(state_dir: &Path) -> Ipam {
+        Ipam {
+            dir: state_dir.join("ipam"),
+        }
+    }
+
+    pub fn allocate(&self, owner: &str) -> NetResult<Ipv4Addr> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let base = u32::from(GATEWAY);
+        for n in 1..(1u32 << (32 - PREFIX)) - 2 {
+            let ip = Ipv4Addr::from(base + n);
+            let file = self.dir.join(ip.to_string());
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)
+            {
+                Ok(_) => {
+                    std::fs::write(&file, owner).map_err(|e| format!("{}: {e}", file.display()))?;
+                    return Ok(ip);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("{}: {e}", file.display())),
+            }
+        }
+        Err("the node range is full".into())
+    }
+
+    pub fn release(&self, ip: Ipv4Addr) {
+        let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
+    }
+}

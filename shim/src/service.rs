@@ -1,0 +1,429 @@
+//! The shim v2 task service: containerd's calls, mapped onto containers.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::protos::api;
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::{Config, Error, Flags, StartOpts, TtrpcResult};
+use tokio::sync::Mutex;
+
+use crate::container::{self, Container, Record, Status};
+
+#[derive(Clone)]
+pub struct Service {
+    id: String,
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    containers: Arc<Mutex<HashMap<String, Container>>>,
+    publisher: Option<Arc<RemotePublisher>>,
+}
+
+fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
+fn unsupported(what: &str) -> ttrpc::Error {
+    status(
+        Code::UNIMPLEMENTED,
+        format!("{what} is not supported for unikernels"),
+    )
+}
+
+fn not_found(id: &str) -> ttrpc::Error {
+    status(Code::NOT_FOUND, format!("container {id} not found"))
+}
+
+fn timestamp(at: SystemTime) -> Timestamp {
+    let d = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    ts
+}
+
+impl Service {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Some(publisher) = &self.publisher {
+            let ctx = containerd_shim::Context::default();
+            if let Err(e) = publisher.publish(ctx, topic, &self.namespace, event).await {
+                tracing::warn!(%e, topic, "publishing an event");
+            }
+        }
+    }
+
+    /// Publishes the task's exit when its monitor ends.
+    fn watch_exit(
+        &self,
+        id: String,
+        pid: u32,
+        mut exit: tokio::sync::watch::Receiver<container::Exit>,
+    ) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let exited = exit
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|done| *done);
+            let Some((code, at)) = exited else { return };
+            if let Some(c) = service.containers.lock().await.get_mut(&id) {
+                c.status = Status::Stopped;
+            }
+            let event = TaskExit {
+                container_id: id.clone(),
+                id,
+                pid,
+                exit_status: code,
+                exited_at: Some(timestamp(at)).into(),
+                ..Default::default()
+            };
+            service
+                .publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
+                .await;
+        });
+    }
+}
+
+#[async_trait]
+impl Shim for Service {
+    type T = Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Service {
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+            exit: Arc::new(ExitSignal::default()),
+            containers: Arc::default(),
+            publisher: None,
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        let grouping = opts.id.clone();
+        spawn(opts, &grouping, Vec::new()).await
+    }
+
+    /// Called after a shim died: undo what its container left behind.
+    async fn delete_shim(&mut self) -> Result<api::DeleteResponse, Error> {
+        if let Some(record) = Record::load(&self.id) {
+            record.clean_up().await;
+        }
+        Ok(api::DeleteResponse {
+            exit_status: 137,
+            exited_at: Some(timestamp(SystemTime::now())).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        let mut service = self.clone();
+        service.publisher = Some(Arc::new(publisher));
+        service
+    }
+}
+
+#[async_trait]
+impl Task for Service {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let bundle = PathBuf::from(&req.bundle);
+        let rootfs = bundle.join("rootfs");
+        let mut mounted = false;
+        for m in &req.rootfs {
+            std::fs::create_dir_all(&rootfs)
+                .map_err(|e| status(Code::INTERNAL, format!("{}: {e}", rootfs.display())))?;
+            containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs)
+                .await
+                .map_err(|e| status(Code::INTERNAL, format!("mounting the rootfs: {e}")))?;
+            mounted = true;
+        }
+        let spec = match container::read_spec(&bundle) {
+            Ok(spec) => spec,
+            Err(e) => {
+                if mounted {
+                    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+                }
+                return Err(status(
+                    Code::INVALID_ARGUMENT,
+                    format!("not a usable unikernel image: {e}"),
+                ));
+            }
+        };
+        let c = Container::create(&req.id, &bundle, spec, mounted, &req.stdout, &req.stderr)
+            .await
+            .map_err(|e| status(Code::INTERNAL, e))?;
+        let pid = c.pid;
+        tracing::info!(id = %req.id, ip = %c.record.ip, pid, "created (parked)");
+        self.watch_exit(req.id.clone(), pid, c.exit.clone());
+        self.containers.lock().await.insert(req.id.clone(), c);
+        let event = TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            pid,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(unsupported("exec"));
+        }
+        let pid = {
+            let mut containers = self.containers.lock().await;
+            let c = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| not_found(&req.id))?;
+            c.start().await.map_err(|e| status(Code::INTERNAL, e))?;
+            c.pid
+        };
+        self.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: req.id.clone(),
+                pid,
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let containers = self.containers.lock().await;
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let exit = c.exit_now();
+        let task_status = match (c.status, exit) {
+            (_, Some(_)) | (Status::Stopped, _) => api::Status::STOPPED,
+            (Status::Created, None) => api::Status::CREATED,
+            (Status::Running, None) => api::Status::RUNNING,
+        };
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle: c.record.bundle.display().to_string(),
+            pid: c.pid,
+            status: task_status.into(),
+            stdout: c.stdout.clone(),
+            stderr: c.stderr.clone(),
+            exit_status: exit.map_or(0, |e| e.0),
+            exited_at: exit.map(|e| timestamp(e.1)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let containers = self.containers.lock().await;
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if c.exit_now().is_some() {
+            return Ok(api::Empty::new());
+        }
+        let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
+            .map_err(|_| status(Code::INVALID_ARGUMENT, format!("signal {}", req.signal)))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid as i32), signal)
+            .map_err(|e| status(Code::INTERNAL, format!("kill: {e}")))?;
+        Ok(api::Empty::new())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        let mut exit = {
+            let containers = self.containers.lock().await;
+            containers
+                .get(&req.id)
+                .ok_or_else(|| not_found(&req.id))?
+                .exit
+                .clone()
+        };
+        let exited = exit
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|done| *done);
+        let (code, at) = exited.ok_or_else(|| status(Code::INTERNAL, "monitor lost"))?;
+        Ok(api::WaitResponse {
+            exit_status: code,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(unsupported("exec"));
+        }
+        let c = self
+            .containers
+            .lock()
+            .await
+            .remove(&req.id)
+            .ok_or_else(|| not_found(&req.id))?;
+        let exit = c.exit_now();
+        c.record.clean_up().await;
+        let (code, at) = exit.unwrap_or((137, SystemTime::now()));
+        let event = TaskDelete {
+            container_id: req.id.clone(),
+            pid: c.pid,
+            exit_status: code,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        };
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(api::DeleteResponse {
+            pid: c.pid,
+            exit_status: code,
+            exited_at: Some(timestamp(at)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let containers = self.containers.lock().await;
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let process = api::ProcessInfo {
+            pid: c.pid,
+            ..Default::default()
+        };
+        Ok(api::PidsResponse {
+            processes: vec![process],
+            ..Default::default()
+        })
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let containers = self.containers.lock().await;
+        containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        // No cgroup of our own yet: an empty set of metrics.
+        Ok(api::StatsResponse::default())
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let containers = self.containers.lock().await;
+        let task_pid = containers.get(&req.id).map_or(0, |c| c.pid);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: "jitsu-1".into(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        if self.containers.lock().await.is_empty() {
+            self.exit.signal();
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        Ok(api::Empty::new()) // the unikernel reads no stdin
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(unsupported("exec"))
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        Err(unsupported("pause"))
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(unsupported("resume"))
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(unsupported("checkpoint"))
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(unsupported("update"))
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Ok(api::Empty::new()) // no terminal
+    }
+}
