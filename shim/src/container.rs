@@ -218,15 +218,14 @@ impl Container {
         if !spec.cmdline.is_empty() {
             cmd.arg("--").args(spec.cmdline.split_whitespace());
         }
-        let spawned = (|| {
-            Ok::<_, String>(
-                cmd.stdin(Stdio::null())
-                    .stdout(stdio(stdout)?)
-                    .stderr(stdio(stderr)?)
-                    .spawn()
-                    .map_err(|e| format!("starting the monitor: {e}"))?,
-            )
-        })();
+        let spawned = stdio(stdout).and_then(|out| {
+            let err = stdio(stderr)?;
+            cmd.stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| format!("starting the monitor: {e}"))
+        });
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
