@@ -28,6 +28,22 @@ fn ip(args: &[&str]) {
 }
 
 impl NetNs {
+    /// A namespace with only loopback up (containerd's shim makes its own
+    /// bridge and TAPs in it).
+    pub fn empty() -> NetNs {
+        crate::require_root_and_kvm();
+        let name = crate::unique_name("jc");
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        NetNs {
+            name,
+            tap: String::new(),
+            host_ip: Ipv4Addr::new(10, 77, 0, 1),
+            guest_ip: Ipv4Addr::new(10, 77, 0, 2),
+            prefix_len: 16,
+        }
+    }
+
     /// A namespace with loopback up and TAP `jtap0` at 10.77.0.1/24; the guest
     /// is to take 10.77.0.2. These addresses exist only inside the namespace.
     pub fn with_tap() -> NetNs {

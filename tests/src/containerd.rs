@@ -1,0 +1,151 @@
+//! A private containerd (Debian's 1.6) in a namespace of its own, with
+//! private root, state and socket, and our shim on its PATH.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::netns::NetNs;
+use crate::process::{run_with_timeout, Guarded};
+use crate::{guest, jitsu_bin};
+
+pub struct Containerd {
+    pub ns: NetNs,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    /// The shim's state (`JITSU_STATE_DIR`).
+    pub state: PathBuf,
+    /// Where a `jitsu daemon` for this node serves XenStore.
+    pub xenstore: PathBuf,
+    _process: Guarded,
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        let ns = NetNs::empty();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let state = dir.path().join("jitsu");
+        let xenstore = dir.path().join("xenstored.sock");
+        let bin_dir = jitsu_bin().parent().unwrap().to_path_buf();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = ns.command("containerd");
+        cmd.arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--address")
+            .arg(&socket)
+            .env("PATH", path)
+            .env("JITSU_STATE_DIR", &state)
+            .env("XENSTORED_PATH", &xenstore)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let process = Guarded::spawn(&mut cmd);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let c = Containerd {
+            ns,
+            dir,
+            socket,
+            state,
+            xenstore,
+            _process: process,
+        };
+        while !c.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(&self.socket).args(args);
+        run_with_timeout(&mut cmd, Duration::from_secs(30))
+    }
+
+    /// Runs ctr and fails the test with its output if it fails.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Packs hello-http with `pack_args` and imports it as `name`.
+    pub fn import_hello(&self, name: &str, pack_args: &[&str]) {
+        let archive = self
+            .dir
+            .path()
+            .join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        let out = Command::new(jitsu_bin())
+            .args(["pack", "--kernel"])
+            .arg(guest("hello-http"))
+            .args(["--name", name])
+            .args(pack_args)
+            .arg("-o")
+            .arg(&archive)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "jitsu pack: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.ctr_ok(&["images", "import", archive.to_str().unwrap()]);
+    }
+
+    /// `RUNNING`, `STOPPED`, ... or None when the task is gone.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let list = self.ctr_ok(&["task", "ls"]);
+        list.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .map(str::to_string)
+    }
+
+    pub fn control(&self, id: &str) -> PathBuf {
+        self.state.join(id).join("control.sock")
+    }
+
+    /// Interfaces in the namespace.
+    pub fn links(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", self.ns.name(), "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            })
+            .collect()
+    }
+
+    /// Files left in the shim's state, except the empty allocation folder.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.state, &mut out);
+        out.retain(|p| p != &self.state.join("ipam"));
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            out.push(e.path());
+            walk(&e.path(), out);
+        }
+    }
+}

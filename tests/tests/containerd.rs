@@ -1,0 +1,316 @@
+//! `ctr run` of a unikernel image through containerd-shim-jitsu-v1, against
+//! a real containerd that the test starts in a namespace of its own.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jitsu_e2e::containerd::Containerd;
+use jitsu_e2e::jitsu_bin;
+use jitsu_e2e::lazy::try_request;
+use jitsu_e2e::process::{run_with_timeout, Guarded};
+
+const IMAGE: &str = "docker.io/jitsu/hello:latest";
+
+fn status(c: &Containerd, id: &str) -> serde_json::Value {
+    let reply = try_request(&c.control(id), "status").expect("control socket");
+    serde_json::from_str(&reply).unwrap()
+}
+
+fn curl(c: &Containerd, url: &str) -> String {
+    let mut cmd = c.ns.command("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    ]);
+    String::from_utf8_lossy(&run_with_timeout(&mut cmd, Duration::from_secs(10)).stdout)
+        .into_owned()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_clean(c: &Containerd) {
+    assert!(c.leftovers().is_empty(), "left behind: {:?}", c.leftovers());
+    assert!(
+        !c.links().iter().any(|l| l.starts_with("jt")),
+        "TAP left behind: {:?}",
+        c.links()
+    );
+    let monitors = Command::new("pgrep")
+        .args(["-f", &c.control("").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        monitors.stdout.is_empty(),
+        "a monitor is still running: {}",
+        String::from_utf8_lossy(&monitors.stdout)
+    );
+}
+
+#[test]
+fn ctr_run_parks_the_first_connection_boots_and_kill_delete_clean_up() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        IMAGE,
+        "h1",
+    ]);
+    assert_eq!(c.task_status("h1").as_deref(), Some("RUNNING"));
+    let parked = status(&c, "h1");
+    assert_eq!(
+        (parked["state"].as_str(), parked["boots"].as_u64()),
+        (Some("parked"), Some(0)),
+        "{parked}"
+    );
+    assert!(c.links().iter().any(|l| l == "jitsu0"), "{:?}", c.links());
+
+    assert_eq!(curl(&c, "http://10.77.0.2/"), "200", "the SYN boots it");
+    assert_eq!(status(&c, "h1")["boots"], 1);
+
+    c.ctr_ok(&["task", "kill", "h1"]);
+    wait_until("the task to stop", || {
+        c.task_status("h1").as_deref() == Some("STOPPED")
+    });
+    c.ctr_ok(&["task", "delete", "h1"]);
+    c.ctr_ok(&["container", "delete", "h1"]);
+    assert_clean(&c);
+}
+
+#[test]
+fn the_console_is_the_tasks_stdout() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &["--boot", "eager"]);
+    let mut cmd = Command::new("ctr");
+    cmd.arg("--address")
+        .arg(&c.socket)
+        .args(["run", "--runtime", "io.containerd.jitsu.v1", IMAGE, "h2"])
+        .stdout(Stdio::piped());
+    let mut run = Guarded::spawn(&mut cmd);
+    let out = run.wait_for_output(
+        "hello-http: listening on 10.77.0.2:80",
+        Duration::from_secs(20),
+    );
+    assert!(out.contains("listening"), "{out}");
+    c.ctr_ok(&["task", "kill", "h2"]);
+    let status = run.wait_timeout(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "ctr run ends with the task's status"
+    );
+    c.ctr_ok(&["container", "delete", "h2"]);
+    assert_clean(&c);
+}
+
+#[test]
+fn idle_goes_back_to_parked_while_the_task_keeps_running() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:idle", &["--idle-timeout", "300ms"]);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        "docker.io/jitsu/hello:idle",
+        "h3",
+    ]);
+    assert_eq!(curl(&c, "http://10.77.0.2/"), "200");
+    wait_until("parking after idle", || {
+        status(&c, "h3")["state"] == "parked"
+    });
+    assert_eq!(
+        c.task_status("h3").as_deref(),
+        Some("RUNNING"),
+        "containerd still sees a running task"
+    );
+    assert_eq!(
+        curl(&c, "http://10.77.0.2/"),
+        "200",
+        "a second cold request"
+    );
+    assert_eq!(status(&c, "h3")["boots"], 2);
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "h3"]);
+    wait_until("the task to stop", || {
+        c.task_status("h3").as_deref() == Some("STOPPED")
+    });
+    c.ctr_ok(&["task", "delete", "h3"]);
+    c.ctr_ok(&["container", "delete", "h3"]);
+    assert_clean(&c);
+}
+
+#[test]
+fn a_dns_lookup_boots_it_through_jitsu_daemon() {
+    let c = Containerd::start();
+    let mut cmd = c.ns.command(jitsu_bin());
+    cmd.args([
+        "daemon",
+        "--dns-listen",
+        "127.0.0.1:53",
+        "--xenstore-listen",
+    ])
+    .arg(&c.xenstore)
+    .stderr(Stdio::null());
+    let _daemon = Guarded::spawn(&mut cmd);
+    wait_until("XenStore", || {
+        std::os::unix::net::UnixStream::connect(&c.xenstore).is_ok()
+    });
+    c.import_hello("jitsu/hello:latest", &["--dns-name", "hello"]);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        IMAGE,
+        "h4",
+    ]);
+    let ps = || {
+        let out = Command::new(jitsu_bin())
+            .args(["ps", "--json", "--xenstore-socket"])
+            .arg(&c.xenstore)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    wait_until("the registration", || ps()[0]["state"] == "parked");
+    let mut dig = c.ns.command("dig");
+    dig.args(["@127.0.0.1", "+short", "hello.jitsu.internal"]);
+    let answer = run_with_timeout(&mut dig, Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), "10.77.0.2");
+    wait_until("the boot", || ps()[0]["state"] == "running");
+    c.ctr_ok(&["task", "kill", "h4"]);
+    wait_until("the task to stop", || {
+        c.task_status("h4").as_deref() == Some("STOPPED")
+    });
+    c.ctr_ok(&["task", "delete", "h4"]);
+    c.ctr_ok(&["container", "delete", "h4"]);
+    wait_until("the registry entry to go", || {
+        ps().as_array().is_some_and(|a| a.is_empty())
+    });
+    assert_clean(&c);
+}
+
+#[test]
+fn a_killed_shim_leaves_nothing_after_cleanup() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        IMAGE,
+        "h5",
+    ]);
+    // The shim of this containerd (its address is unique to the test).
+    let pattern = format!("containerd-shim-jitsu-v1.*-id h5.*{}", c.socket.display());
+    let found = Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .unwrap();
+    let shim: i32 = String::from_utf8_lossy(&found.stdout)
+        .lines()
+        .next()
+        .expect("the shim's pid")
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("containerd to see the task end", || {
+        c.task_status("h5").as_deref() != Some("RUNNING")
+    });
+    let _ = c.ctr(&["task", "delete", "h5"]);
+    c.ctr_ok(&["container", "delete", "h5"]);
+    wait_until("the cleanup", || {
+        c.leftovers().is_empty() && !c.links().iter().any(|l| l.starts_with("jt"))
+    });
+    assert_clean(&c);
+}
+
+#[test]
+fn a_bad_image_or_annotation_fails_create_with_the_reason() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        "--annotation",
+        "org.jitsu.mem=3M",
+        IMAGE,
+        "h6",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory 3M is out of range"), "{err}");
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        "--annotation",
+        "org.jitsu.colour=red",
+        IMAGE,
+        "h7",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown annotation org.jitsu.colour"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = c.ctr(&["container", "delete", "h6"]);
+    let _ = c.ctr(&["container", "delete", "h7"]);
+    assert_clean(&c);
+}
+
+#[test]
+fn exec_and_pause_are_refused_clearly() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        IMAGE,
+        "h8",
+    ]);
+    let exec = c.ctr(&["task", "exec", "--exec-id", "x", "h8", "/bin/sh"]);
+    assert!(
+        String::from_utf8_lossy(&exec.stderr).contains("not supported for unikernels"),
+        "{}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    let pause = c.ctr(&["task", "pause", "h8"]);
+    assert!(
+        String::from_utf8_lossy(&pause.stderr).contains("not supported for unikernels"),
+        "{}",
+        String::from_utf8_lossy(&pause.stderr)
+    );
+    c.ctr_ok(&["task", "kill", "h8"]);
+    wait_until("the task to stop", || {
+        c.task_status("h8").as_deref() == Some("STOPPED")
+    });
+    c.ctr_ok(&["task", "delete", "h8"]);
+    c.ctr_ok(&["container", "delete", "h8"]);
+    assert_clean(&c);
+}
