@@ -18,9 +18,11 @@ deps:
 guests:
 	cd guest && $(CARGO) build --release
 
-## Host binaries: jitsu, the test fixtures, the benchmark harness.
+## Host binaries: jitsu, the shim, the test fixtures, the benchmark harness
+## (and its static native server, the runc baseline).
 build: guests
 	$(CARGO) build --release --workspace
+	cd bench/native-http && RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -2,6 +2,7 @@
 //! baseline measured in the same run, because these machines are noisy.
 //! Benchmarks measure; they assert nothing (that is what tests are for).
 
+mod containerd;
 mod dns;
 mod lazy;
 mod monitor;
@@ -22,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(stats::Samples::new);
     rows.extend(lazy::rows(quick, exec_first)?);
     rows.extend(dns::rows(quick)?);
+    rows.extend(containerd::rows(quick)?);
     rows.extend(xenstore::rows(quick)?);
     stats::print_table(&rows);
     Ok(())

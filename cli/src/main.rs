@@ -2,7 +2,6 @@
 
 mod args;
 mod commands;
-mod oci;
 
 use std::process::ExitCode;
 use std::time::Instant;

@@ -33,8 +33,12 @@ impl Containerd {
             bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut cmd = ns.command("containerd");
-        cmd.arg("--root")
+        // nsenter, not `ip netns exec`: only the network namespace changes,
+        // so the cgroup mounts runc needs stay visible.
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg("containerd")
+            .arg("--root")
             .arg(dir.path().join("root"))
             .arg("--state")
             .arg(dir.path().join("state"))

@@ -7,7 +7,7 @@ use clap::Args;
 use jitsu_runtime::elf::KernelImage;
 use jitsu_runtime::spec::{BootPolicy, Metadata, METADATA_FILE};
 
-use crate::oci::{self, File};
+use jitsu_runtime::spec::archive::{self as oci, File};
 
 /// Where the ELF lies in the image's filesystem.
 const KERNEL_PATH: &str = "unikernel.elf";
@@ -73,7 +73,8 @@ pub fn run(args: PackArgs) -> Result<u8> {
         metadata.labels(),
         &format!("/{KERNEL_PATH}"),
         &reference,
-    )?;
+    )
+    .map_err(|e| anyhow::anyhow!("writing the image: {e}"))?;
     std::fs::write(&args.output, archive).with_context(|| format!("{}", args.output.display()))?;
     eprintln!("jitsu pack: {reference} → {}", args.output.display());
     Ok(0)

@@ -4,6 +4,7 @@
 //! into a [`UnikernelSpec`]. `jitsu pack` checks it when it builds an image,
 //! the shim again when it creates a container.
 
+pub mod archive;
 pub mod units;
 
 use std::collections::BTreeMap;

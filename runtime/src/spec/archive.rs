@@ -1,10 +1,13 @@
 //! Writing an OCI image archive (an image layout in a tar), as
-//! `ctr images import` and registries take it.
+//! `ctr images import` and registries take it. `jitsu pack` uses it for
+//! unikernel images; the benchmarks for the native images they compare with.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use std::io;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 use flate2::write::GzEncoder;
 use oci_spec::image::{
     Arch, ConfigBuilder, Descriptor, DescriptorBuilder, ImageConfigurationBuilder,
@@ -133,7 +136,7 @@ pub fn image_archive(
         header.set_mode(0o644);
         header.set_mtime(0);
         out.append_data(&mut header, path, data)
-            .with_context(|| path.to_string())
+            .map_err(|e| io::Error::other(format!("{path}: {e}")).into())
     };
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     add("index.json", &index_json)?;

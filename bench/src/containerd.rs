@@ -1,0 +1,148 @@
+//! Through containerd: `ctr run` to the first HTTP byte of the unikernel
+//! (lazy: its first SYN boots it) against runc running a static native HTTP
+//! server doing the same job; and a parked task's cold request.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use jitsu_e2e::containerd::Containerd;
+use jitsu_e2e::lazy::try_request;
+use jitsu_runtime::spec::archive::{image_archive, File};
+
+use crate::stats::{Row, Samples, Unit};
+
+fn native_server() -> Result<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("native-http/target/x86_64-unknown-linux-gnu/release/native-http");
+    ensure!(
+        path.exists(),
+        "{} is missing: run `make build`",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Connects (retrying while nothing listens yet), GETs, waits for a byte.
+fn first_byte(addr: SocketAddr, deadline: Instant) -> Result<()> {
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+                let mut byte = [0u8; 1];
+                ensure!(s.read(&mut byte)? == 1, "no answer from {addr}");
+                return Ok(());
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
+            Err(e) => return Err(e).context(format!("connecting to {addr}")),
+        }
+    }
+}
+
+/// `ctr run -d ARGS ID` then the first byte, `n` times; each removed after.
+fn ctr_run_to_first_byte(
+    c: &Containerd,
+    run_args: &[&str],
+    addr: SocketAddr,
+    n: usize,
+) -> Result<Samples> {
+    let mut samples = Samples::new();
+    for i in 0..n {
+        let id = format!("b{i}");
+        let t = Instant::now();
+        let mut args = vec!["run", "-d"];
+        args.extend_from_slice(run_args);
+        args.push(&id);
+        c.ctr_ok(&args);
+        c.ns.run_in(|| first_byte(addr, Instant::now() + Duration::from_secs(10)))?;
+        samples.push(t.elapsed());
+        let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.task_status(&id).as_deref() == Some("RUNNING") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = c.ctr(&["task", "delete", &id]);
+        c.ctr_ok(&["container", "delete", &id]);
+    }
+    Ok(samples)
+}
+
+pub fn rows(quick: bool) -> Result<Vec<Row>> {
+    let n = if quick { 5 } else { 25 };
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    let native = std::fs::read(native_server()?)?;
+    let files = [File {
+        path: "native-http",
+        mode: 0o755,
+        data: &native,
+    }];
+    let archive = image_archive(
+        &files,
+        Default::default(),
+        "/native-http",
+        "docker.io/jitsu/native:latest",
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let archive_path = c.dir.path().join("native.tar");
+    std::fs::write(&archive_path, archive)?;
+    c.ctr_ok(&["images", "import", archive_path.to_str().context("path")?]);
+
+    let unikernel_addr = SocketAddr::from(([10, 77, 0, 2], 80));
+    let native_addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+    let jitsu = ctr_run_to_first_byte(
+        &c,
+        &[
+            "--runtime",
+            "io.containerd.jitsu.v1",
+            "docker.io/jitsu/hello:latest",
+        ],
+        unikernel_addr,
+        n,
+    )?;
+    let runc = ctr_run_to_first_byte(
+        &c,
+        &["--net-host", "docker.io/jitsu/native:latest"],
+        native_addr,
+        n,
+    )?;
+
+    // A parked task's cold request: re-park with `stop` before each.
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        "docker.io/jitsu/hello:latest",
+        "parked",
+    ]);
+    let control = c.control("parked");
+    let mut cold = Samples::new();
+    for _ in 0..n * 4 {
+        let reply = try_request(&control, "stop")?;
+        ensure!(reply.contains("\"parked\""), "{reply}");
+        let t = Instant::now();
+        c.ns.run_in(|| first_byte(unikernel_addr, Instant::now() + Duration::from_secs(10)))?;
+        cold.push(t.elapsed());
+    }
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", "parked"]);
+    Ok(vec![
+        Row {
+            name: "ctr run to first HTTP byte: unikernel (lazy)".into(),
+            samples: jitsu,
+            baseline_name: "ctr run, runc, static native server".into(),
+            baseline: runc.clone(),
+            unit: Unit::Time,
+        },
+        Row {
+            name: "parked unikernel task: cold connect to first byte".into(),
+            samples: cold,
+            baseline_name: "runc container: run to first byte".into(),
+            baseline: runc,
+            unit: Unit::Time,
+        },
+    ])
+}
