@@ -6,7 +6,7 @@ GUEST_DIR := guest/target/x86_64-unknown-linux-gnu/release
 export JITSU_BIN := $(CURDIR)/target/release/jitsu
 export JITSU_GUESTS := $(CURDIR)/$(GUEST_DIR)
 
-.PHONY: all deps guests build lint test demo bench clean
+.PHONY: all deps guests build images lint test demo bench clean
 
 all: build
 
@@ -23,6 +23,10 @@ guests:
 build: guests
 	$(CARGO) build --release --workspace
 	cd bench/native-http && RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu
+
+## The example OCI images (oci-images/), in build/images/.
+images: build
+	@oci-images/build.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -14,6 +14,17 @@ now_us() { echo $(( $(date +%s%N) / 1000 )); }
 
 cleanup() {
   [ -n "${MONITOR:-}" ] && kill "$MONITOR" 2>/dev/null && wait "$MONITOR" 2>/dev/null
+  if [ -n "${CONTAINERD:-}" ]; then
+    # Shims outlive containerd by design: take the containers down first.
+    "${CTR[@]}" task kill -s SIGKILL hello >/dev/null 2>&1 || true
+    sleep 0.2
+    "${CTR[@]}" task delete hello >/dev/null 2>&1 || true
+    "${CTR[@]}" container delete hello >/dev/null 2>&1 || true
+    kill "$CONTAINERD" 2>/dev/null && wait "$CONTAINERD" 2>/dev/null
+  fi
+  [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
+  rm -rf "/etc/netns/$NS"
+  grep -F "$LOG" /proc/mounts | awk '{print $2}' | xargs -r umount -l 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$LOG"
 }
@@ -75,4 +86,44 @@ say "A second cold request:"
 ip netns exec "$NS" curl -sS -o /dev/null -w 'HTTP %{http_code}: connect %{time_connect}s, first byte %{time_starttransfer}s\n' http://10.77.0.2/
 say "Retransmitted SYNs seen by the client's kernel: $(ip netns exec "$NS" nstat -az TcpExtTCPSynRetrans 2>/dev/null | awk '/TCPSynRetrans/ {print $2}')"
 kill "$MONITOR"; wait "$MONITOR" 2>/dev/null || true; MONITOR=
-say "Done. The namespace and TAP are removed on exit."
+say "Now through containerd, as a node would run it (the demo TAP goes; the shim brings its own bridge)."
+ip -n "$NS" link del jtap0
+CTD="$LOG/containerd"; mkdir -p "$CTD"
+export XENSTORED_PATH="$LOG/xenstored.sock"
+mkdir -p "/etc/netns/$NS" && echo "nameserver 127.0.0.1" > "/etc/netns/$NS/resolv.conf"
+say "Starting jitsu daemon in the namespace: XenStore on $XENSTORED_PATH, DNS for jitsu.internal on 127.0.0.1:53."
+ip netns exec "$NS" "$JITSU" daemon --dns-listen 127.0.0.1:53 --xenstore-listen "$XENSTORED_PATH" 2>"$LOG/daemon.log" &
+DAEMON=$!
+say "Starting a private containerd (root, state and socket under $CTD) with containerd-shim-jitsu-v1 on its PATH."
+nsenter --net="/run/netns/$NS" env PATH="$(dirname "$JITSU"):$PATH" JITSU_STATE_DIR="$CTD/jitsu" XENSTORED_PATH="$XENSTORED_PATH" \
+  containerd --root "$CTD/root" --state "$CTD/state" --address "$CTD/sock" >"$CTD/log" 2>&1 &
+CONTAINERD=$!
+CTR=(ctr --address "$CTD/sock")
+until "${CTR[@]}" version >/dev/null 2>&1; do sleep 0.05; done
+say "Packing hello-http as an OCI image (DNS name hello, idle timeout 2 s) and importing it:"
+"$JITSU" pack --kernel "$GUESTS/hello-http" --name jitsu/hello:latest --dns-name hello --idle-timeout 2s -o "$LOG/hello.tar"
+"${CTR[@]}" images import "$LOG/hello.tar"
+t0=$(now_us)
+"${CTR[@]}" run -d --runtime io.containerd.jitsu.v1 docker.io/jitsu/hello:latest hello
+say "ctr run took $(( $(now_us) - t0 )) µs. containerd sees: $("${CTR[@]}" task ls | tail -1 | tr -s ' ')"
+say "jitsu ps (the unikernel is parked: nothing has run yet):"
+"$JITSU" ps
+say "A DNS lookup answers at once and asks for the boot:"
+ip netns exec "$NS" dig +noall +answer +stats hello.jitsu.internal | grep -E "IN|Query time"
+sleep 0.05
+"$JITSU" ps
+say "A page, by name:"
+ip netns exec "$NS" curl -sS -o /dev/null -w 'HTTP %{http_code}: lookup %{time_namelookup}s, connect %{time_connect}s, first byte %{time_starttransfer}s\n' http://hello.jitsu.internal/
+say "Waiting 2.5 s: idle, so the VM is destroyed and a fresh one parked; the task stays running."
+sleep 2.5
+"$JITSU" ps
+say "containerd sees: $("${CTR[@]}" task ls | tail -1 | tr -s ' ')"
+say "A second cold request (lookup, boot on the way, page):"
+ip netns exec "$NS" curl -sS -o /dev/null -w 'HTTP %{http_code}: lookup %{time_namelookup}s, connect %{time_connect}s, first byte %{time_starttransfer}s\n' http://hello.jitsu.internal/
+say "Stopping: ctr task kill, task delete, container delete."
+"${CTR[@]}" task kill hello
+until "${CTR[@]}" task ls | grep -q STOPPED; do sleep 0.05; done
+"${CTR[@]}" task delete hello >/dev/null
+"${CTR[@]}" container delete hello
+say "Left behind: interfaces $(ip -n "$NS" -o link show | awk -F': ' '{print $2}' | tr '\n' ' '); registry: $("$JITSU" ps --json)"
+say "Done. Everything is removed on exit."

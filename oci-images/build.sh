@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The example images, as `jitsu pack` builds them: `make images` writes
+# them to build/images/, ready for `ctr images import`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JITSU=${JITSU_BIN:-target/release/jitsu}
+GUESTS=${JITSU_GUESTS:-guest/target/x86_64-unknown-linux-gnu/release}
+OUT=build/images
+mkdir -p "$OUT"
+
+# hello: the HTTP unikernel, parked until its first packet or lookup,
+# parked again after 30 s idle, registered as hello.jitsu.internal.
+"$JITSU" pack --kernel "$GUESTS/hello-http" --name jitsu/hello:latest \
+  --dns-name hello --idle-timeout 30s -o "$OUT/hello.tar"
+
+# hello-eager: the same unikernel, booted as soon as its task starts.
+"$JITSU" pack --kernel "$GUESTS/hello-http" --name jitsu/hello-eager:latest \
+  --boot eager -o "$OUT/hello-eager.tar"
