@@ -6,6 +6,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
+use containerd_shim::monitor::{Subject, Topic};
 use jitsu_runtime::spec::{BootPolicy, Metadata, UnikernelSpec, METADATA_FILE};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -194,7 +196,7 @@ impl Container {
             return Err(e);
         }
         let control = state_dir().join(id).join("control.sock");
-        let mut cmd = tokio::process::Command::new(jitsu_bin());
+        let mut cmd = std::process::Command::new(jitsu_bin());
         cmd.args(["run", "--lazy", "--die-with-parent", "--mem"])
             .arg(spec.mem.to_string())
             .arg("--control")
@@ -218,6 +220,16 @@ impl Container {
         if !spec.cmdline.is_empty() {
             cmd.arg("--").args(spec.cmdline.split_whitespace());
         }
+        // The shim reaps every child itself (it is a subreaper); our exit
+        // status comes from its monitor. Subscribe before the child exists so
+        // that not even an immediate exit is missed.
+        let mut exits = match monitor_subscribe(Topic::Pid).await {
+            Ok(s) => s,
+            Err(e) => {
+                record.clean_up().await;
+                return Err(format!("subscribing to exits: {e}"));
+            }
+        };
         let spawned = stdio(stdout).and_then(|out| {
             let err = stdio(stderr)?;
             cmd.stdin(Stdio::null())
@@ -226,27 +238,25 @@ impl Container {
                 .spawn()
                 .map_err(|e| format!("starting the monitor: {e}"))
         });
-        let mut child = match spawned {
+        let child = match spawned {
             Ok(child) => child,
             Err(e) => {
                 record.clean_up().await;
                 return Err(e);
             }
         };
-        let pid = child.id().unwrap_or(0);
+        let pid = child.id();
         record.monitor_pid = Some(pid);
         let _ = record.save();
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
-            let status = child.wait().await;
-            let code = match status {
-                Ok(s) => s.code().map_or_else(
-                    || 128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(9) as u32,
-                    |c| c as u32,
-                ),
-                Err(_) => 255,
-            };
-            let _ = tx.send(Some((code, std::time::SystemTime::now())));
+            while let Some(event) = exits.rx.recv().await {
+                if matches!(event.subject, Subject::Pid(p) if p == pid as i32) {
+                    let _ = tx.send(Some((event.exit_code as u32, std::time::SystemTime::now())));
+                    break;
+                }
+            }
+            let _ = monitor_unsubscribe(exits.id).await;
         });
         Ok(Container {
             record,

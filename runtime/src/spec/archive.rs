@@ -22,6 +22,12 @@ pub struct File<'a> {
     pub data: &'a [u8],
 }
 
+/// JSON with object keys sorted (oci-spec keeps annotations and labels in
+/// hash maps), so that the same image always has the same digests.
+fn canonical_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&serde_json::to_value(value)?)?)
+}
+
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -95,7 +101,7 @@ pub fn image_archive(
                 .build()?,
         )
         .build()?;
-    let config_json = serde_json::to_vec(&config)?;
+    let config_json = canonical_json(&config)?;
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
@@ -107,7 +113,7 @@ pub fn image_archive(
                 .collect::<std::collections::HashMap<_, _>>(),
         )
         .build()?;
-    let manifest_json = serde_json::to_vec(&manifest)?;
+    let manifest_json = canonical_json(&manifest)?;
     let tag = reference
         .rsplit_once(':')
         .map_or("latest", |(_, t)| t)
@@ -127,7 +133,7 @@ pub fn image_archive(
             Some(names),
         )?])
         .build()?;
-    let index_json = serde_json::to_vec(&index)?;
+    let index_json = canonical_json(&index)?;
 
     let mut out = tar::Builder::new(Vec::new());
     let mut add = |path: &str, data: &[u8]| -> Result<()> {
