@@ -12,6 +12,8 @@ declare -A want=(
   [dig]=dnsutils
   [containerd]=containerd
   [ctr]=containerd
+  [pgrep]=procps
+  [nsenter]=util-linux
 )
 
 missing=()

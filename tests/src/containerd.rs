@@ -153,3 +153,36 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+impl Drop for Containerd {
+    /// Shims outlive containerd by design; take every container down first,
+    /// then anything of ours that is still running, so no test leaves a
+    /// shim, a monitor or a mount behind.
+    fn drop(&mut self) {
+        let tasks = self.ctr(&["task", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
+            let _ = self.ctr(&["task", "delete", "-f", id]);
+        }
+        let containers = self.ctr(&["container", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&containers.stdout).split_whitespace() {
+            let _ = self.ctr(&["container", "delete", id]);
+        }
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &self.socket.display().to_string()])
+            .status();
+        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+            let dir = self.dir.path().display().to_string();
+            for target in mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|t| t.starts_with(&dir))
+            {
+                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
