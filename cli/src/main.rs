@@ -39,6 +39,12 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let start_monotonic = args::monotonic_nanos();
     init_logging();
+    // `jitsu run` is on the boot path of every monitor: parse only its
+    // arguments (clap builds the whole command tree otherwise).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+        let args = RunOnly::parse_from(std::env::args_os().skip(1));
+        return exit(commands::run::run(args.args, start, start_monotonic));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args, start, start_monotonic),
@@ -48,6 +54,23 @@ fn main() -> ExitCode {
         Command::Ps(args) => commands::ps::run(args),
         Command::Pack(args) => commands::pack::run(args),
     };
+    exit(result)
+}
+
+/// `jitsu run ...` alone.
+#[derive(Parser)]
+#[command(
+    name = "jitsu run",
+    bin_name = "jitsu run",
+    version,
+    about = "Boot a unikernel ELF directly on KVM and wait for it to end."
+)]
+struct RunOnly {
+    #[command(flatten)]
+    args: commands::run::RunArgs,
+}
+
+fn exit(result: anyhow::Result<u8>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
