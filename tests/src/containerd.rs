@@ -116,6 +116,19 @@ impl Containerd {
             .map(str::to_string)
     }
 
+    /// `task kill` (with `signal`), wait until it stops, `task delete`,
+    /// `container delete`, failing the test if any step fails.
+    pub fn remove(&self, id: &str, signal: &str) {
+        self.ctr_ok(&["task", "kill", "-s", signal, id]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.task_status(id).as_deref() != Some("STOPPED") {
+            assert!(Instant::now() < deadline, "task {id} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.ctr_ok(&["task", "delete", id]);
+        self.ctr_ok(&["container", "delete", id]);
+    }
+
     pub fn control(&self, id: &str) -> PathBuf {
         self.state.join(id).join("control.sock")
     }

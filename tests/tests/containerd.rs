@@ -82,12 +82,7 @@ fn ctr_run_parks_the_first_connection_boots_and_kill_delete_clean_up() {
     assert_eq!(curl(&c, "http://10.77.0.2/"), "200", "the SYN boots it");
     assert_eq!(status(&c, "h1")["boots"], 1);
 
-    c.ctr_ok(&["task", "kill", "h1"]);
-    wait_until("the task to stop", || {
-        c.task_status("h1").as_deref() == Some("STOPPED")
-    });
-    c.ctr_ok(&["task", "delete", "h1"]);
-    c.ctr_ok(&["container", "delete", "h1"]);
+    c.remove("h1", "SIGTERM");
     assert_clean(&c);
 }
 
@@ -144,12 +139,7 @@ fn idle_goes_back_to_parked_while_the_task_keeps_running() {
         "a second cold request"
     );
     assert_eq!(status(&c, "h3")["boots"], 2);
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "h3"]);
-    wait_until("the task to stop", || {
-        c.task_status("h3").as_deref() == Some("STOPPED")
-    });
-    c.ctr_ok(&["task", "delete", "h3"]);
-    c.ctr_ok(&["container", "delete", "h3"]);
+    c.remove("h3", "SIGKILL");
     assert_clean(&c);
 }
 
@@ -192,12 +182,7 @@ fn a_dns_lookup_boots_it_through_jitsu_daemon() {
     let answer = run_with_timeout(&mut dig, Duration::from_secs(10));
     assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), "10.77.0.2");
     wait_until("the boot", || ps()[0]["state"] == "running");
-    c.ctr_ok(&["task", "kill", "h4"]);
-    wait_until("the task to stop", || {
-        c.task_status("h4").as_deref() == Some("STOPPED")
-    });
-    c.ctr_ok(&["task", "delete", "h4"]);
-    c.ctr_ok(&["container", "delete", "h4"]);
+    c.remove("h4", "SIGTERM");
     wait_until("the registry entry to go", || {
         ps().as_array().is_some_and(|a| a.is_empty())
     });
@@ -306,11 +291,6 @@ fn exec_and_pause_are_refused_clearly() {
         "{}",
         String::from_utf8_lossy(&pause.stderr)
     );
-    c.ctr_ok(&["task", "kill", "h8"]);
-    wait_until("the task to stop", || {
-        c.task_status("h8").as_deref() == Some("STOPPED")
-    });
-    c.ctr_ok(&["task", "delete", "h8"]);
-    c.ctr_ok(&["container", "delete", "h8"]);
+    c.remove("h8", "SIGTERM");
     assert_clean(&c);
 }

@@ -91,22 +91,19 @@ impl Tap {
     /// Creates a TAP interface that outlives this process (until
     /// [`Tap::destroy`]), for a monitor to open later.
     pub fn create_persistent(name: &str) -> Result<(), TapError> {
-        let tap = Tap::attach(name)?;
-        // SAFETY: TUNSETPERSIST takes an integer argument by value.
-        if unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
-            return Err(TapError::Attach {
-                name: name.into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        Tap::set_persistent(name, true)
     }
 
-    /// Removes a persistent TAP created by [`Tap::create_persistent`].
+    /// Removes a persistent TAP created by [`Tap::create_persistent`]: once
+    /// not persistent, the device goes with the last open descriptor.
     pub fn destroy(name: &str) -> Result<(), TapError> {
+        Tap::set_persistent(name, false)
+    }
+
+    fn set_persistent(name: &str, on: bool) -> Result<(), TapError> {
         let tap = Tap::attach(name)?;
-        // SAFETY: as above; 0 clears persistence and the device goes with the fd.
-        if unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETPERSIST, 0 as libc::c_ulong) } < 0 {
+        // SAFETY: TUNSETPERSIST takes an integer argument by value.
+        if unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETPERSIST, on as libc::c_ulong) } < 0 {
             return Err(TapError::Attach {
                 name: name.into(),
                 source: std::io::Error::last_os_error(),
