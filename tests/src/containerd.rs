@@ -116,6 +116,24 @@ impl Containerd {
             .map(str::to_string)
     }
 
+    /// `ctr run -d` of `image` as `id` with our runtime; `extra` before the image.
+    pub fn run_jitsu(&self, image: &str, id: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["run", "-d", "--runtime", "io.containerd.jitsu.v1"];
+        args.extend_from_slice(extra);
+        args.extend([image, id]);
+        self.ctr(&args)
+    }
+
+    pub fn run_jitsu_ok(&self, image: &str, id: &str, extra: &[&str]) {
+        let out = self.run_jitsu(image, id, extra);
+        assert!(
+            out.status.success(),
+            "ctr run {id}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `task kill` (with `signal`), wait until it stops, `task delete`,
     /// `container delete`, failing the test if any step fails.
     pub fn remove(&self, id: &str, signal: &str) {

@@ -64,3 +64,24 @@ pub fn unique_name(prefix: &str) -> String {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{}x{n}", std::process::id())
 }
+
+/// Reproducible junk bytes (xorshift64) for tests that throw garbage at a
+/// server: the same seed gives the same sequence on every run.
+pub struct Junk(u64);
+
+impl Junk {
+    pub fn new(seed: u64) -> Junk {
+        Junk(seed)
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                self.0 as u8
+            })
+            .collect()
+    }
+}

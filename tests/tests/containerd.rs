@@ -62,14 +62,7 @@ fn assert_clean(c: &Containerd) {
 fn ctr_run_parks_the_first_connection_boots_and_kill_delete_clean_up() {
     let c = Containerd::start();
     c.import_hello("jitsu/hello:latest", &[]);
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.jitsu.v1",
-        IMAGE,
-        "h1",
-    ]);
+    c.run_jitsu_ok(IMAGE, "h1", &[]);
     assert_eq!(c.task_status("h1").as_deref(), Some("RUNNING"));
     let parked = status(&c, "h1");
     assert_eq!(
@@ -116,14 +109,7 @@ fn the_console_is_the_tasks_stdout() {
 fn idle_goes_back_to_parked_while_the_task_keeps_running() {
     let c = Containerd::start();
     c.import_hello("jitsu/hello:idle", &["--idle-timeout", "300ms"]);
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.jitsu.v1",
-        "docker.io/jitsu/hello:idle",
-        "h3",
-    ]);
+    c.run_jitsu_ok("docker.io/jitsu/hello:idle", "h3", &[]);
     assert_eq!(curl(&c, "http://10.77.0.2/"), "200");
     wait_until("parking after idle", || {
         status(&c, "h3")["state"] == "parked"
@@ -160,14 +146,7 @@ fn a_dns_lookup_boots_it_through_jitsu_daemon() {
         std::os::unix::net::UnixStream::connect(&c.xenstore).is_ok()
     });
     c.import_hello("jitsu/hello:latest", &["--dns-name", "hello"]);
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.jitsu.v1",
-        IMAGE,
-        "h4",
-    ]);
+    c.run_jitsu_ok(IMAGE, "h4", &[]);
     let ps = || {
         let out = Command::new(jitsu_bin())
             .args(["ps", "--json", "--xenstore-socket"])
@@ -193,14 +172,7 @@ fn a_dns_lookup_boots_it_through_jitsu_daemon() {
 fn a_killed_shim_leaves_nothing_after_cleanup() {
     let c = Containerd::start();
     c.import_hello("jitsu/hello:latest", &[]);
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.jitsu.v1",
-        IMAGE,
-        "h5",
-    ]);
+    c.run_jitsu_ok(IMAGE, "h5", &[]);
     // The shim of this containerd (its address is unique to the test).
     let pattern = format!("containerd-shim-jitsu-v1.*-id h5.*{}", c.socket.display());
     let found = Command::new("pgrep")
@@ -234,29 +206,11 @@ fn a_killed_shim_leaves_nothing_after_cleanup() {
 fn a_bad_image_or_annotation_fails_create_with_the_reason() {
     let c = Containerd::start();
     c.import_hello("jitsu/hello:latest", &[]);
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.jitsu.v1",
-        "--annotation",
-        "org.jitsu.mem=3M",
-        IMAGE,
-        "h6",
-    ]);
+    let out = c.run_jitsu(IMAGE, "h6", &["--annotation", "org.jitsu.mem=3M"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("memory 3M is out of range"), "{err}");
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.jitsu.v1",
-        "--annotation",
-        "org.jitsu.colour=red",
-        IMAGE,
-        "h7",
-    ]);
+    let out = c.run_jitsu(IMAGE, "h7", &["--annotation", "org.jitsu.colour=red"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("unknown annotation org.jitsu.colour"),
         "{}",
@@ -271,14 +225,7 @@ fn a_bad_image_or_annotation_fails_create_with_the_reason() {
 fn exec_and_pause_are_refused_clearly() {
     let c = Containerd::start();
     c.import_hello("jitsu/hello:latest", &[]);
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.jitsu.v1",
-        IMAGE,
-        "h8",
-    ]);
+    c.run_jitsu_ok(IMAGE, "h8", &[]);
     let exec = c.ctr(&["task", "exec", "--exec-id", "x", "h8", "/bin/sh"]);
     assert!(
         String::from_utf8_lossy(&exec.stderr).contains("not supported for unikernels"),

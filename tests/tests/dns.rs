@@ -167,17 +167,10 @@ fn garbage_never_stops_the_server() {
     let node = Node::start(false, &[]);
     node.ns.run_in(|| {
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut seed = 0x1234_5678_9abc_def0_u64;
+        let mut garbage = jitsu_e2e::Junk::new(0x1234_5678_9abc_def0_u64);
         for round in 0..300 {
             let len = 1 + (round * 37) % 600;
-            let junk: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
+            let junk = garbage.bytes(len);
             let _ = udp.send_to(&junk, "127.0.0.1:53");
         }
         let valid = query(7, "hello.jitsu.internal");

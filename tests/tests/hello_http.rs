@@ -188,17 +188,10 @@ fn client_garbage_never_crashes_the_unikernel() {
     let mut server = Server::start();
     let addr = server.addr();
     server.ns.run_in(move || {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut garbage = jitsu_e2e::Junk::new(0x2545_f491_4f6c_dd1d_u64);
         for round in 0..40 {
             let len = 1 + (round * 97) % 3000;
-            let junk: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect();
+            let junk = garbage.bytes(len);
             let mut stream = connect(addr);
             let _ = stream.write_all(&junk);
             let _ = stream.shutdown(std::net::Shutdown::Write);

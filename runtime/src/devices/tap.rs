@@ -36,14 +36,7 @@ pub struct Tap {
 
 impl Tap {
     pub fn open(name: &str) -> Result<Tap, TapError> {
-        let invalid = name.is_empty()
-            || name.len() >= libc::IFNAMSIZ
-            || name
-                .bytes()
-                .any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0);
-        if invalid {
-            return Err(TapError::InvalidName(name.into()));
-        }
+        check_name(name)?;
         if nix::net::if_::if_nametoindex(name).is_err() {
             return Err(TapError::Missing(name.into()));
         }
@@ -52,14 +45,7 @@ impl Tap {
 
     /// Opens `name`, creating it if it does not exist (TUNSETIFF does both).
     fn attach(name: &str) -> Result<Tap, TapError> {
-        let invalid = name.is_empty()
-            || name.len() >= libc::IFNAMSIZ
-            || name
-                .bytes()
-                .any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0);
-        if invalid {
-            return Err(TapError::InvalidName(name.into()));
-        }
+        check_name(name)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -129,6 +115,19 @@ impl Tap {
     pub fn file(&self) -> &File {
         &self.file
     }
+}
+
+/// 1 to 15 bytes, no '/', whitespace or NUL: what the kernel accepts.
+fn check_name(name: &str) -> Result<(), TapError> {
+    let invalid = name.is_empty()
+        || name.len() >= libc::IFNAMSIZ
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b.is_ascii_whitespace() || b == 0);
+    if invalid {
+        return Err(TapError::InvalidName(name.into()));
+    }
+    Ok(())
 }
 
 fn ifreq(name: &str) -> libc::ifreq {
