@@ -11,7 +11,7 @@ use jitsu_e2e::lazy::LazyHello;
 use crate::stats::{Row, Samples, Unit};
 
 /// Connect, send a GET, wait for the first byte of the answer.
-fn first_byte(addr: SocketAddr) -> Result<Duration> {
+pub(crate) fn first_byte(addr: SocketAddr) -> Result<Duration> {
     let t = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
