@@ -85,3 +85,12 @@ impl Junk {
             .collect()
     }
 }
+
+/// `xenstore-write PATH VALUE` (Debian's tool) against the daemon at `socket`.
+pub fn xenstore_write(socket: &std::path::Path, path: &str, value: &str) -> bool {
+    std::process::Command::new("xenstore-write")
+        .env("XENSTORED_PATH", socket)
+        .args([path, value])
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -95,6 +95,24 @@ impl NetNs {
         cmd
     }
 
+    /// The HTTP status code curl gets for `url` from inside the namespace
+    /// (`000` when it gets none).
+    pub fn curl_status(&self, url: &str) -> String {
+        let mut cmd = self.command("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ]);
+        let out = crate::process::run_with_timeout(&mut cmd, std::time::Duration::from_secs(10));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `jitsu run` arguments that give the guest this namespace's TAP.
     pub fn jitsu_net_args(&self) -> Vec<String> {
         vec![

@@ -17,19 +17,7 @@ fn status(c: &Containerd, id: &str) -> serde_json::Value {
 }
 
 fn curl(c: &Containerd, url: &str) -> String {
-    let mut cmd = c.ns.command("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "5",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        url,
-    ]);
-    String::from_utf8_lossy(&run_with_timeout(&mut cmd, Duration::from_secs(10)).stdout)
-        .into_owned()
+    c.ns.curl_status(url)
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {

@@ -6,9 +6,9 @@ use std::net::{TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use jitsu_e2e::jitsu_bin;
 use jitsu_e2e::node::Node;
-use jitsu_e2e::process::{run_with_timeout, Guarded};
+use jitsu_e2e::process::Guarded;
+use jitsu_e2e::{jitsu_bin, xenstore_write};
 
 fn status(dig: &str) -> &str {
     dig.split("status: ")
@@ -72,12 +72,11 @@ fn names_outside_the_zone_are_forwarded() {
         std::thread::sleep(Duration::from_millis(10));
     }
     for (key, value) in [("ip", "10.1.2.3"), ("state", "running")] {
-        let ok = Command::new("xenstore-write")
-            .env("XENSTORED_PATH", &upstream_store)
-            .args([&format!("/jitsu/services/far/{key}"), value])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        assert!(xenstore_write(
+            &upstream_store,
+            &format!("/jitsu/services/far/{key}"),
+            value
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -138,19 +137,7 @@ fn fifty_concurrent_lookups_boot_once_and_the_answer_works() {
 
     let short = node.dig("hello.jitsu.internal", "A", &["+short"]);
     let ip = short.trim();
-    let mut curl = node.ns.command("curl");
-    curl.args([
-        "-sS",
-        "--max-time",
-        "5",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("http://{ip}/"),
-    ]);
-    let out = run_with_timeout(&mut curl, Duration::from_secs(10));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(node.ns.curl_status(&format!("http://{ip}/")), "200");
 }
 
 #[test]
@@ -247,13 +234,11 @@ fn a_name_registered_while_the_directory_was_disconnected_resolves() {
     let restarted = Instant::now();
     for (key, value) in [("ip", "10.77.0.9"), ("state", "running")] {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !Command::new("xenstore-write")
-            .env("XENSTORED_PATH", &node.xenstore)
-            .args([&format!("/jitsu/services/late/{key}"), value])
-            .status()
-            .unwrap()
-            .success()
-        {
+        while !xenstore_write(
+            &node.xenstore,
+            &format!("/jitsu/services/late/{key}"),
+            value,
+        ) {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -294,12 +279,11 @@ fn the_entry_goes_when_the_monitor_ends() {
 fn a_boot_request_from_before_the_parking_is_ignored() {
     let node = Node::start(false, &[]);
     let write = |value: &str| {
-        let ok = Command::new("xenstore-write")
-            .env("XENSTORED_PATH", &node.xenstore)
-            .args(["/jitsu/services/hello/boot", value])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        assert!(xenstore_write(
+            &node.xenstore,
+            "/jitsu/services/hello/boot",
+            value
+        ));
     };
     write("1"); // 1970: older than this parking
     std::thread::sleep(Duration::from_millis(300));
