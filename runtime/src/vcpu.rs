@@ -6,7 +6,7 @@ use std::sync::Arc;
 use jitsu_abi::BootInfo;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::clock::BootClock;
+use crate::clock::{self, BootClock};
 use crate::cpu;
 use crate::hypercall::{self, Action, Devices, Guest};
 use crate::layout::AccessMap;
@@ -83,7 +83,9 @@ pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
 }
 
 fn record_first_instruction(mem: &GuestMemory, clock: &BootClock, tsc_khz: u32) {
-    if let Ok(info) = mem.read::<BootInfo>(jitsu_abi::layout::BOOT_INFO_ADDR) {
-        clock.record_entry(info.entry_tsc, tsc_khz);
-    }
+    let exit_ns = clock::now_ns();
+    let entry_tsc = mem
+        .read::<BootInfo>(jitsu_abi::layout::BOOT_INFO_ADDR)
+        .map_or(0, |info| info.entry_tsc);
+    clock.record_entry(entry_tsc, tsc_khz, exit_ns);
 }

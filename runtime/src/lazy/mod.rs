@@ -157,7 +157,8 @@ impl Supervisor {
     }
 
     fn park(&mut self) -> Result<(), LazyError> {
-        self.parked_since_ms = clock::unix_ms(clock::now_ns());
+        // Requesters stamp with their wall clock, so compare with ours.
+        self.parked_since_ms = clock::unix_now_ms();
         let vm = Vm::create(&self.config.kernel, &self.config.vm, Instant::now())?;
         self.state = Some(State::Parked(vm.park()?));
         Ok(())
@@ -201,6 +202,8 @@ impl Supervisor {
         else {
             return;
         };
+        // The requester may have written a state; publish the true one.
+        self.published = None;
         if !matches!(self.state, Some(State::Parked(_))) {
             return;
         }

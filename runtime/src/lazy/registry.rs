@@ -168,9 +168,9 @@ async fn serve(
                 }
                 match client.read(&boot_path).await {
                     Ok(value) if !value.is_empty() => {
-                        // The requester set the state to `booting`; what the
-                        // monitor publishes next must overwrite it.
-                        published.state = "booting".into();
+                        // A requester may have written the state (`booting`);
+                        // whatever the monitor publishes next must overwrite it.
+                        published.state.clear();
                         let stamp = String::from_utf8_lossy(&value).parse().unwrap_or(u64::MAX);
                         wake.stamp.store(stamp, Ordering::Release);
                         let _ = wake.wake.write(1);
