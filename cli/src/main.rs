@@ -33,6 +33,9 @@ enum Command {
     Control(commands::control::ControlArgs),
     /// Serve XenStore on a unix socket (what Xen's xenstore-* tools talk to).
     Xenstored(commands::xenstored::XenstoredArgs),
+    /// Hold a pod's network namespace until told to end (the shim's pod sandbox).
+    #[command(hide = true)]
+    Pause(commands::pause::PauseArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => commands::daemon::run(args),
         Command::Ps(args) => commands::ps::run(args),
         Command::Pack(args) => commands::pack::run(args),
+        Command::Pause(args) => commands::pause::run(args),
     };
     exit(result)
 }

@@ -1,4 +1,5 @@
-//! One container: its unikernel spec, its network, its monitor process, and
+//! One container: a unikernel (its network and its monitor process) or a
+//! pod sandbox (a `jitsu pause` process in the pod's network namespace), and
 //! what is left on disk (so a later `shim delete` can clean up after a shim
 //! that was killed).
 
@@ -12,7 +13,8 @@ use jitsu_runtime::spec::{BootPolicy, Metadata, UnikernelSpec, METADATA_FILE};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::network::{self, Ipam, GATEWAY, PREFIX};
+use crate::network::bridge::{self, Ipam, GATEWAY, PREFIX};
+use crate::network::pod::{self, PodLink};
 
 /// Where shim state lives: `$JITSU_STATE_DIR`, else `/run/jitsu`.
 pub fn state_dir() -> PathBuf {
@@ -25,10 +27,49 @@ pub struct Record {
     pub id: String,
     pub bundle: PathBuf,
     pub rootfs_mounted: bool,
-    pub tap: String,
-    pub ip: Ipv4Addr,
+    pub network: Network,
     pub monitor_pid: Option<u32>,
     pub dns_name: Option<String>,
+}
+
+/// Where the container's frames go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Network {
+    /// A pod sandbox: it only holds the pod's namespace (if the pod has one).
+    Sandbox { netns: Option<PathBuf> },
+    /// A TAP on the node's `jitsu0` bridge, an address from the node range.
+    Bridge { tap: String, ip: Ipv4Addr },
+    /// A TAP in the pod's namespace, joined to its `eth0`.
+    Pod {
+        netns: PathBuf,
+        tap: String,
+        link: PodLink,
+    },
+}
+
+impl Network {
+    /// The guest's address, if it has one.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        match self {
+            Network::Sandbox { .. } => None,
+            Network::Bridge { ip, .. } => Some(*ip),
+            Network::Pod { link, .. } => Some(link.ip),
+        }
+    }
+
+    async fn tear_down(&self) {
+        let result = match self {
+            Network::Sandbox { .. } => Ok(()),
+            Network::Bridge { tap, ip } => {
+                Ipam::new(&state_dir()).release(*ip);
+                bridge::unplug_tap(tap).await
+            }
+            Network::Pod { netns, tap, .. } => pod::unwire(netns, tap).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(%e, "removing the network");
+        }
+    }
 }
 
 impl Record {
@@ -46,7 +87,7 @@ impl Record {
         serde_json::from_slice(&std::fs::read(Record::path(id)).ok()?).ok()
     }
 
-    /// Undoes everything: the monitor, the TAP, the address, the rootfs
+    /// Undoes everything: the process, the TAP, the address, the rootfs
     /// mount, the registry entry and the state files. Safe to repeat.
     pub async fn clean_up(&self) {
         if let Some(pid) = self.monitor_pid {
@@ -55,10 +96,7 @@ impl Record {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        if let Err(e) = network::unplug_tap(&self.tap).await {
-            tracing::warn!(%e, "removing the TAP");
-        }
-        Ipam::new(&state_dir()).release(self.ip);
+        self.network.tear_down().await;
         if self.rootfs_mounted {
             let _ = nix::mount::umount2(
                 &self.bundle.join("rootfs"),
@@ -97,7 +135,8 @@ pub type Exit = Option<(u32, std::time::SystemTime)>;
 
 pub struct Container {
     pub record: Record,
-    pub spec: UnikernelSpec,
+    /// Boot at start instead of at the first packet.
+    pub eager: bool,
     pub status: Status,
     pub pid: u32,
     pub stdout: String,
@@ -108,7 +147,10 @@ pub struct Container {
 
 /// Reads the image metadata from the rootfs and applies the container's
 /// `org.jitsu.*` annotations.
-pub fn read_spec(bundle: &Path) -> Result<UnikernelSpec, String> {
+pub fn read_spec(
+    bundle: &Path,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<UnikernelSpec, String> {
     let metadata_path = bundle.join("rootfs").join(METADATA_FILE);
     let json = std::fs::read(&metadata_path).map_err(|e| {
         format!(
@@ -117,20 +159,8 @@ pub fn read_spec(bundle: &Path) -> Result<UnikernelSpec, String> {
         )
     })?;
     let mut metadata = Metadata::parse(&json).map_err(|e| e.to_string())?;
-    let config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(bundle.join("config.json")).map_err(|e| format!("config.json: {e}"))?,
-    )
-    .map_err(|e| format!("config.json: {e}"))?;
-    let annotations: std::collections::BTreeMap<String, String> = config["annotations"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
     metadata
-        .apply_annotations(&annotations)
+        .apply_annotations(annotations)
         .map_err(|e| e.to_string())?;
     metadata.validate().map_err(|e| e.to_string())
 }
@@ -161,65 +191,150 @@ fn stdio(path: &str) -> Result<Stdio, String> {
     Ok(Stdio::from(file))
 }
 
+/// The container's network: in the pod's namespace, else on the bridge.
+async fn plug(id: &str, tap: &str, netns: Option<PathBuf>) -> Result<Network, String> {
+    match netns {
+        Some(netns) => {
+            let link = pod::wire(&netns, tap).await?;
+            Ok(Network::Pod {
+                netns,
+                tap: tap.into(),
+                link,
+            })
+        }
+        None => {
+            let ip = Ipam::new(&state_dir()).allocate(id)?;
+            let network = Network::Bridge {
+                tap: tap.into(),
+                ip,
+            };
+            match bridge::plug_tap(tap).await {
+                Ok(()) => Ok(network),
+                Err(e) => {
+                    network.tear_down().await;
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// `jitsu run --lazy ...` for the unikernel of `record`.
+fn monitor_command(spec: &UnikernelSpec, record: &Record, bundle: &Path) -> std::process::Command {
+    let control = state_dir().join(&record.id).join("control.sock");
+    let mut cmd = std::process::Command::new(jitsu_bin());
+    cmd.args(["run", "--lazy", "--die-with-parent", "--mem"])
+        .arg(spec.mem.to_string())
+        .arg("--control")
+        .arg(&control);
+    match &record.network {
+        Network::Bridge { tap, ip } => {
+            cmd.args(["--net", tap, "--ip", &format!("{ip}/{PREFIX}")])
+                .args(["--gw", &GATEWAY.to_string()]);
+        }
+        Network::Pod { netns, tap, link } => {
+            cmd.arg("--netns").arg(netns);
+            cmd.args(["--net", tap, "--ip", &format!("{}/{}", link.ip, link.prefix)])
+                .args(["--mac", &link.mac_string()]);
+            if let Some(gw) = link.gateway {
+                cmd.args(["--gw", &gw.to_string()]);
+            }
+        }
+        Network::Sandbox { .. } => {}
+    }
+    if let Some(t) = spec.idle_timeout {
+        cmd.arg("--idle-timeout")
+            .arg(format!("{}ms", t.as_millis()));
+    }
+    if let Some(name) = &spec.dns_name {
+        cmd.args(["--name", name]);
+    }
+    cmd.arg(bundle.join("rootfs").join(&spec.kernel));
+    if !spec.cmdline.is_empty() {
+        cmd.arg("--").args(spec.cmdline.split_whitespace());
+    }
+    cmd
+}
+
+/// The TAP of a container: `jt` and the first alphanumerics of its id.
+fn tap_name(id: &str) -> String {
+    let tail: String = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    format!("jt{tail}")
+}
+
 impl Container {
     /// Parks the unikernel: network, monitor (`jitsu run --lazy`), no guest
-    /// instruction yet.
+    /// instruction yet. With `netns` (a pod's) the guest takes over the
+    /// pod's `eth0`; without, it gets a TAP on the node's bridge.
     pub async fn create(
         id: &str,
         bundle: &Path,
         spec: UnikernelSpec,
         rootfs_mounted: bool,
-        stdout: &str,
-        stderr: &str,
+        netns: Option<PathBuf>,
+        stdio: (&str, &str),
     ) -> Result<Container, String> {
-        let ipam = Ipam::new(&state_dir());
-        let ip = ipam.allocate(id)?;
-        let tap = format!(
-            "jt{}",
-            &id.chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(12)
-                .collect::<String>()
-        );
+        let tap = tap_name(id);
         let mut record = Record {
             id: id.into(),
             bundle: bundle.into(),
             rootfs_mounted,
-            tap: tap.clone(),
-            ip,
+            network: Network::Sandbox { netns: None },
             monitor_pid: None,
             dns_name: spec.dns_name.clone(),
         };
         record.save().map_err(|e| format!("saving state: {e}"))?;
-        if let Err(e) = network::plug_tap(&tap).await {
-            record.clean_up().await;
-            return Err(e);
+        match plug(id, &tap, netns).await {
+            Ok(network) => record.network = network,
+            Err(e) => {
+                record.clean_up().await;
+                return Err(e);
+            }
         }
-        let control = state_dir().join(id).join("control.sock");
+        record.save().map_err(|e| format!("saving state: {e}"))?;
+        let cmd = monitor_command(&spec, &record, bundle);
+        let mut c = Container::spawn(record, cmd, stdio).await?;
+        c.eager = spec.boot == BootPolicy::Eager;
+        Ok(c)
+    }
+
+    /// A pod sandbox: a `jitsu pause` process in the pod's namespace, whose
+    /// `/proc/<pid>/ns/net` containerd gives the pod's other containers.
+    pub async fn create_sandbox(
+        id: &str,
+        bundle: &Path,
+        netns: Option<PathBuf>,
+        stdio: (&str, &str),
+    ) -> Result<Container, String> {
+        let record = Record {
+            id: id.into(),
+            bundle: bundle.into(),
+            rootfs_mounted: false,
+            network: Network::Sandbox {
+                netns: netns.clone(),
+            },
+            monitor_pid: None,
+            dns_name: None,
+        };
+        record.save().map_err(|e| format!("saving state: {e}"))?;
         let mut cmd = std::process::Command::new(jitsu_bin());
-        cmd.args(["run", "--lazy", "--die-with-parent", "--mem"])
-            .arg(spec.mem.to_string())
-            .arg("--control")
-            .arg(&control)
-            .args([
-                "--net",
-                &tap,
-                "--ip",
-                &format!("{ip}/{PREFIX}"),
-                "--gw",
-                &GATEWAY.to_string(),
-            ]);
-        if let Some(t) = spec.idle_timeout {
-            cmd.arg("--idle-timeout")
-                .arg(format!("{}ms", t.as_millis()));
+        cmd.args(["pause", "--die-with-parent"]);
+        if let Some(netns) = &netns {
+            cmd.arg("--netns").arg(netns);
         }
-        if let Some(name) = &spec.dns_name {
-            cmd.args(["--name", name]);
-        }
-        cmd.arg(bundle.join("rootfs").join(&spec.kernel));
-        if !spec.cmdline.is_empty() {
-            cmd.arg("--").args(spec.cmdline.split_whitespace());
-        }
+        Container::spawn(record, cmd, stdio).await
+    }
+
+    /// Starts `cmd` as the container's process and follows its exit.
+    async fn spawn(
+        mut record: Record,
+        mut cmd: std::process::Command,
+        (stdout, stderr): (&str, &str),
+    ) -> Result<Container, String> {
         // The shim reaps every child itself (it is a subreaper); our exit
         // status comes from its monitor. Subscribe before the child exists so
         // that not even an immediate exit is missed.
@@ -236,11 +351,12 @@ impl Container {
                 .stdout(out)
                 .stderr(err)
                 .spawn()
-                .map_err(|e| format!("starting the monitor: {e}"))
+                .map_err(|e| format!("starting {:?}: {e}", cmd.get_program()))
         });
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
+                let _ = monitor_unsubscribe(exits.id).await;
                 record.clean_up().await;
                 return Err(e);
             }
@@ -258,9 +374,10 @@ impl Container {
             }
             let _ = monitor_unsubscribe(exits.id).await;
         });
+        let control = state_dir().join(&record.id).join("control.sock");
         Ok(Container {
             record,
-            spec,
+            eager: false,
             status: Status::Created,
             pid,
             stdout: stdout.into(),
@@ -272,7 +389,7 @@ impl Container {
 
     /// Lets it run: lazy ones stay parked until traffic, eager ones boot now.
     pub async fn start(&mut self) -> Result<(), String> {
-        if self.spec.boot == BootPolicy::Eager {
+        if self.eager {
             let control = self.control.clone();
             // The monitor may still be binding its control socket.
             let mut last = String::new();

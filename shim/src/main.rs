@@ -1,7 +1,9 @@
 //! `containerd-shim-jitsu-v1`: containerd's runtime `io.containerd.jitsu.v1`.
 //! Each container is a unikernel parked by its own monitor (`jitsu run
-//! --lazy`), booted on its first packet or DNS lookup.
+//! --lazy`), booted on its first packet or DNS lookup; a Kubernetes pod's
+//! containers share one shim, and its sandbox runs no guest.
 
+mod bundle;
 mod container;
 mod network;
 mod service;

@@ -1,7 +1,7 @@
 //! The shim v2 task service: containerd's calls, mapped onto containers.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -19,7 +19,8 @@ use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::{Config, Error, Flags, StartOpts, TtrpcResult};
 use tokio::sync::Mutex;
 
-use crate::container::{self, Container, Record, Status};
+use crate::bundle::{self, BundleSpec, Role};
+use crate::container::{self, Container, Network, Record, Status};
 
 #[derive(Clone)]
 pub struct Service {
@@ -98,6 +99,63 @@ impl Service {
     }
 }
 
+impl Service {
+    /// The network namespace of a pod's container: its sandbox's (which this
+    /// shim knows by its path, unlike `/proc/<pid>/ns/net` it outlives the
+    /// sandbox process), else what the spec names.
+    async fn pod_netns(&self, spec: &BundleSpec) -> Option<PathBuf> {
+        let from_sandbox = match &spec.sandbox_id {
+            Some(sandbox) => match self.containers.lock().await.get(sandbox) {
+                Some(Container {
+                    record:
+                        Record {
+                            network: Network::Sandbox { netns },
+                            ..
+                        },
+                    ..
+                }) => netns.clone(),
+                _ => None,
+            },
+            None => None,
+        };
+        from_sandbox.or_else(|| spec.netns.clone())
+    }
+
+    /// Mounts the image, reads its unikernel spec and parks the unikernel.
+    async fn create_unikernel(
+        &self,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        spec: &BundleSpec,
+        netns: Option<PathBuf>,
+    ) -> TtrpcResult<Result<Container, String>> {
+        let rootfs = bundle.join("rootfs");
+        let mut mounted = false;
+        for m in &req.rootfs {
+            std::fs::create_dir_all(&rootfs)
+                .map_err(|e| status(Code::INTERNAL, format!("{}: {e}", rootfs.display())))?;
+            containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs)
+                .await
+                .map_err(|e| status(Code::INTERNAL, format!("mounting the rootfs: {e}")))?;
+            mounted = true;
+        }
+        let unikernel = match container::read_spec(bundle, &spec.annotations) {
+            Ok(unikernel) => unikernel,
+            Err(e) => {
+                if mounted {
+                    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+                }
+                return Err(status(
+                    Code::INVALID_ARGUMENT,
+                    format!("not a usable unikernel image: {e}"),
+                ));
+            }
+        };
+        let stdio = (req.stdout.as_str(), req.stderr.as_str());
+        Ok(Container::create(&req.id, bundle, unikernel, mounted, netns, stdio).await)
+    }
+}
+
 #[async_trait]
 impl Shim for Service {
     type T = Service;
@@ -112,8 +170,11 @@ impl Shim for Service {
         }
     }
 
+    /// containerd runs `shim start` in the bundle: a pod's containers go to
+    /// the shim of their sandbox.
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        let grouping = opts.id.clone();
+        let bundle = std::env::current_dir().unwrap_or_default();
+        let grouping = bundle::grouping(&bundle, &opts.id);
         spawn(opts, &grouping, Vec::new()).await
     }
 
@@ -148,33 +209,18 @@ impl Task for Service {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
-        let rootfs = bundle.join("rootfs");
-        let mut mounted = false;
-        for m in &req.rootfs {
-            std::fs::create_dir_all(&rootfs)
-                .map_err(|e| status(Code::INTERNAL, format!("{}: {e}", rootfs.display())))?;
-            containerd_shim::asynchronous::util::mount_rootfs(m, &rootfs)
-                .await
-                .map_err(|e| status(Code::INTERNAL, format!("mounting the rootfs: {e}")))?;
-            mounted = true;
-        }
-        let spec = match container::read_spec(&bundle) {
-            Ok(spec) => spec,
-            Err(e) => {
-                if mounted {
-                    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
-                }
-                return Err(status(
-                    Code::INVALID_ARGUMENT,
-                    format!("not a usable unikernel image: {e}"),
-                ));
+        let spec = BundleSpec::read(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        let stdio = (req.stdout.as_str(), req.stderr.as_str());
+        let c = match spec.role {
+            Role::Sandbox => Container::create_sandbox(&req.id, &bundle, spec.netns, stdio).await,
+            Role::Unikernel => {
+                let netns = self.pod_netns(&spec).await;
+                self.create_unikernel(&req, &bundle, &spec, netns).await?
             }
-        };
-        let c = Container::create(&req.id, &bundle, spec, mounted, &req.stdout, &req.stderr)
-            .await
-            .map_err(|e| status(Code::INTERNAL, e))?;
+        }
+        .map_err(|e| status(Code::INTERNAL, e))?;
         let pid = c.pid;
-        tracing::info!(id = %req.id, ip = %c.record.ip, pid, "created (parked)");
+        tracing::info!(id = %req.id, ip = ?c.record.network.ip(), pid, "created");
         self.watch_exit(req.id.clone(), pid, c.exit.clone());
         self.containers.lock().await.insert(req.id.clone(), c);
         let event = TaskCreate {

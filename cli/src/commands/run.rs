@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// holding them (to measure what holding saves).
     #[arg(long, requires = "lazy")]
     no_hold: bool,
+    /// Enter this network namespace first (a path such as
+    /// /var/run/netns/NAME or /proc/PID/ns/net): for a TAP that lives in a
+    /// Kubernetes pod's namespace.
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
     /// The unikernel ELF.
     kernel: PathBuf,
     /// Command line handed to the guest.
@@ -73,6 +78,9 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
     if args.die_with_parent {
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
             .context("PR_SET_PDEATHSIG")?;
+    }
+    if let Some(netns) = &args.netns {
+        super::enter_netns(netns)?;
     }
     let kernel =
         std::fs::read(&args.kernel).with_context(|| format!("{}", args.kernel.display()))?;

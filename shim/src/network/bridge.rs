@@ -6,31 +6,15 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use futures_util::TryStreamExt;
 use jitsu_runtime::devices::tap::Tap;
-use rtnetlink::{new_connection, Handle, LinkBridge, LinkUnspec};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+
+use super::{delete_link, handle, index, NetResult};
 
 pub const BRIDGE: &str = "jitsu0";
 /// The node range: the bridge takes the first address, guests the rest.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 pub const PREFIX: u8 = 16;
-
-pub type NetResult<T> = Result<T, String>;
-
-async fn handle() -> NetResult<Handle> {
-    let (connection, handle, _) = new_connection().map_err(|e| format!("netlink: {e}"))?;
-    tokio::spawn(connection);
-    Ok(handle)
-}
-
-async fn index(handle: &Handle, name: &str) -> NetResult<Option<u32>> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link.map(|l| l.header.index)),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(format!("looking up {name}: {e}")),
-    }
-}
 
 /// Creates `jitsu0` with the gateway address if it is missing, and sets it up.
 async fn ensure_bridge(handle: &Handle) -> NetResult<u32> {
@@ -91,16 +75,7 @@ pub async fn plug_tap(tap: &str) -> NetResult<()> {
 
 /// Removes the TAP (the bridge stays for the next container).
 pub async fn unplug_tap(tap: &str) -> NetResult<()> {
-    let handle = handle().await?;
-    match index(&handle, tap).await? {
-        Some(index) => handle
-            .link()
-            .del(index)
-            .execute()
-            .await
-            .map_err(|e| format!("deleting {tap}: {e}")),
-        None => Ok(()),
-    }
+    delete_link(&handle().await?, tap).await
 }
 
 /// Address allocation: one file per address in use.
