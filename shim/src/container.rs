@@ -130,6 +130,9 @@ pub enum Status {
     Stopped,
 }
 
+/// How long a monitor may take to check its ELF and park the VM.
+const PARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How the monitor ended: exit status and when.
 pub type Exit = Option<(u32, std::time::SystemTime)>;
 
@@ -234,8 +237,13 @@ fn monitor_command(spec: &UnikernelSpec, record: &Record, bundle: &Path) -> std:
         }
         Network::Pod { netns, tap, link } => {
             cmd.arg("--netns").arg(netns);
-            cmd.args(["--net", tap, "--ip", &format!("{}/{}", link.ip, link.prefix)])
-                .args(["--mac", &link.mac_string()]);
+            cmd.args([
+                "--net",
+                tap,
+                "--ip",
+                &format!("{}/{}", link.ip, link.prefix),
+            ])
+            .args(["--mac", &link.mac_string()]);
             if let Some(gw) = link.gateway {
                 cmd.args(["--gw", &gw.to_string()]);
             }
@@ -299,7 +307,32 @@ impl Container {
         let cmd = monitor_command(&spec, &record, bundle);
         let mut c = Container::spawn(record, cmd, stdio).await?;
         c.eager = spec.boot == BootPolicy::Eager;
+        if let Err(e) = c.wait_until_parked().await {
+            c.record.clean_up().await;
+            return Err(e);
+        }
         Ok(c)
+    }
+
+    /// Waits until the monitor serves its control socket: it has checked
+    /// the ELF and parked the VM, so a task that is created works, and one
+    /// that cannot (a bad ELF) fails here with its exit status.
+    async fn wait_until_parked(&self) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + PARK_TIMEOUT;
+        loop {
+            if let Some((code, _)) = self.exit_now() {
+                return Err(format!(
+                    "the monitor exited with status {code} before parking (its reason is in the container's log)"
+                ));
+            }
+            if tokio::net::UnixStream::connect(&self.control).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("the monitor did not park within {PARK_TIMEOUT:?}"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// A pod sandbox: a `jitsu pause` process in the pod's namespace, whose

@@ -25,6 +25,10 @@ use crate::container::{self, Container, Network, Record, Status};
 #[derive(Clone)]
 pub struct Service {
     id: String,
+    /// Our ttrpc socket (`unix:///run/containerd/s/...`).
+    socket: String,
+    /// containerd's socket, which names ours.
+    containerd_address: String,
     namespace: String,
     exit: Arc<ExitSignal>,
     containers: Arc<Mutex<HashMap<String, Container>>>,
@@ -44,6 +48,14 @@ fn unsupported(what: &str) -> ttrpc::Error {
 
 fn not_found(id: &str) -> ttrpc::Error {
     status(Code::NOT_FOUND, format!("container {id} not found"))
+}
+
+/// Removes the shim socket at `address` (`unix:///run/containerd/s/...`).
+fn remove_socket(address: &str) {
+    let path = Path::new(address.trim().trim_start_matches("unix://"));
+    if path.starts_with(containerd_shim::SOCKET_ROOT) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn timestamp(at: SystemTime) -> Timestamp {
@@ -163,6 +175,8 @@ impl Shim for Service {
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         Service {
             id: args.id.clone(),
+            socket: args.socket.clone(),
+            containerd_address: args.address.clone(),
             namespace: args.namespace.clone(),
             exit: Arc::new(ExitSignal::default()),
             containers: Arc::default(),
@@ -183,6 +197,15 @@ impl Shim for Service {
         if let Some(record) = Record::load(&self.id) {
             record.clean_up().await;
         }
+        // The dead shim could not remove its socket; it is where `start`
+        // put it (containerd runs this command in the bundle too).
+        let bundle = std::env::current_dir().unwrap_or_default();
+        let grouping = bundle::grouping(&bundle, &self.id);
+        remove_socket(&containerd_shim::socket_address(
+            &self.containerd_address,
+            &self.namespace,
+            &grouping,
+        ));
         Ok(api::DeleteResponse {
             exit_status: 137,
             exited_at: Some(timestamp(SystemTime::now())).into(),
@@ -190,8 +213,11 @@ impl Shim for Service {
         })
     }
 
+    /// Ends the shim. The socket goes too: containerd has removed the
+    /// bundle, where the shim library looks for the socket's address.
     async fn wait(&mut self) {
         self.exit.wait().await;
+        remove_socket(&self.socket);
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

@@ -22,6 +22,11 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Containerd::start_with(|_| None)
+    }
+
+    /// With `config(dir)`: a config.toml to write in the private directory.
+    pub fn start_with(config: impl FnOnce(&Path) -> Option<String>) -> Containerd {
         let ns = NetNs::empty();
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("containerd.sock");
@@ -43,8 +48,13 @@ impl Containerd {
             .arg("--state")
             .arg(dir.path().join("state"))
             .arg("--address")
-            .arg(&socket)
-            .env("PATH", path)
+            .arg(&socket);
+        if let Some(toml) = config(dir.path()) {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, toml).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.env("PATH", path)
             .env("JITSU_STATE_DIR", &state)
             .env("XENSTORED_PATH", &xenstore)
             .stdout(Stdio::null())
@@ -67,8 +77,16 @@ impl Containerd {
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_in("default", args)
+    }
+
+    /// ctr in the containerd namespace `namespace` (CRI's is `k8s.io`).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(&self.socket).args(args);
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", namespace])
+            .args(args);
         run_with_timeout(&mut cmd, Duration::from_secs(30))
     }
 
@@ -86,6 +104,10 @@ impl Containerd {
 
     /// Packs hello-http with `pack_args` and imports it as `name`.
     pub fn import_hello(&self, name: &str, pack_args: &[&str]) {
+        self.import_hello_in("default", name, pack_args);
+    }
+
+    pub fn import_hello_in(&self, namespace: &str, name: &str, pack_args: &[&str]) {
         let archive = self
             .dir
             .path()
@@ -104,7 +126,18 @@ impl Containerd {
             "jitsu pack: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        self.ctr_ok(&["images", "import", archive.to_str().unwrap()]);
+        self.import(namespace, &archive);
+    }
+
+    /// `ctr images import` of an OCI archive into `namespace`.
+    pub fn import(&self, namespace: &str, archive: &Path) {
+        let out = self.ctr_in(namespace, &["images", "import", archive.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "importing {}: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `RUNNING`, `STOPPED`, ... or None when the task is gone.
@@ -190,17 +223,20 @@ impl Drop for Containerd {
     /// then anything of ours that is still running, so no test leaves a
     /// shim, a monitor or a mount behind.
     fn drop(&mut self) {
-        let tasks = self.ctr(&["task", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
-            let _ = self.ctr(&["task", "delete", "-f", id]);
-        }
-        let containers = self.ctr(&["container", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&containers.stdout).split_whitespace() {
-            let _ = self.ctr(&["container", "delete", id]);
+        for namespace in ["default", "k8s.io"] {
+            let ctr = |args: &[&str]| self.ctr_in(namespace, args);
+            let tasks = ctr(&["task", "ls", "-q"]);
+            for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
+                let _ = ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {
+                let _ = ctr(&["task", "delete", "-f", id]);
+            }
+            let containers = ctr(&["container", "ls", "-q"]);
+            for id in String::from_utf8_lossy(&containers.stdout).split_whitespace() {
+                let _ = ctr(&["container", "delete", id]);
+            }
         }
         let _ = Command::new("pkill")
             .args(["-9", "-f", &self.socket.display().to_string()])

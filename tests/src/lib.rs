@@ -6,6 +6,7 @@
 //! saying so: a skipped test would hide that nothing was checked.
 
 pub mod containerd;
+pub mod cri;
 pub mod lazy;
 pub mod netns;
 pub mod node;

@@ -126,10 +126,17 @@ impl Metadata {
             };
             match name {
                 "kernel" => self.kernel = value.clone(),
-                "mem" => self.mem = value.clone(),
+                "mem" => {
+                    // Checked here too, so that the error names the annotation.
+                    units::parse_size(value).map_err(bad)?;
+                    self.mem = value.clone()
+                }
                 "cmdline" => self.cmdline = value.clone(),
                 "dns-name" => self.dns_name = Some(value.clone()),
-                "idle-timeout" => self.idle_timeout = Some(value.clone()),
+                "idle-timeout" => {
+                    units::parse_duration(value).map_err(bad)?;
+                    self.idle_timeout = Some(value.clone())
+                }
                 "boot" => {
                     self.boot = match value.as_str() {
                         "lazy" => BootPolicy::Lazy,
@@ -338,6 +345,14 @@ mod tests {
             m.apply_annotations(&bad),
             Err(SpecError::UnknownAnnotation("org.jitsu.colour".into()))
         );
+        for (key, value) in [
+            ("org.jitsu.mem", "lots"),
+            ("org.jitsu.idle-timeout", "soon"),
+        ] {
+            let bad: BTreeMap<String, String> = [(key.to_string(), value.to_string())].into();
+            let err = m.apply_annotations(&bad).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(value), "{err}");
+        }
         let bad: BTreeMap<String, String> =
             [("org.jitsu.boot".to_string(), "maybe".to_string())].into();
         assert!(matches!(

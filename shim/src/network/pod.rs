@@ -24,8 +24,9 @@ use super::{delete_link, handle, index, NetResult};
 pub const POD_IFACE: &str = "eth0";
 /// `tc ... parent ffff:`, the ingress qdisc.
 const INGRESS_PARENT: u32 = 0xffff_0000;
-/// ETH_P_ALL: every protocol.
-const ALL_PROTOCOLS: u16 = 0x0003;
+/// ETH_P_ALL (every protocol), in the network byte order the kernel wants;
+/// rtnetlink passes the value through as it is.
+const ALL_PROTOCOLS: u16 = 0x0003u16.to_be();
 
 /// What the guest takes over from the pod's `eth0`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +112,8 @@ where
             let _ = tx.send(result);
         })
         .map_err(|e| format!("starting a thread: {e}"))?;
-    rx.await.map_err(|_| "the pod network thread died".to_string())?
+    rx.await
+        .map_err(|_| "the pod network thread died".to_string())?
 }
 
 /// `eth0`'s MAC, MTU, IPv4 address and the default gateway.
@@ -163,7 +165,9 @@ async fn ipv4_of(handle: &Handle, index: u32) -> NetResult<(Ipv4Addr, u8)> {
                 _ => None,
             })
         })
-        .ok_or_else(|| format!("{POD_IFACE} has no IPv4 address (IPv6-only pods are not supported)"))
+        .ok_or_else(|| {
+            format!("{POD_IFACE} has no IPv4 address (IPv6-only pods are not supported)")
+        })
 }
 
 async fn default_gateway(handle: &Handle) -> NetResult<Option<Ipv4Addr>> {

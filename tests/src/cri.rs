@@ -1,0 +1,327 @@
+//! The kubelet's side of a node, without a kubelet: a private containerd
+//! whose CRI plugin knows the runtime handler `jitsu` (and `runc`), a CNI
+//! bridge network in the fixture's namespace, a locally built pause image,
+//! and a CRI client speaking to the containerd socket the way the kubelet
+//! does. Everything lives in the fixture's network namespace and temp dir.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jitsu_runtime::spec::archive::{image_archive, File};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxPodSandboxConfig,
+    ListImagesRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
+    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::containerd::Containerd;
+use crate::netns::NetNs;
+
+/// containerd's namespace for everything made through CRI.
+pub const K8S_NAMESPACE: &str = "k8s.io";
+pub const PAUSE_IMAGE: &str = "docker.io/jitsu/pause:test";
+/// The pod network: a CNI bridge in the fixture's namespace.
+pub const POD_SUBNET: &str = "10.99.0.0/24";
+
+/// The static binaries of `bench/native-http` (`make build`): the pause
+/// program of runc pods and the native HTTP server.
+pub fn native_binary(name: &str) -> PathBuf {
+    let path = crate::root()
+        .join("bench/native-http/target/x86_64-unknown-linux-gnu/release")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `make build`",
+        path.display()
+    );
+    path
+}
+
+fn config_toml(dir: &Path) -> String {
+    format!(
+        r#"version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  stream_server_address = "127.0.0.1"
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{net}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.jitsu]
+      runtime_type = "io.containerd.jitsu.v1"
+      pod_annotations = ["org.jitsu.*"]
+      container_annotations = ["org.jitsu.*"]
+"#,
+        net = dir.join("net.d").display()
+    )
+}
+
+/// A bridge network with addresses from host-local, its state in `dir`.
+fn cni_conf(dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "jitsu-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": "cni-jitsu",
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": POD_SUBNET }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": dir.join("cni-ipam"),
+            }
+        }]
+    })
+    .to_string()
+}
+
+pub struct CriNode {
+    pub containerd: Containerd,
+    pub runtime: tokio::runtime::Runtime,
+    pub client: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+impl CriNode {
+    pub fn start() -> CriNode {
+        let containerd = Containerd::start_with(|dir| {
+            std::fs::create_dir_all(dir.join("net.d")).unwrap();
+            std::fs::write(dir.join("net.d/10-jitsu-test.conflist"), cni_conf(dir)).unwrap();
+            Some(config_toml(dir))
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let socket = containerd.socket.clone();
+        let channel = runtime
+            .block_on(
+                Endpoint::from_static("http://[::1]:1").connect_with_connector(tower::service_fn(
+                    move |_| {
+                        let socket = socket.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(socket).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                        }
+                    },
+                )),
+            )
+            .expect("connecting to containerd's CRI");
+        let node = CriNode {
+            containerd,
+            runtime,
+            client: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        };
+        node.import_pause();
+        node
+    }
+
+    pub fn ns(&self) -> &NetNs {
+        &self.containerd.ns
+    }
+
+    fn import_pause(&self) {
+        let pause = std::fs::read(native_binary("pause")).unwrap();
+        let files = [File {
+            path: "pause",
+            mode: 0o755,
+            data: &pause,
+        }];
+        let archive = image_archive(&files, Default::default(), "/pause", PAUSE_IMAGE).unwrap();
+        let path = self.containerd.dir.path().join("pause.tar");
+        std::fs::write(&path, archive).unwrap();
+        self.containerd.import(K8S_NAMESPACE, &path);
+    }
+
+    /// Waits until CRI lists `image` (it learns of imports by events).
+    pub fn wait_for_image(&mut self, image: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed = self
+                .runtime
+                .block_on(self.images.list_images(ListImagesRequest::default()))
+                .unwrap()
+                .into_inner();
+            if listed
+                .images
+                .iter()
+                .any(|i| i.repo_tags.iter().any(|t| t == image))
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CRI never saw {image}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The pod config the kubelet would send for `name` on `handler`.
+    pub fn pod_config(name: &str, annotations: &[(&str, &str)]) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            annotations: pairs(annotations),
+            linux: Some(LinuxPodSandboxConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    /// RunPodSandbox; the pod's id.
+    pub fn run_pod(
+        &mut self,
+        config: &PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, tonic::Status> {
+        let request = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        self.runtime
+            .block_on(self.client.run_pod_sandbox(request))
+            .map(|r| r.into_inner().pod_sandbox_id)
+    }
+
+    /// CreateContainer of `image` in the pod; the container's id.
+    pub fn create_container(
+        &mut self,
+        pod: &str,
+        sandbox: &PodSandboxConfig,
+        name: &str,
+        image: &str,
+        annotations: &[(&str, &str)],
+    ) -> Result<String, tonic::Status> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            annotations: pairs(annotations),
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        };
+        self.runtime
+            .block_on(self.client.create_container(request))
+            .map(|r| r.into_inner().container_id)
+    }
+
+    pub fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let request = StartContainerRequest {
+            container_id: id.into(),
+        };
+        self.runtime
+            .block_on(self.client.start_container(request))
+            .map(|_| ())
+    }
+
+    /// The container's CRI state and, when it has ended, reason and message.
+    pub fn container_state(&mut self, id: &str) -> (ContainerState, String) {
+        let request = ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        let status = self
+            .runtime
+            .block_on(self.client.container_status(request))
+            .unwrap()
+            .into_inner()
+            .status
+            .expect("a status");
+        (
+            ContainerState::try_from(status.state).unwrap_or(ContainerState::ContainerUnknown),
+            format!("{}: {}", status.reason, status.message),
+        )
+    }
+
+    /// The pod's IPv4 address, as CNI gave it.
+    pub fn pod_ip(&mut self, pod: &str) -> String {
+        let request = PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: false,
+        };
+        let status = self
+            .runtime
+            .block_on(self.client.pod_sandbox_status(request))
+            .unwrap()
+            .into_inner();
+        status
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .filter(|ip| !ip.is_empty())
+            .expect("the pod has an address")
+    }
+
+    /// StopPodSandbox then RemovePodSandbox, as the kubelet ends a pod.
+    pub fn remove_pod(&mut self, pod: &str) -> Result<(), tonic::Status> {
+        self.runtime.block_on(async {
+            self.client
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod.into(),
+                })
+                .await?;
+            self.client
+                .remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod.into(),
+                })
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// The pods CRI still knows.
+    pub fn pods(&mut self) -> Vec<String> {
+        self.runtime
+            .block_on(
+                self.client
+                    .list_pod_sandbox(ListPodSandboxRequest::default()),
+            )
+            .map(|r| r.into_inner().items.into_iter().map(|p| p.id).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn pairs(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Drop for CriNode {
+    /// Pods own network namespaces outside the temp dir: end them through
+    /// CRI, as the kubelet would, before containerd goes.
+    fn drop(&mut self) {
+        for pod in self.pods() {
+            let _ = self.remove_pod(&pod);
+        }
+    }
+}

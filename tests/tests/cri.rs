@@ -1,0 +1,165 @@
+//! The kubelet's path: containerd's CRI plugin with the runtime handler
+//! `jitsu`, a CNI bridge network and our shim. Pods whose unikernel sleeps
+//! until traffic comes, on the pod's own address.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use jitsu_e2e::cri::{CriNode, K8S_NAMESPACE};
+use jitsu_e2e::lazy::try_request;
+use k8s_cri::v1::ContainerState;
+
+const HELLO: &str = "docker.io/jitsu/hello:cri";
+
+fn node_with_hello() -> CriNode {
+    let mut node = CriNode::start();
+    // No DNS name: pods are found through their Service, not our zone.
+    node.containerd
+        .import_hello_in(K8S_NAMESPACE, HELLO, &["--idle-timeout", "30s"]);
+    node.wait_for_image(HELLO);
+    node
+}
+
+/// The `status` of the container's monitor, from its control socket.
+fn monitor_state(node: &CriNode, container: &str) -> String {
+    let reply = try_request(&node.containerd.control(container), "status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    status["state"].as_str().unwrap_or_default().to_string()
+}
+
+fn wait_for_monitor_state(node: &CriNode, container: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while monitor_state(node, container) != state {
+        assert!(Instant::now() < deadline, "the VM never became {state}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) && !cmdline.contains("cargo") {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+/// The pod's network namespace, as the shim recorded it for the sandbox.
+fn pod_netns(node: &CriNode, pod: &str) -> PathBuf {
+    let record = std::fs::read(node.containerd.state.join(pod).join("state.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    PathBuf::from(
+        record["network"]["Sandbox"]["netns"]
+            .as_str()
+            .expect("the sandbox has a network namespace"),
+    )
+}
+
+#[test]
+fn a_pod_sleeps_until_its_first_request_and_leaves_nothing_behind() {
+    let mut node = node_with_hello();
+    let sandbox = CriNode::pod_config("hello", &[]);
+    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
+    let netns = pod_netns(&node, &pod);
+    let container = node
+        .create_container(
+            &pod,
+            &sandbox,
+            "hello",
+            HELLO,
+            &[("org.jitsu.idle-timeout", "1s")],
+        )
+        .expect("CreateContainer");
+    node.start_container(&container).expect("StartContainer");
+    assert_eq!(
+        node.container_state(&container).0,
+        ContainerState::ContainerRunning
+    );
+    assert_eq!(
+        monitor_state(&node, &container),
+        "parked",
+        "no guest before traffic"
+    );
+
+    let url = format!("http://{}/", node.pod_ip(&pod));
+    assert_eq!(
+        node.ns().curl_status(&url),
+        "200",
+        "the first request boots it"
+    );
+    assert_eq!(monitor_state(&node, &container), "running");
+
+    wait_for_monitor_state(&node, &container, "parked");
+    assert_eq!(
+        node.container_state(&container).0,
+        ContainerState::ContainerRunning,
+        "a parked VM is still a running container"
+    );
+    assert_eq!(node.ns().curl_status(&url), "200", "booted again");
+
+    node.remove_pod(&pod)
+        .expect("StopPodSandbox, RemovePodSandbox");
+    assert!(node.pods().is_empty());
+    assert!(!netns.exists(), "{} is left", netns.display());
+    let links = node.containerd.links();
+    assert!(
+        !links
+            .iter()
+            .any(|l| l.starts_with("jt") || l.starts_with("veth")),
+        "{links:?}"
+    );
+    let state = node.containerd.state.display().to_string();
+    assert_eq!(processes_mentioning(&state), Vec::<String>::new());
+    assert_eq!(
+        processes_mentioning(&netns.display().to_string()),
+        Vec::<String>::new()
+    );
+    assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_pod_of_a_bad_image_says_why_it_cannot_start() {
+    let mut node = node_with_hello();
+    let sandbox = CriNode::pod_config("bad", &[]);
+    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
+    // The pause image is a fine container image but no unikernel.
+    let container = node
+        .create_container(&pod, &sandbox, "bad", jitsu_e2e::cri::PAUSE_IMAGE, &[])
+        .expect("CRI creates containers without asking the runtime");
+    let err = node.start_container(&container).unwrap_err();
+    assert!(
+        err.message().contains("not a usable unikernel image"),
+        "{err:?}"
+    );
+    let (state, reason) = node.container_state(&container);
+    assert_eq!(state, ContainerState::ContainerExited);
+    assert!(reason.contains("jitsu.json"), "{reason}");
+
+    // And a bad annotation, with the key named.
+    let container = node
+        .create_container(&pod, &sandbox, "worse", HELLO, &[("org.jitsu.mem", "lots")])
+        .unwrap();
+    let err = node.start_container(&container).unwrap_err();
+    assert!(err.message().contains("org.jitsu.mem"), "{err:?}");
+
+    // The pod's address goes to one unikernel; a second is refused.
+    for (name, expect_ok) in [("first", true), ("second", false)] {
+        let container = node
+            .create_container(&pod, &sandbox, name, HELLO, &[])
+            .unwrap();
+        match node.start_container(&container) {
+            Ok(()) => assert!(expect_ok, "{name} started"),
+            Err(err) => {
+                assert!(!expect_ok, "{name}: {err:?}");
+                assert!(err.message().contains("one unikernel"), "{err:?}");
+            }
+        }
+    }
+    node.remove_pod(&pod).unwrap();
+    assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}
