@@ -20,7 +20,7 @@ guests:
 
 ## Host binaries: jitsu, the shim, the test fixtures, the benchmark harness
 ## (and its static native server, the runc baseline).
-build: guests
+build: deps guests
 	$(CARGO) build --release --workspace
 	cd bench/native-http && RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu
 

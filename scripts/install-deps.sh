@@ -14,11 +14,22 @@ declare -A want=(
   [ctr]=containerd
   [pgrep]=procps
   [nsenter]=util-linux
+  [tc]=iproute2
+  [protoc]=protobuf-compiler
+)
+# file -> package (tools that are not on PATH)
+declare -A want_file=(
+  [/usr/lib/cni/bridge]=containernetworking-plugins
+  [/usr/lib/cni/host-local]=containernetworking-plugins
+  [/usr/sbin/runc]=runc
 )
 
 missing=()
 for cmd in "${!want[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${want[$cmd]}")
+done
+for file in "${!want_file[@]}"; do
+  [ -e "$file" ] || missing+=("${want_file[$file]}")
 done
 [ -e /dev/net/tun ] || { echo "install-deps: /dev/net/tun is missing (no TUN/TAP support)" >&2; exit 1; }
 
@@ -26,5 +37,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi

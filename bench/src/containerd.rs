@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -14,19 +13,22 @@ use jitsu_runtime::spec::archive::{image_archive, File};
 
 use crate::stats::{Row, Samples, Unit};
 
-fn native_server() -> Result<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("native-http/target/x86_64-unknown-linux-gnu/release/native-http");
-    ensure!(
-        path.exists(),
-        "{} is missing: run `make build`",
-        path.display()
-    );
-    Ok(path)
+/// The static native server as an OCI image archive, `NATIVE_IMAGE`.
+pub(crate) fn native_image() -> Result<Vec<u8>> {
+    let native = std::fs::read(jitsu_e2e::cri::native_binary("native-http"))?;
+    let files = [File {
+        path: "native-http",
+        mode: 0o755,
+        data: &native,
+    }];
+    image_archive(&files, Default::default(), "/native-http", NATIVE_IMAGE)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+pub(crate) const NATIVE_IMAGE: &str = "docker.io/jitsu/native:latest";
+
 /// Connects (retrying while nothing listens yet), GETs, waits for a byte.
-fn first_byte(addr: SocketAddr, deadline: Instant) -> Result<()> {
+pub(crate) fn first_byte(addr: SocketAddr, deadline: Instant) -> Result<()> {
     loop {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(mut s) => {
@@ -74,21 +76,8 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
     let n = if quick { 5 } else { 25 };
     let c = Containerd::start();
     c.import_hello("jitsu/hello:latest", &[]);
-    let native = std::fs::read(native_server()?)?;
-    let files = [File {
-        path: "native-http",
-        mode: 0o755,
-        data: &native,
-    }];
-    let archive = image_archive(
-        &files,
-        Default::default(),
-        "/native-http",
-        "docker.io/jitsu/native:latest",
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let archive_path = c.dir.path().join("native.tar");
-    std::fs::write(&archive_path, archive)?;
+    std::fs::write(&archive_path, native_image()?)?;
     c.ctr_ok(&["images", "import", archive_path.to_str().context("path")?]);
 
     let unikernel_addr = SocketAddr::from(([10, 77, 0, 2], 80));
@@ -103,12 +92,7 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
         unikernel_addr,
         n,
     )?;
-    let runc = ctr_run_to_first_byte(
-        &c,
-        &["--net-host", "docker.io/jitsu/native:latest"],
-        native_addr,
-        n,
-    )?;
+    let runc = ctr_run_to_first_byte(&c, &["--net-host", NATIVE_IMAGE], native_addr, n)?;
 
     // A parked task's cold request: re-park with `stop` before each.
     c.ctr_ok(&[

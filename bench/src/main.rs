@@ -3,6 +3,7 @@
 //! Benchmarks measure; they assert nothing (that is what tests are for).
 
 mod containerd;
+mod cri;
 mod dns;
 mod lazy;
 mod monitor;
@@ -14,17 +15,33 @@ fn main() -> anyhow::Result<()> {
     let quick = std::env::var_os("JITSU_BENCH_QUICK").is_some();
     let machine = machine();
     println!("# jitsu bench on {machine}\n");
+    // `jitsu-bench [SECTION...]` runs only those sections.
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|s| s == section);
     let mut rows = Vec::new();
-    rows.extend(monitor::rows(quick)?);
+    if wanted("monitor") {
+        rows.extend(monitor::rows(quick)?);
+    }
     let exec_first = rows
         .iter()
         .find(|r| r.name.starts_with("exec to first guest instruction"))
         .map(|r| r.samples.clone())
         .unwrap_or_else(stats::Samples::new);
-    rows.extend(lazy::rows(quick, exec_first)?);
-    rows.extend(dns::rows(quick)?);
-    rows.extend(containerd::rows(quick)?);
-    rows.extend(xenstore::rows(quick)?);
+    if wanted("lazy") {
+        rows.extend(lazy::rows(quick, exec_first)?);
+    }
+    if wanted("dns") {
+        rows.extend(dns::rows(quick)?);
+    }
+    if wanted("containerd") {
+        rows.extend(containerd::rows(quick)?);
+    }
+    if wanted("cri") {
+        rows.extend(cri::rows(quick)?);
+    }
+    if wanted("xenstore") {
+        rows.extend(xenstore::rows(quick)?);
+    }
     stats::print_table(&rows);
     Ok(())
 }

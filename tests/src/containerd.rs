@@ -58,7 +58,11 @@ impl Containerd {
             .env("JITSU_STATE_DIR", &state)
             .env("XENSTORED_PATH", &xenstore)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(if std::env::var_os("JITSU_TEST_VERBOSE").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         let process = Guarded::spawn(&mut cmd);
         let deadline = Instant::now() + Duration::from_secs(20);
         let c = Containerd {

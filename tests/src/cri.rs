@@ -50,6 +50,8 @@ fn config_toml(dir: &Path) -> String {
   sandbox_image = "{PAUSE_IMAGE}"
   stream_server_address = "127.0.0.1"
   disable_apparmor = true
+  # This machine may not lower oom_score_adj (runc pods fail otherwise).
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{net}"
