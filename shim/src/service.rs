@@ -35,6 +35,9 @@ pub struct Service {
     publisher: Option<Arc<RemotePublisher>>,
 }
 
+/// The annotation that names a unikernel in the node's DNS zone.
+const DNS_NAME_ANNOTATION: &str = "org.jitsu.dns-name";
+
 fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
 }
@@ -152,7 +155,15 @@ impl Service {
             mounted = true;
         }
         let unikernel = match container::read_spec(bundle, &spec.annotations) {
-            Ok(unikernel) => unikernel,
+            Ok(mut unikernel) => {
+                // A pod's replicas share their image, and with it its DNS
+                // name; in Kubernetes a name is the pod's own choice.
+                if spec.sandbox_id.is_some() && !spec.annotations.contains_key(DNS_NAME_ANNOTATION)
+                {
+                    unikernel.dns_name = None;
+                }
+                unikernel
+            }
             Err(e) => {
                 if mounted {
                     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);

@@ -184,6 +184,35 @@ impl Containerd {
         self.ctr_ok(&["container", "delete", id]);
     }
 
+    /// `jitsu daemon` for this node: XenStore at `self.xenstore`, DNS on
+    /// 127.0.0.1:53 of the namespace. Ends when the returned guard drops.
+    pub fn start_daemon(&self) -> Guarded {
+        let mut cmd = self.ns.command(jitsu_bin());
+        cmd.args([
+            "daemon",
+            "--dns-listen",
+            "127.0.0.1:53",
+            "--xenstore-listen",
+        ])
+        .arg(&self.xenstore)
+        .stderr(Stdio::null());
+        let daemon = Guarded::spawn(&mut cmd);
+        crate::wait_until("XenStore", || {
+            std::os::unix::net::UnixStream::connect(&self.xenstore).is_ok()
+        });
+        daemon
+    }
+
+    /// `jitsu ps --json` against this node's XenStore.
+    pub fn ps(&self) -> serde_json::Value {
+        let out = Command::new(jitsu_bin())
+            .args(["ps", "--json", "--xenstore-socket"])
+            .arg(&self.xenstore)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
     pub fn control(&self, id: &str) -> PathBuf {
         self.state.join(id).join("control.sock")
     }

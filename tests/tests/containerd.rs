@@ -8,6 +8,7 @@ use jitsu_e2e::containerd::Containerd;
 use jitsu_e2e::jitsu_bin;
 use jitsu_e2e::lazy::try_request;
 use jitsu_e2e::process::{run_with_timeout, Guarded};
+use jitsu_e2e::wait_until;
 
 const IMAGE: &str = "docker.io/jitsu/hello:latest";
 
@@ -18,14 +19,6 @@ fn status(c: &Containerd, id: &str) -> serde_json::Value {
 
 fn curl(c: &Containerd, url: &str) -> String {
     c.ns.curl_status(url)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn assert_clean(c: &Containerd) {
@@ -120,29 +113,10 @@ fn idle_goes_back_to_parked_while_the_task_keeps_running() {
 #[test]
 fn a_dns_lookup_boots_it_through_jitsu_daemon() {
     let c = Containerd::start();
-    let mut cmd = c.ns.command(jitsu_bin());
-    cmd.args([
-        "daemon",
-        "--dns-listen",
-        "127.0.0.1:53",
-        "--xenstore-listen",
-    ])
-    .arg(&c.xenstore)
-    .stderr(Stdio::null());
-    let _daemon = Guarded::spawn(&mut cmd);
-    wait_until("XenStore", || {
-        std::os::unix::net::UnixStream::connect(&c.xenstore).is_ok()
-    });
+    let _daemon = c.start_daemon();
     c.import_hello("jitsu/hello:latest", &["--dns-name", "hello"]);
     c.run_jitsu_ok(IMAGE, "h4", &[]);
-    let ps = || {
-        let out = Command::new(jitsu_bin())
-            .args(["ps", "--json", "--xenstore-socket"])
-            .arg(&c.xenstore)
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
+    let ps = || c.ps();
     wait_until("the registration", || ps()[0]["state"] == "parked");
     let mut dig = c.ns.command("dig");
     dig.args(["@127.0.0.1", "+short", "hello.jitsu.internal"]);

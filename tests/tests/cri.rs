@@ -3,10 +3,12 @@
 //! until traffic comes, on the pod's own address.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jitsu_e2e::cri::{CriNode, K8S_NAMESPACE};
 use jitsu_e2e::lazy::try_request;
+use jitsu_e2e::process::run_with_timeout;
+use jitsu_e2e::wait_until;
 use k8s_cri::v1::ContainerState;
 
 const HELLO: &str = "docker.io/jitsu/hello:cri";
@@ -28,11 +30,9 @@ fn monitor_state(node: &CriNode, container: &str) -> String {
 }
 
 fn wait_for_monitor_state(node: &CriNode, container: &str, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while monitor_state(node, container) != state {
-        assert!(Instant::now() < deadline, "the VM never became {state}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&format!("the VM to be {state}"), || {
+        monitor_state(node, container) == state
+    });
 }
 
 /// Processes whose command line mentions `needle`.
@@ -162,4 +162,51 @@ fn a_pod_of_a_bad_image_says_why_it_cannot_start() {
     }
     node.remove_pod(&pod).unwrap();
     assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_pod_is_in_the_node_zone_only_when_it_asks() {
+    let mut node = CriNode::start();
+    let _daemon = node.containerd.start_daemon();
+    // The image names itself `hello`, as the example image does.
+    let image = "docker.io/jitsu/hello:named";
+    node.containerd
+        .import_hello_in(K8S_NAMESPACE, image, &["--dns-name", "hello"]);
+    node.wait_for_image(image);
+    let mut pods = Vec::new();
+    for (name, annotations) in [
+        ("quiet", &[][..]),
+        ("named", &[("org.jitsu.dns-name", "web")][..]),
+    ] {
+        let sandbox = CriNode::pod_config(name, annotations);
+        let pod = node.run_pod(&sandbox, "jitsu").unwrap();
+        let c = node
+            .create_container(&pod, &sandbox, name, image, &[])
+            .unwrap();
+        node.start_container(&c).unwrap();
+        pods.push(pod);
+    }
+    wait_until("the registration", || {
+        node.containerd.ps()[0]["state"] == "parked"
+    });
+    let ps = node.containerd.ps();
+    let names: Vec<&str> = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web"], "the image's own name is not the pod's");
+    let web_ip = node.pod_ip(&pods[1]);
+    let mut dig = node.ns().command("dig");
+    dig.args(["@127.0.0.1", "+short", "web.jitsu.internal"]);
+    let answer = run_with_timeout(&mut dig, Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&answer.stdout).trim(), web_ip);
+    wait_until("the lookup's boot", || {
+        node.containerd.ps()[0]["state"] == "running"
+    });
+    for pod in pods {
+        node.remove_pod(&pod).unwrap();
+    }
+    assert_eq!(node.containerd.ps(), serde_json::json!([]));
 }
