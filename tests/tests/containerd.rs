@@ -2,10 +2,9 @@
 //! a real containerd that the test starts in a namespace of its own.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jitsu_e2e::containerd::Containerd;
-use jitsu_e2e::jitsu_bin;
 use jitsu_e2e::lazy::try_request;
 use jitsu_e2e::process::{run_with_timeout, Guarded};
 use jitsu_e2e::wait_until;
