@@ -33,6 +33,11 @@ enum Command {
     Control(commands::control::ControlArgs),
     /// Serve XenStore on a unix socket (what Xen's xenstore-* tools talk to).
     Xenstored(commands::xenstored::XenstoredArgs),
+    /// Install jitsu and the shim on a node and add the runtime to containerd (the installer DaemonSet's job).
+    InstallNode(commands::install_node::InstallNodeArgs),
+    /// Pack the static jitsu and shim as the node installer's OCI image.
+    #[command(hide = true)]
+    PackInstaller(commands::pack::PackInstallerArgs),
     /// Hold a pod's network namespace until told to end (the shim's pod sandbox).
     #[command(hide = true)]
     Pause(commands::pause::PauseArgs),
@@ -57,6 +62,8 @@ fn main() -> ExitCode {
         Command::Ps(args) => commands::ps::run(args),
         Command::Pack(args) => commands::pack::run(args),
         Command::Pause(args) => commands::pause::run(args),
+        Command::InstallNode(args) => commands::install_node::run(args),
+        Command::PackInstaller(args) => commands::pack::run_installer(args),
     };
     exit(result)
 }

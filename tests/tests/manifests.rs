@@ -31,7 +31,7 @@ fn manifests() -> Vec<(String, serde_json::Value)> {
         }
     }
     assert!(
-        docs.len() >= 7,
+        docs.len() >= 6,
         "expected the RuntimeClass, installer, app and CoreDNS objects, found {}",
         docs.len()
     );

@@ -79,3 +79,59 @@ pub fn run(args: PackArgs) -> Result<u8> {
     eprintln!("jitsu pack: {reference} → {}", args.output.display());
     Ok(0)
 }
+
+/// `jitsu pack-installer`: the node installer's image, made of the static
+/// `jitsu` and shim in `--bin-dir` and nothing else.
+#[derive(Args)]
+pub struct PackInstallerArgs {
+    /// Where the statically linked `jitsu` and `containerd-shim-jitsu-v1` are.
+    #[arg(long)]
+    bin_dir: PathBuf,
+    /// Image name.
+    #[arg(long, default_value = "jitsu/installer:latest")]
+    name: String,
+    /// The image archive to write.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+pub fn run_installer(args: PackInstallerArgs) -> Result<u8> {
+    let names = ["jitsu", "containerd-shim-jitsu-v1"];
+    let mut binaries = Vec::new();
+    for name in names {
+        let path = args.bin_dir.join(name);
+        let bytes = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
+        ensure_static(&bytes).with_context(|| format!("{}", path.display()))?;
+        binaries.push(bytes);
+    }
+    let files: Vec<File> = names
+        .iter()
+        .zip(&binaries)
+        .map(|(name, data)| File {
+            path: name,
+            mode: 0o755,
+            data,
+        })
+        .collect();
+    let reference = oci::normalize_reference(&args.name);
+    let archive = oci::image_archive(&files, Default::default(), "/jitsu", &reference)
+        .map_err(|e| anyhow::anyhow!("writing the image: {e}"))?;
+    std::fs::write(&args.output, archive).with_context(|| format!("{}", args.output.display()))?;
+    eprintln!(
+        "jitsu pack-installer: {reference} → {}",
+        args.output.display()
+    );
+    Ok(0)
+}
+
+/// The image has no libc or loader: a binary that asks for one (PT_INTERP)
+/// would not start.
+fn ensure_static(elf: &[u8]) -> Result<()> {
+    let parsed = goblin::elf::Elf::parse(elf).context("not an ELF file")?;
+    anyhow::ensure!(
+        parsed.interpreter.is_none(),
+        "dynamically linked (interpreter {}); build it with crt-static (`make images` does)",
+        parsed.interpreter.unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `jitsu install-node`, the node installer's job, against a host root in a
+//! temp dir: plain containerd and k3s, run twice (the second run changes
+//! nothing). Restarting containerd is left out (`--no-restart`): there is
+//! no systemd here.
+
+use std::path::Path;
+use std::process::Command;
+
+use jitsu_e2e::jitsu_bin;
+
+fn install(root: &Path) -> String {
+    let out = Command::new(jitsu_bin())
+        .args(["install-node", "--no-restart", "--host-root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn installed_twice(root: &Path, config: &Path) -> String {
+    let first = install(root);
+    assert_eq!(first.matches("updated:").count(), 3, "{first}");
+    for bin in ["jitsu", "containerd-shim-jitsu-v1"] {
+        let copied = std::fs::read(root.join("usr/local/bin").join(bin)).unwrap();
+        let built = std::fs::read(jitsu_bin().with_file_name(bin)).unwrap();
+        assert!(copied == built, "{bin} differs from the build");
+    }
+    let text = std::fs::read_to_string(config).unwrap();
+    let second = install(root);
+    assert_eq!(second.matches("unchanged:").count(), 3, "{second}");
+    assert_eq!(std::fs::read_to_string(config).unwrap(), text);
+    text
+}
+
+#[test]
+fn plain_containerd_gets_the_runtime_once() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("etc/containerd/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.9\"\n").unwrap();
+    let text = installed_twice(root.path(), &config);
+    assert!(
+        text.contains("sandbox_image = \"registry.k8s.io/pause:3.9\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.jitsu]"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"runtime_type = "io.containerd.jitsu.v1""#),
+        "{text}"
+    );
+}
+
+#[test]
+fn k3s_gets_a_template_from_its_generated_config() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("var/lib/rancher/k3s/agent/etc/containerd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let generated = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/var/lib/rancher/k3s/data/current/bin\"\n";
+    std::fs::write(dir.join("config.toml"), generated).unwrap();
+    let text = installed_twice(root.path(), &dir.join("config.toml.tmpl"));
+    assert!(text.starts_with(generated), "{text}");
+    assert!(
+        text.contains("pod_annotations = [\"org.jitsu.*\"]"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+        generated,
+        "k3s's own file is k3s's"
+    );
+}
+
+#[test]
+fn the_installer_image_refuses_binaries_that_need_a_libc() {
+    // The release build links glibc dynamically; the image has no libc.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(jitsu_bin())
+        .args(["pack-installer", "--bin-dir"])
+        .arg(jitsu_bin().parent().unwrap())
+        .arg("-o")
+        .arg(out_dir.path().join("installer.tar"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dynamically linked"), "{err}");
+    assert!(!out_dir.path().join("installer.tar").exists());
+}
