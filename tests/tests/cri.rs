@@ -85,6 +85,16 @@ fn a_pod_sleeps_until_its_first_request_and_leaves_nothing_behind() {
         "parked",
         "no guest before traffic"
     );
+    let socket = node.containerd.socket.display().to_string();
+    let shims: Vec<String> = processes_mentioning(&socket)
+        .into_iter()
+        .filter(|p| p.contains("containerd-shim-jitsu-v1"))
+        .collect();
+    assert_eq!(
+        shims.len(),
+        1,
+        "one shim for the pod's two containers: {shims:?}"
+    );
 
     let url = format!("http://{}/", node.pod_ip(&pod));
     assert_eq!(
