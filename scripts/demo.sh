@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: boots the hello-http unikernel on KVM in a private network
-# namespace and fetches a page from it, saying what happens and how long it took.
+# namespace and fetches a page from it, then lazily, then through containerd
+# and jitsu daemon, then as a Kubernetes pod through containerd's CRI plugin,
+# saying what happens and how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -126,4 +128,5 @@ until "${CTR[@]}" task ls | grep -q STOPPED; do sleep 0.05; done
 "${CTR[@]}" task delete hello >/dev/null
 "${CTR[@]}" container delete hello
 say "Left behind: interfaces $(ip -n "$NS" -o link show | awk -F': ' '{print $2}' | tr '\n' ' '); registry: $("$JITSU" ps --json)"
+"$(dirname "$JITSU")/jitsu-cri-demo"
 say "Done. Everything is removed on exit."
