@@ -303,7 +303,10 @@ impl Container {
                 return Err(e);
             }
         }
-        record.save().map_err(|e| format!("saving state: {e}"))?;
+        if let Err(e) = record.save() {
+            record.clean_up().await;
+            return Err(format!("saving state: {e}"));
+        }
         let cmd = monitor_command(&spec, &record, bundle);
         let mut c = Container::spawn(record, cmd, stdio).await?;
         c.eager = spec.boot == BootPolicy::Eager;
@@ -420,37 +423,17 @@ impl Container {
         })
     }
 
-    /// Lets it run: lazy ones stay parked until traffic, eager ones boot now.
-    pub async fn start(&mut self) -> Result<(), String> {
-        if self.eager {
-            let control = self.control.clone();
-            // The monitor may still be binding its control socket.
-            let mut last = String::new();
-            for _ in 0..200 {
-                match tokio::task::spawn_blocking({
-                    let c = control.clone();
-                    move || jitsu_runtime::lazy::control::request(&c, "boot")
-                })
-                .await
-                {
-                    Ok(Ok(_)) => {
-                        last.clear();
-                        break;
-                    }
-                    Ok(Err(e)) => last = e.to_string(),
-                    Err(e) => last = e.to_string(),
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            if !last.is_empty() {
-                return Err(format!("eager boot: {last}"));
-            }
-        }
-        self.status = Status::Running;
-        Ok(())
-    }
-
     pub fn exit_now(&self) -> Exit {
         *self.exit.borrow()
     }
+}
+
+/// Boots a parked unikernel now (an eager one, at start). Its control
+/// socket has served since create.
+pub async fn boot(control: PathBuf) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || jitsu_runtime::lazy::control::request(&control, "boot"))
+        .await
+        .map_err(|e| format!("eager boot: {e}"))?
+        .map(|_| ())
+        .map_err(|e| format!("eager boot: {e}"))
 }

@@ -282,14 +282,20 @@ impl Task for Service {
         if !req.exec_id.is_empty() {
             return Err(unsupported("exec"));
         }
-        let pid = {
-            let mut containers = self.containers.lock().await;
-            let c = containers
-                .get_mut(&req.id)
-                .ok_or_else(|| not_found(&req.id))?;
-            c.start().await.map_err(|e| status(Code::INTERNAL, e))?;
-            c.pid
+        let (pid, eager) = {
+            let containers = self.containers.lock().await;
+            let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+            (c.pid, c.eager.then(|| c.control.clone()))
         };
+        // Not under the lock: a pod's other containers share this shim.
+        if let Some(control) = eager {
+            container::boot(control)
+                .await
+                .map_err(|e| status(Code::INTERNAL, e))?;
+        }
+        if let Some(c) = self.containers.lock().await.get_mut(&req.id) {
+            c.status = Status::Running;
+        }
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
             Box::new(TaskStart {
@@ -385,7 +391,12 @@ impl Task for Service {
             .remove(&req.id)
             .ok_or_else(|| not_found(&req.id))?;
         let exit = c.exit_now();
-        c.record.clean_up().await;
+        let mut record = c.record.clone();
+        if exit.is_some() {
+            // Reaped already: its pid may belong to someone else by now.
+            record.monitor_pid = None;
+        }
+        record.clean_up().await;
         let (code, at) = exit.unwrap_or((137, SystemTime::now()));
         let event = TaskDelete {
             container_id: req.id.clone(),

@@ -157,7 +157,8 @@ fn a_pod_of_a_bad_image_says_why_it_cannot_start() {
     let err = node.start_container(&container).unwrap_err();
     assert!(err.message().contains("org.jitsu.mem"), "{err:?}");
 
-    // The pod's address goes to one unikernel; a second is refused.
+    // The pod's address goes to one unikernel; a second is refused, and
+    // the first keeps serving.
     for (name, expect_ok) in [("first", true), ("second", false)] {
         let container = node
             .create_container(&pod, &sandbox, name, HELLO, &[])
@@ -170,6 +171,12 @@ fn a_pod_of_a_bad_image_says_why_it_cannot_start() {
             }
         }
     }
+    let url = format!("http://{}/", node.pod_ip(&pod));
+    assert_eq!(
+        node.ns().curl_status(&url),
+        "200",
+        "the first still has the pod's network"
+    );
     node.remove_pod(&pod).unwrap();
     assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
 }

@@ -40,10 +40,19 @@ pub fn run(args: InstallNodeArgs) -> Result<u8> {
         report(changed, &bin_dir.join(name));
     }
     let config = containerd_config(&args.host_root)?;
+    let before = std::fs::read(&config.path).ok();
     let changed = add_runtime(&config)?;
     report(changed, &config.path);
     if changed && !args.no_restart {
-        restart_containerd(config.k3s)?;
+        if let Err(e) = restart_containerd(config.k3s) {
+            // Put the config back, so that the next run changes it again
+            // and retries the restart, instead of finding nothing to do.
+            match before {
+                Some(old) => std::fs::write(&config.path, old)?,
+                None => std::fs::remove_file(&config.path)?,
+            }
+            return Err(e.context(format!("{} is unchanged", config.path.display())));
+        }
     }
     Ok(0)
 }
@@ -107,10 +116,21 @@ fn add_runtime(config: &ContainerdConfig) -> Result<bool> {
         },
         Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
     };
-    if text.contains(TABLE_V2) || text.contains(TABLE_V3) {
+    if has_runtime(&text) {
         return Ok(false);
     }
-    let version = config_version(&text).with_context(|| format!("{}", path.display()))?;
+    let version = match config_version(&text) {
+        Ok(v) => v,
+        // A k3s template that extends k3s's own config (`{{ template "base" . }}`)
+        // has no version line of its own: the generated file tells.
+        Err(_) if text.contains("template \"base\"") && config.base.is_some() => {
+            let base = config.base.as_ref().expect("checked");
+            let generated =
+                std::fs::read_to_string(base).with_context(|| format!("{}", base.display()))?;
+            config_version(&generated).with_context(|| format!("{}", base.display()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
     let table = if version >= 3 { TABLE_V3 } else { TABLE_V2 };
     let block = format!(
         "\n# Added by jitsu install-node: Jitsu unikernels (RuntimeClass handler `jitsu`).\n{table}\n  runtime_type = \"io.containerd.jitsu.v1\"\n  pod_annotations = [\"org.jitsu.*\"]\n  container_annotations = [\"org.jitsu.*\"]\n"
@@ -126,6 +146,18 @@ fn add_runtime(config: &ContainerdConfig) -> Result<bool> {
     .with_context(|| format!("{}", partial.display()))?;
     std::fs::rename(&partial, path).with_context(|| format!("{}", path.display()))?;
     Ok(true)
+}
+
+/// Whether the config already has a `jitsu` runtime table, however its
+/// keys are quoted.
+fn has_runtime(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l: String = l
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '"' | '\''))
+            .collect();
+        l.starts_with('[') && l.ends_with("containerd.runtimes.jitsu]")
+    })
 }
 
 /// The config's `version`; k3s templates hold Go template actions, so the
@@ -151,37 +183,45 @@ fn config_version(text: &str) -> Result<i64> {
 /// DaemonSet runs with hostPID, so PID 1's mount namespace is the host's:
 /// the child enters it before it execs (the image has no nsenter).
 fn restart_containerd(k3s: bool) -> Result<()> {
-    use std::os::unix::process::CommandExt;
     let units: &[&str] = if k3s {
         &["k3s-agent", "k3s"]
     } else {
         &["containerd"]
     };
     for unit in units {
-        let host_mounts = std::fs::File::open("/proc/1/ns/mnt").context("/proc/1/ns/mnt")?;
-        let mut cmd = std::process::Command::new("/bin/systemctl");
-        cmd.args(["try-restart", unit]);
-        // SAFETY: between fork and exec the closure only calls setns(2),
-        // which is async-signal-safe, on a file opened before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&host_mounts, nix::sched::CloneFlags::CLONE_NEWNS)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        if cmd
-            .status()
-            .context("running the host's systemctl")?
-            .success()
-        {
+        if host_systemctl(&["is-active", "--quiet", unit])? {
+            anyhow::ensure!(
+                host_systemctl(&["restart", unit])?,
+                "systemctl restart {unit} failed"
+            );
             println!("restarted: {unit}");
             return Ok(());
         }
     }
     bail!(
-        "could not restart {}: restart it by hand",
+        "no active {} unit to restart: restart it by hand",
         units.join(" or ")
     )
+}
+
+/// Runs the host's systemctl with `args`; whether it succeeded.
+fn host_systemctl(args: &[&str]) -> Result<bool> {
+    use std::os::unix::process::CommandExt;
+    let host_mounts = std::fs::File::open("/proc/1/ns/mnt").context("/proc/1/ns/mnt")?;
+    let mut cmd = std::process::Command::new("/bin/systemctl");
+    cmd.args(args);
+    // SAFETY: between fork and exec the closure only calls setns(2),
+    // which is async-signal-safe, on a file opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&host_mounts, nix::sched::CloneFlags::CLONE_NEWNS)
+                .map_err(std::io::Error::from)
+        });
+    }
+    Ok(cmd
+        .status()
+        .context("running the host's systemctl")?
+        .success())
 }
 
 #[cfg(test)]
@@ -235,6 +275,32 @@ mod tests {
             parsed["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["jitsu"]
                 .is_table()
         );
+    }
+
+    #[test]
+    fn a_table_written_with_other_quotes_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "version = 2\n[plugins.'io.containerd.grpc.v1.cri'.containerd.runtimes.'jitsu']\n  runtime_type = 'io.containerd.jitsu.v1'\n";
+        let config = config_in(dir.path(), text);
+        assert!(!add_runtime(&config).unwrap());
+        assert_eq!(std::fs::read_to_string(&config.path).unwrap(), text);
+    }
+
+    #[test]
+    fn a_k3s_template_on_the_base_takes_the_generated_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "version = 3\n").unwrap();
+        let path = dir.path().join("config.toml.tmpl");
+        std::fs::write(&path, "{{ template \"base\" . }}\n").unwrap();
+        let config = ContainerdConfig {
+            path: path.clone(),
+            k3s: true,
+            base: Some(dir.path().join("config.toml")),
+        };
+        assert!(add_runtime(&config).unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{{ template \"base\" . }}\n"), "{text}");
+        assert!(text.contains(TABLE_V3), "{text}");
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub struct PauseArgs {
 pub fn run(args: PauseArgs) -> Result<u8> {
     if args.die_with_parent {
         nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).context("PR_SET_PDEATHSIG")?;
+        // A parent that died before the call above sent no signal.
+        anyhow::ensure!(
+            nix::unistd::getppid() != nix::unistd::Pid::from_raw(1),
+            "the parent is already gone"
+        );
     }
     if let Some(netns) = &args.netns {
         super::enter_netns(netns)?;

@@ -49,14 +49,17 @@ impl PodLink {
 }
 
 /// Creates the TAP `tap` in the pod namespace at `netns` and joins it to
-/// `eth0` both ways. One unikernel per pod: a second one is refused.
+/// `eth0` both ways. One unikernel per pod: eth0's ingress qdisc is the
+/// claim, so a second one is refused before it touches anything.
 pub async fn wire(netns: &Path, tap: &str) -> NetResult<PodLink> {
     let tap = tap.to_string();
     in_netns(netns, move || async move {
         let handle = handle().await?;
         let link = pod_link(&handle).await?;
         let eth0 = index(&handle, POD_IFACE).await?.ok_or("no eth0")?;
+        add_ingress(&handle, eth0, POD_IFACE).await?;
         if let Err(e) = redirect_between(&handle, eth0, &tap, link.mtu).await {
+            // Undo only what this call made: the qdisc on eth0 is ours.
             let _ = delete_link(&handle, &tap).await;
             let _ = delete_ingress(&handle, eth0).await;
             return Err(e);
@@ -189,7 +192,8 @@ async fn default_gateway(handle: &Handle) -> NetResult<Option<Ipv4Addr>> {
         }))
 }
 
-/// The TAP, up with `eth0`'s MTU, and one ingress redirect each way.
+/// The TAP, up with `eth0`'s MTU, and one ingress redirect each way
+/// (eth0's ingress qdisc is already there).
 async fn redirect_between(handle: &Handle, eth0: u32, tap: &str, mtu: u32) -> NetResult<()> {
     Tap::create_persistent(tap).map_err(|e| e.to_string())?;
     let tap_index = index(handle, tap)
@@ -201,19 +205,8 @@ async fn redirect_between(handle: &Handle, eth0: u32, tap: &str, mtu: u32) -> Ne
         .execute()
         .await
         .map_err(|e| format!("bringing {tap} up: {e}"))?;
+    add_ingress(handle, tap_index, tap).await?;
     for (from, to, name) in [(eth0, tap_index, POD_IFACE), (tap_index, eth0, tap)] {
-        handle
-            .qdisc()
-            .add(from as i32)
-            .ingress()
-            .execute()
-            .await
-            .map_err(|e| match e {
-                rtnetlink::Error::NetlinkError(ref n) if n.raw_code() == -libc::EEXIST => format!(
-                    "{name} already has an ingress qdisc: a pod's network goes to one unikernel"
-                ),
-                e => format!("adding an ingress qdisc to {name}: {e}"),
-            })?;
         handle
             .traffic_filter(from as i32)
             .add()
@@ -226,6 +219,22 @@ async fn redirect_between(handle: &Handle, eth0: u32, tap: &str, mtu: u32) -> Ne
             .map_err(|e| format!("redirecting {name}'s frames: {e}"))?;
     }
     Ok(())
+}
+
+async fn add_ingress(handle: &Handle, index: u32, name: &str) -> NetResult<()> {
+    handle
+        .qdisc()
+        .add(index as i32)
+        .ingress()
+        .execute()
+        .await
+        .map_err(|e| match e {
+            rtnetlink::Error::NetlinkError(ref n) if n.raw_code() == -libc::EEXIST => format!(
+                "{name} already has an ingress qdisc: another unikernel of this pod has its network \
+                 (a pod's network goes to one unikernel), or the CNI plugin uses tc itself"
+            ),
+            e => format!("adding an ingress qdisc to {name}: {e}"),
+        })
 }
 
 async fn delete_ingress(handle: &Handle, index: u32) -> NetResult<()> {
