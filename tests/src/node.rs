@@ -125,8 +125,11 @@ impl Node {
             }
             assert!(
                 Instant::now() < deadline,
-                "hello never became {state}: {:?}",
-                self.hello()
+                "hello never became {state}: {:?}\nmonitor threads: {}",
+                self.hello(),
+                self.monitor
+                    .as_ref()
+                    .map_or(String::new(), |m| crate::process::threads(m.pid()))
             );
             std::thread::sleep(Duration::from_millis(10));
         }

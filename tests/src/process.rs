@@ -119,3 +119,29 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         stderr: stderr.join().expect("stderr reader"),
     }
 }
+
+/// Each thread of `pid`: name, state, where it sleeps in the kernel and its
+/// CPU ticks (user, system), for the message of a test that timed out.
+pub fn threads(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("{pid} is gone");
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let stat = read("stat");
+        // Fields after the parenthesised name: state is the 1st, utime the 12th, stime the 13th.
+        let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or("?");
+        out.push(format!(
+            "{} {} wchan={} utime={} stime={}",
+            read("comm").trim(),
+            field(0),
+            read("wchan").trim(),
+            field(11),
+            field(12)
+        ));
+    }
+    out.join("; ")
+}

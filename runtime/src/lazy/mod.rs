@@ -258,10 +258,19 @@ impl Supervisor {
         })
     }
 
-    /// Until the guest's first exit (booting), look often so that `running`
-    /// is published promptly; otherwise wait for the idle deadline.
+    /// Until the guest's first exit (booting), and until the registry shows
+    /// the state as it is, look often: the first exit happens on the vCPU
+    /// thread, and nothing else would wake this loop to publish `running`.
+    /// Otherwise wait for the idle deadline.
     fn poll_timeout(&self) -> PollTimeout {
-        if matches!(&self.state, Some(State::Running(vm)) if vm.boot_latency().is_none()) {
+        let booting =
+            matches!(&self.state, Some(State::Running(vm)) if vm.boot_latency().is_none());
+        let unpublished = self.agent.is_some()
+            && self
+                .published
+                .as_ref()
+                .is_none_or(|(service, _)| service.state != self.status().state);
+        if booting || unpublished {
             return PollTimeout::from(2u8);
         }
         self.idle_deadline().map_or(PollTimeout::NONE, |left| {
