@@ -21,6 +21,11 @@ pub fn state_dir() -> PathBuf {
     std::env::var_os("JITSU_STATE_DIR").map_or_else(|| PathBuf::from("/run/jitsu"), PathBuf::from)
 }
 
+/// The monitor's control socket of container `id`.
+fn control_path(id: &str) -> PathBuf {
+    state_dir().join(id).join("control.sock")
+}
+
 /// What must be undone for a container, kept in `<state>/<id>/state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
@@ -224,7 +229,7 @@ async fn plug(id: &str, tap: &str, netns: Option<PathBuf>) -> Result<Network, St
 
 /// `jitsu run --lazy ...` for the unikernel of `record`.
 fn monitor_command(spec: &UnikernelSpec, record: &Record, bundle: &Path) -> std::process::Command {
-    let control = state_dir().join(&record.id).join("control.sock");
+    let control = control_path(&record.id);
     let mut cmd = std::process::Command::new(jitsu_bin());
     cmd.args(["run", "--lazy", "--die-with-parent", "--mem"])
         .arg(spec.mem.to_string())
@@ -410,7 +415,7 @@ impl Container {
             }
             let _ = monitor_unsubscribe(exits.id).await;
         });
-        let control = state_dir().join(&record.id).join("control.sock");
+        let control = control_path(&record.id);
         Ok(Container {
             record,
             eager: false,
@@ -421,6 +426,14 @@ impl Container {
             exit: rx,
             control,
         })
+    }
+
+    /// The pod's network namespace, if this is a pod sandbox that has one.
+    pub fn sandbox_netns(&self) -> Option<&PathBuf> {
+        match &self.record.network {
+            Network::Sandbox { netns } => netns.as_ref(),
+            _ => None,
+        }
     }
 
     pub fn exit_now(&self) -> Exit {

@@ -20,7 +20,7 @@ use containerd_shim::{Config, Error, Flags, StartOpts, TtrpcResult};
 use tokio::sync::Mutex;
 
 use crate::bundle::{self, BundleSpec, Role};
-use crate::container::{self, Container, Network, Record, Status};
+use crate::container::{self, Container, Record, Status};
 
 #[derive(Clone)]
 pub struct Service {
@@ -119,21 +119,11 @@ impl Service {
     /// shim knows by its path, unlike `/proc/<pid>/ns/net` it outlives the
     /// sandbox process), else what the spec names.
     async fn pod_netns(&self, spec: &BundleSpec) -> Option<PathBuf> {
-        let from_sandbox = match &spec.sandbox_id {
-            Some(sandbox) => match self.containers.lock().await.get(sandbox) {
-                Some(Container {
-                    record:
-                        Record {
-                            network: Network::Sandbox { netns },
-                            ..
-                        },
-                    ..
-                }) => netns.clone(),
-                _ => None,
-            },
-            None => None,
-        };
-        from_sandbox.or_else(|| spec.netns.clone())
+        let containers = self.containers.lock().await;
+        spec.sandbox_id
+            .as_ref()
+            .and_then(|sandbox| containers.get(sandbox)?.sandbox_netns().cloned())
+            .or_else(|| spec.netns.clone())
     }
 
     /// Mounts the image, reads its unikernel spec and parks the unikernel.

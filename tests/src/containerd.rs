@@ -213,6 +213,13 @@ impl Containerd {
         serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 
+    /// The `status` of container `id`'s monitor, from its control socket.
+    pub fn monitor_status(&self, id: &str) -> serde_json::Value {
+        let reply = crate::lazy::try_request(&self.control(id), "status")
+            .unwrap_or_else(|e| panic!("status of {id}'s monitor: {e}"));
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
+    }
+
     pub fn control(&self, id: &str) -> PathBuf {
         self.state.join(id).join("control.sock")
     }

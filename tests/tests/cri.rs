@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jitsu_e2e::cri::{CriNode, K8S_NAMESPACE};
-use jitsu_e2e::lazy::try_request;
 use jitsu_e2e::process::run_with_timeout;
 use jitsu_e2e::wait_until;
 use k8s_cri::v1::ContainerState;
@@ -24,8 +23,7 @@ fn node_with_hello() -> CriNode {
 
 /// The `status` of the container's monitor, from its control socket.
 fn monitor_state(node: &CriNode, container: &str) -> String {
-    let reply = try_request(&node.containerd.control(container), "status").unwrap();
-    let status: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let status = node.containerd.monitor_status(container);
     status["state"].as_str().unwrap_or_default().to_string()
 }
 

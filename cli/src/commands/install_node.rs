@@ -44,7 +44,7 @@ pub fn run(args: InstallNodeArgs) -> Result<u8> {
     let changed = add_runtime(&config)?;
     report(changed, &config.path);
     if changed && !args.no_restart {
-        if let Err(e) = restart_containerd(config.k3s) {
+        if let Err(e) = restart_containerd(config.is_k3s()) {
             // Put the config back, so that the next run changes it again
             // and retries the restart, instead of finding nothing to do.
             match before {
@@ -81,10 +81,15 @@ fn install_file(from: &Path, to: &Path) -> Result<bool> {
 
 struct ContainerdConfig {
     path: PathBuf,
-    /// k3s generates its config.toml at every start; its template is what lasts.
-    k3s: bool,
-    /// What to start the template from when it does not exist yet.
+    /// What to start the template from when it does not exist yet: k3s
+    /// generates its config.toml at every start; its template is what lasts.
     base: Option<PathBuf>,
+}
+
+impl ContainerdConfig {
+    fn is_k3s(&self) -> bool {
+        self.base.is_some()
+    }
 }
 
 fn containerd_config(root: &Path) -> Result<ContainerdConfig> {
@@ -92,13 +97,11 @@ fn containerd_config(root: &Path) -> Result<ContainerdConfig> {
     if k3s.is_dir() {
         return Ok(ContainerdConfig {
             path: k3s.join("config.toml.tmpl"),
-            k3s: true,
             base: Some(k3s.join("config.toml")),
         });
     }
     Ok(ContainerdConfig {
         path: root.join("etc/containerd/config.toml"),
-        k3s: false,
         base: None,
     })
 }
@@ -231,11 +234,7 @@ mod tests {
     fn config_in(dir: &Path, text: &str) -> ContainerdConfig {
         let path = dir.join("config.toml");
         std::fs::write(&path, text).unwrap();
-        ContainerdConfig {
-            path,
-            k3s: false,
-            base: None,
-        }
+        ContainerdConfig { path, base: None }
     }
 
     #[test]
@@ -294,7 +293,6 @@ mod tests {
         std::fs::write(&path, "{{ template \"base\" . }}\n").unwrap();
         let config = ContainerdConfig {
             path: path.clone(),
-            k3s: true,
             base: Some(dir.path().join("config.toml")),
         };
         assert!(add_runtime(&config).unwrap());

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use jitsu_e2e::cri::{CriNode, K8S_NAMESPACE};
-use jitsu_e2e::lazy::try_request;
 
 const HELLO: &str = "docker.io/jitsu/hello:demo";
 
@@ -20,8 +19,7 @@ fn ms(since: Instant) -> String {
 
 /// The monitor's view: `parked` or `running`, and its boot count.
 fn vm(node: &CriNode, container: &str) -> String {
-    let reply = try_request(&node.containerd.control(container), "status").unwrap_or_default();
-    let status: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+    let status = node.containerd.monitor_status(container);
     format!("VM {} (boots: {})", status["state"], status["boots"])
 }
 
