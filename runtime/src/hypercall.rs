@@ -47,7 +47,7 @@ pub enum Action {
 }
 
 pub struct Devices {
-    pub console: Console,
+    pub console: &'static Console,
     pub net: Option<NetDevice>,
     /// Wakes the poll hypercall when the monitor is asked to stop the guest.
     pub stop: Arc<StopSignal>,
@@ -147,7 +147,7 @@ pub fn dispatch(
     };
     match nr {
         hc::WALLTIME => walltime(guest, gpa),
-        hc::CONSOLE_WRITE => console_write(guest, gpa, &devices.console),
+        hc::CONSOLE_WRITE => console_write(guest, gpa, devices.console),
         hc::POLL => poll(guest, gpa, devices.net.as_ref(), &devices.stop),
         hc::NET_WRITE => net_write(guest, gpa, devices.net.as_mut()),
         hc::NET_READ => net_read(guest, gpa, devices.net.as_mut()),

@@ -5,8 +5,8 @@
 //!
 //! Arguments are pinned where that is cheap: `ioctl` only on the vCPU fd and
 //! only with the requests the loop makes; `read` only from the TAP; `write`
-//! only to the console, stderr (logs) and the TAP; memory may be mapped but
-//! never executable.
+//! only to the console, stderr (logs) and the TAP (`sendto` only to a
+//! console that is a socket); memory may be mapped but never executable.
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -37,6 +37,8 @@ pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kvm_bindings::kvm_sregs>());
 pub struct VcpuFds {
     pub vcpu: RawFd,
     pub console: RawFd,
+    /// The console is a socket, written with `send` (see `devices::console`).
+    pub console_is_socket: bool,
     pub tap: Option<RawFd>,
     /// Eventfd the thread writes when the guest has ended.
     pub done: RawFd,
@@ -68,6 +70,12 @@ fn rules(fds: &VcpuFds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
         .map(|&fd| SeccompRule::new(vec![fd_is(0, fd)?]))
         .collect::<Result<_, _>>()?;
     rules.insert(libc::SYS_write, write);
+    if fds.console_is_socket {
+        rules.insert(
+            libc::SYS_sendto,
+            vec![SeccompRule::new(vec![fd_is(0, fds.console)?])?],
+        );
+    }
     if let Some(tap) = fds.tap {
         rules.insert(
             libc::SYS_read,

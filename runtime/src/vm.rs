@@ -198,6 +198,7 @@ impl Vm {
         let fds = VcpuFds {
             vcpu: self.state.vcpu.as_raw_fd(),
             console: self.state.devices.console.raw_fd(),
+            console_is_socket: self.state.devices.console.is_socket(),
             tap: self
                 .state
                 .devices
@@ -315,6 +316,11 @@ impl ParkedVm {
     /// `trigger` is when the boot was asked for, to time it.
     pub fn boot(mut self, held: Vec<Vec<u8>>, trigger: Instant) -> RunningVm {
         let vcpu = self.vcpu.take().expect("a parked VM has its vCPU thread");
+        // The idle clock starts at the trigger, not when the VM was parked
+        // (which may be hours ago): otherwise a long parking would count as
+        // idleness, and the fresh guest would be stopped before it answers.
+        vcpu.activity
+            .store(clock::instant_ns(trigger), Ordering::Relaxed);
         // The thread is alive and waiting (it only returns after a message),
         // unless it failed to confine itself; then `wait` reports why.
         let _ = self.go.send(Go::Boot { held, trigger });

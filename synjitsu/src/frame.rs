@@ -10,7 +10,9 @@ const ETH_HEADER: usize = 14;
 const ARP_LEN: usize = 28;
 pub const ARP_REQUEST: u16 = 1;
 pub const ARP_REPLY: u16 = 2;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 pub const IPPROTO_TCP: u8 = 6;
 
@@ -91,7 +93,20 @@ pub struct Tcp {
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: u32,
+    pub ack: u32,
     pub flags: u8,
+    /// Bytes of data after the header (options excluded).
+    pub data_len: usize,
+}
+
+impl Tcp {
+    /// How much sequence space the segment takes: its data, plus one each
+    /// for SYN and FIN.
+    pub fn seq_len(&self) -> u32 {
+        self.data_len as u32
+            + (self.flags & TCP_SYN != 0) as u32
+            + (self.flags & TCP_FIN != 0) as u32
+    }
 }
 
 pub fn tcp(segment: &[u8]) -> Option<Tcp> {
@@ -104,7 +119,9 @@ pub fn tcp(segment: &[u8]) -> Option<Tcp> {
         src_port: u16::from_be_bytes([h[0], h[1]]),
         dst_port: u16::from_be_bytes([h[2], h[3]]),
         seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+        ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
         flags: h[13],
+        data_len: segment.len() - offset,
     })
 }
 
@@ -126,6 +143,78 @@ pub fn build_arp(
     f.extend_from_slice(&target.0);
     f.extend_from_slice(&target.1.octets());
     f
+}
+
+/// One side of a TCP connection, as addressed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// The reset a host without the connection sends for `segment` (RFC 9293,
+/// 3.10.7.1): with the segment's ACK as its sequence number if the segment
+/// acknowledged something, else sequence 0 acknowledging all of it. No
+/// state is needed, so it works for connections of a VM that is gone.
+pub fn build_tcp_reset(from: Endpoint, to: Endpoint, segment: &Tcp) -> Vec<u8> {
+    let (seq, ack, flags) = if segment.flags & TCP_ACK != 0 {
+        (segment.ack, 0, TCP_RST)
+    } else {
+        (
+            0,
+            segment.seq.wrapping_add(segment.seq_len()),
+            TCP_RST | TCP_ACK,
+        )
+    };
+    let mut f = Vec::with_capacity(ETH_HEADER + 40);
+    f.extend_from_slice(&to.mac);
+    f.extend_from_slice(&from.mac);
+    f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    // IPv4: no options, 40 bytes in all, don't fragment, TTL 64.
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = IPPROTO_TCP;
+    ip[12..16].copy_from_slice(&from.ip.octets());
+    ip[16..20].copy_from_slice(&to.ip.octets());
+    let sum = checksum(&[&ip]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&from.port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&to.port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&from.ip.octets());
+    pseudo[4..8].copy_from_slice(&to.ip.octets());
+    pseudo[9] = IPPROTO_TCP;
+    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+    let sum = checksum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// The Internet checksum (RFC 1071) over the concatenation of `parts`, each
+/// of even length.
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for part in parts {
+        for pair in part.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += word as u32;
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 #[cfg(test)]

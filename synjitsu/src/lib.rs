@@ -8,7 +8,10 @@
 //! first), with retransmitted SYNs recognised and not held twice. At boot the
 //! monitor hands the guest [`Synjitsu::take_held`] before anything else, so
 //! the guest answers the client's original SYN and the client sees one
-//! ordinary handshake. Everything else is counted and dropped.
+//! ordinary handshake. A TCP segment of a connection to an earlier VM (a
+//! keep-alive pool, an ingress controller) is answered with a reset built
+//! from the segment alone, so the client reconnects at once and its new SYN
+//! boots the service. Everything else is counted and dropped.
 //!
 //! This crate does no I/O: it decides, the monitor moves the bytes.
 
@@ -18,7 +21,8 @@ use std::collections::{HashSet, VecDeque};
 use std::net::Ipv4Addr;
 
 use frame::{
-    Mac, ARP_REPLY, ARP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_TCP, TCP_ACK, TCP_SYN,
+    Endpoint, Mac, ARP_REPLY, ARP_REQUEST, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_TCP, TCP_ACK,
+    TCP_RST, TCP_SYN,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +54,8 @@ impl Config {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub arp_replies: u64,
+    /// Segments of connections to an earlier VM, answered with a reset.
+    pub resets: u64,
     pub held: u64,
     pub triggers: u64,
     pub dropped_overflow: u64,
@@ -57,7 +63,8 @@ pub struct Stats {
     pub dropped_not_for_service: u64,
     pub dropped_malformed: u64,
     pub dropped_not_held: u64,
-    /// TCP segments of connections from before the service was parked.
+    /// Resets of connections from before the service was parked (a reset
+    /// is never answered).
     pub dropped_stale: u64,
 }
 
@@ -87,9 +94,9 @@ pub enum Drop {
     NotForService,
     DuplicateSyn,
     NotHeld,
-    /// A TCP segment without SYN: part of a connection the parked guest
-    /// never had (a fresh VM would only reset it), so it neither boots the
-    /// guest nor is held.
+    /// A reset of a connection the parked guest never had: it neither
+    /// boots the guest nor is held (other segments of such connections are
+    /// answered with a reset of ours).
     Stale,
 }
 
@@ -196,18 +203,17 @@ impl Synjitsu {
         let tcp = (ip.protocol == IPPROTO_TCP)
             .then(|| frame::tcp(ip.payload))
             .flatten();
-        if tcp.is_some_and(|t| t.flags & TCP_SYN == 0) {
-            self.stats.dropped_stale += 1;
-            return Action::Dropped(Drop::Stale);
+        // Only a SYN opens a connection; anything else of TCP belongs to one
+        // the parked guest does not have.
+        if let Some(segment) = tcp.filter(|t| t.flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN) {
+            return self.reset(src_mac, &ip, &segment);
         }
-        let syn = tcp
-            .filter(|t| t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
-            .map(|t| SynKey {
-                src: ip.src,
-                src_port: t.src_port,
-                dst_port: t.dst_port,
-                seq: t.seq,
-            });
+        let syn = tcp.map(|t| SynKey {
+            src: ip.src,
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            seq: t.seq,
+        });
         if let Some(key) = syn {
             if self.syns.contains(&key) {
                 self.stats.dropped_duplicate_syn += 1;
@@ -223,6 +229,28 @@ impl Synjitsu {
         }
         self.hold(frame.to_vec(), syn);
         Action::Held
+    }
+
+    /// Answers a segment of a connection to an earlier VM with a reset, so
+    /// the client need not wait for its TCP to give up. A reset itself is
+    /// dropped: answering it could make two stateless hosts ping-pong.
+    fn reset(&mut self, src_mac: Mac, ip: &frame::Ipv4<'_>, segment: &frame::Tcp) -> Action {
+        if segment.flags & TCP_RST != 0 {
+            self.stats.dropped_stale += 1;
+            return Action::Dropped(Drop::Stale);
+        }
+        let me = Endpoint {
+            mac: self.config.service_mac,
+            ip: self.config.service_ip,
+            port: segment.dst_port,
+        };
+        let them = Endpoint {
+            mac: src_mac,
+            ip: ip.src,
+            port: segment.src_port,
+        };
+        self.stats.resets += 1;
+        Action::Reply(frame::build_tcp_reset(me, them, segment))
     }
 
     fn hold(&mut self, frame: Vec<u8>, syn: Option<SynKey>) {

@@ -6,33 +6,26 @@ const MAC: Mac = [2, 0x4a, 10, 77, 0, 2];
 const CLIENT_MAC: Mac = [2, 0, 0, 0, 0, 1];
 
 fn syn(src_port: u16, seq: u32, dst: Ipv4Addr) -> Vec<u8> {
+    segment(src_port, seq, 0, TCP_SYN, &[], dst)
+}
+
+/// A TCP segment from the client (10.77.0.1) to `dst`:80.
+fn segment(src_port: u16, seq: u32, ack: u32, flags: u8, data: &[u8], dst: Ipv4Addr) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&MAC);
     f.extend_from_slice(&CLIENT_MAC);
     f.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    f.extend_from_slice(&[
-        0x45,
-        0,
-        0,
-        40,
-        0,
-        0,
-        0x40,
-        0,
-        64,
-        IPPROTO_TCP,
-        0,
-        0,
-        10,
-        77,
-        0,
-        1,
-    ]);
+    let total = (40 + data.len()) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, IPPROTO_TCP, 0, 0, 10, 77, 0, 1]);
     f.extend_from_slice(&dst.octets());
     f.extend_from_slice(&src_port.to_be_bytes());
     f.extend_from_slice(&80u16.to_be_bytes());
     f.extend_from_slice(&seq.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 0, 0x50, TCP_SYN, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(&ack.to_be_bytes());
+    f.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(data);
     f
 }
 
@@ -151,22 +144,63 @@ fn the_queue_drops_the_oldest_beyond_its_bounds() {
     assert_eq!(s.held_now(), 3);
 }
 
+/// The reset Synjitsu answers `frame` with: its IPv4 and TCP checksums
+/// hold, it goes back to the client, and its header fields are returned.
+fn reset_for(s: &mut Synjitsu, frame: &[u8]) -> frame::Tcp {
+    let v = s.on_frame(frame);
+    assert!(!v.boot, "an old connection's segment does not boot");
+    let Action::Reply(reply) = v.action else {
+        panic!("not answered: {v:?}")
+    };
+    let eth = frame::ethernet(&reply).unwrap();
+    assert_eq!((eth.dst, eth.src), (CLIENT_MAC, MAC));
+    let ip = frame::ipv4(eth.payload).unwrap();
+    assert_eq!((ip.src, ip.dst), (SERVICE, Ipv4Addr::new(10, 77, 0, 1)));
+    assert_eq!(frame::checksum(&[&eth.payload[..20]]), 0, "IPv4 checksum");
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&SERVICE.octets());
+    pseudo.extend_from_slice(&[10, 77, 0, 1, 0, IPPROTO_TCP, 0, 20]);
+    assert_eq!(frame::checksum(&[&pseudo, ip.payload]), 0, "TCP checksum");
+    let tcp = frame::tcp(ip.payload).unwrap();
+    assert_eq!((tcp.src_port, tcp.data_len), (80, 0));
+    tcp
+}
+
 #[test]
-fn segments_of_old_connections_neither_boot_nor_wait() {
+fn segments_of_old_connections_are_reset_without_booting() {
     let mut s = Synjitsu::new(Config::new(SERVICE, MAC));
-    let mut ack = syn(1000, 5, SERVICE);
-    ack[14 + 20 + 13] = TCP_ACK; // flags: a bare ACK
+    // A keep-alive client's next request: the reset takes its ACK as sequence.
+    let request = segment(
+        1000,
+        5,
+        9000,
+        TCP_ACK | 0x08,
+        b"GET / HTTP/1.1\r\n\r\n",
+        SERVICE,
+    );
+    let rst = reset_for(&mut s, &request);
+    assert_eq!((rst.dst_port, rst.flags, rst.seq), (1000, TCP_RST, 9000));
+    // Without an ACK: sequence 0, acknowledging the data and the FIN.
+    let fin = segment(1001, 100, 0, frame::TCP_FIN, b"abc", SERVICE);
+    let rst = reset_for(&mut s, &fin);
+    assert_eq!((rst.flags, rst.seq, rst.ack), (TCP_RST | TCP_ACK, 0, 104));
+    // A SYN-ACK answers a connection the old VM opened.
+    let syn_ack = segment(1002, u32::MAX, 77, TCP_SYN | TCP_ACK, &[], SERVICE);
+    assert_eq!(reset_for(&mut s, &syn_ack).seq, 77);
+    // A reset is never answered.
+    let rst_in = segment(1003, 5, 0, TCP_RST, &[], SERVICE);
     assert_eq!(
-        s.on_frame(&ack),
+        s.on_frame(&rst_in),
         Verdict {
             action: Action::Dropped(Drop::Stale),
             boot: false
         }
     );
-    assert_eq!(s.stats().dropped_stale, 1);
+    assert_eq!((s.stats().resets, s.stats().dropped_stale), (3, 1));
+    assert_eq!(s.held_now(), 0);
     assert!(
         s.on_frame(&syn(1000, 6, SERVICE)).boot,
-        "a new connection still boots"
+        "the client's new connection boots"
     );
 }
 
@@ -199,7 +233,35 @@ proptest! {
         }
         let st = s.stats();
         prop_assert_eq!(st.held - st.dropped_overflow, s.held_now() as u64);
-        let total = st.held + st.arp_replies + st.dropped_duplicate_syn + st.dropped_not_for_service + st.dropped_malformed + st.dropped_not_held + st.dropped_stale;
+        let total = st.held + st.arp_replies + st.resets + st.dropped_duplicate_syn + st.dropped_not_for_service + st.dropped_malformed + st.dropped_not_held + st.dropped_stale;
         prop_assert_eq!(total, frames.len() as u64, "every frame is accounted for once");
+    }
+}
+
+proptest! {
+    #[test]
+    fn every_non_syn_segment_gets_a_reset_that_follows_the_rfc(
+        seq in any::<u32>(), ack in any::<u32>(), flags in any::<u8>(),
+        data in proptest::collection::vec(any::<u8>(), 0..64), port in 1u16..,
+    ) {
+        let mut s = Synjitsu::new(Config::new(SERVICE, MAC));
+        let f = segment(port, seq, ack, flags, &data, SERVICE);
+        let v = s.on_frame(&f);
+        if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+            prop_assert_eq!(v.action, Action::Held);
+        } else if flags & TCP_RST != 0 {
+            prop_assert_eq!(v.action, Action::Dropped(Drop::Stale));
+        } else {
+            let mut s = Synjitsu::new(Config::new(SERVICE, MAC));
+            let rst = reset_for(&mut s, &f);
+            prop_assert_eq!(rst.dst_port, port);
+            prop_assert!(rst.flags & TCP_RST != 0);
+            if flags & TCP_ACK != 0 {
+                prop_assert_eq!((rst.seq, rst.flags), (ack, TCP_RST));
+            } else {
+                let len = data.len() as u32 + (flags & TCP_SYN != 0) as u32 + (flags & frame::TCP_FIN != 0) as u32;
+                prop_assert_eq!((rst.seq, rst.ack), (0, seq.wrapping_add(len)));
+            }
+        }
     }
 }

@@ -19,6 +19,17 @@ pub struct LazyHello {
 impl LazyHello {
     /// Starts a parked hello-http; `extra` goes to `jitsu run` (e.g. an idle timeout).
     pub fn start(extra: &[&str]) -> LazyHello {
+        LazyHello::start_kernel(&guest("hello-http"), &[], extra, Stdio::piped())
+    }
+
+    /// Starts a parked `kernel` (with `guest_args` on its command line),
+    /// its console on `stdout`.
+    pub fn start_kernel(
+        kernel: &std::path::Path,
+        guest_args: &[&str],
+        extra: &[&str],
+        stdout: Stdio,
+    ) -> LazyHello {
         let ns = NetNs::with_tap();
         let dir = tempfile::tempdir().expect("temp dir");
         let control = dir.path().join("control.sock");
@@ -27,8 +38,10 @@ impl LazyHello {
             .arg(&control)
             .args(extra)
             .args(ns.jitsu_net_args())
-            .arg(guest("hello-http"))
-            .stdout(Stdio::piped());
+            .arg(kernel)
+            .arg("--")
+            .args(guest_args)
+            .stdout(stdout);
         let monitor = Guarded::spawn(&mut cmd);
         let server = LazyHello {
             ns,

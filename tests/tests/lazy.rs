@@ -252,3 +252,156 @@ fn a_storm_of_syns_boots_once_and_stays_bounded() {
     );
     assert_eq!(server.status()["boots"], 1);
 }
+
+/// Parked for any time — never booted since start, or re-parked by idleness
+/// and then left for less than, as long as, or many times the idle timeout —
+/// the service answers its first SYN (no retransmission) and boots once.
+#[test]
+fn a_service_parked_for_any_time_answers_its_first_syn_and_boots_once() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let server = LazyHello::start(&["--idle-timeout", "1s"]);
+    let a = addr(&server);
+    let gaps = [3.0, 0.5, 1.0, 10.0];
+    for (n, factor) in (1u64..).zip(gaps) {
+        if n > 1 {
+            server.wait_until(|s| s["state"] == "parked" && s["boots"] == n - 1, TIMEOUT);
+        }
+        // The parking itself is the condition under test: time must pass.
+        std::thread::sleep(IDLE.mul_f64(factor));
+        let (reply, retrans) = server.ns.run_in(move || get(a));
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "parked {factor}x: {reply}"
+        );
+        assert_eq!(retrans, 0, "parked {factor}x the idle timeout: one SYN");
+        assert_eq!(
+            server.status()["boots"],
+            n,
+            "parked {factor}x the idle timeout: booted exactly once"
+        );
+    }
+}
+
+/// The idle clock of a VM starts at its boot: booted after a parking far
+/// longer than the timeout, it runs until it has been idle that long.
+#[test]
+fn the_idle_clock_starts_at_the_boot() {
+    let server = LazyHello::start(&["--idle-timeout", "2s"]);
+    std::thread::sleep(Duration::from_secs(5));
+    let booted = server.command("boot");
+    assert_eq!(booted["boots"], 1);
+    let status = server.wait_until(|s| s["state"] != "booting", TIMEOUT);
+    assert_eq!(
+        status["state"], "running",
+        "not parked again at once: {status}"
+    );
+    server.wait_until(|s| s["state"] == "parked", TIMEOUT);
+    assert_eq!(server.status()["boots"], 1);
+}
+
+/// One response on a keep-alive connection: the head, then Content-Length bytes.
+fn read_response(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        reply.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&reply).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    Ok(head + &String::from_utf8_lossy(&body))
+}
+
+/// A client that keeps its connection across a re-park (a keep-alive pool)
+/// is reset by Synjitsu on its next request, well before a second, so it
+/// reconnects at once; the new connection boots a fresh VM. Re-parked both
+/// by `control stop` and by idleness.
+#[test]
+fn a_kept_alive_connection_to_a_reparked_vm_is_reset_at_once() {
+    let server = LazyHello::start(&["--idle-timeout", "500ms"]);
+    let a = addr(&server);
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: lazy\r\n\r\n";
+    for (n, how) in (1u64..).zip(["stop", "idle"]) {
+        let mut stream = server
+            .ns
+            .run_in(move || TcpStream::connect_timeout(&a, TIMEOUT))
+            .unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(REQUEST).unwrap();
+        let first = read_response(&mut stream).expect("first response");
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        if how == "stop" {
+            assert_eq!(server.command("stop")["state"], "parked");
+        } else {
+            server.wait_until(|s| s["state"] == "parked" && s["boots"] == n, TIMEOUT);
+        }
+        // Without the reset the read would wait for TCP to give up.
+        stream
+            .set_read_timeout(Some(Duration::from_millis(900)))
+            .unwrap();
+        let asked = std::time::Instant::now();
+        stream.write_all(REQUEST).unwrap();
+        let err = read_response(&mut stream).expect_err("the old VM is gone");
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "re-parked by {how}: {err} after {:?}",
+            asked.elapsed()
+        );
+        eprintln!("re-parked by {how}: reset after {:?}", asked.elapsed());
+        let (reply, retrans) = server.ns.run_in(move || get(a));
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert_eq!(retrans, 0);
+        let status = server.status();
+        assert_eq!(status["boots"], n + 1, "{status}");
+        assert!(status["resets"].as_u64().unwrap() >= n, "{status}");
+    }
+}
+
+/// A console nobody drains (containerd restarting, a slow log reader) never
+/// holds up `control stop`, idle re-park or SIGTERM: what cannot be written
+/// is dropped and counted.
+#[test]
+fn a_console_nobody_reads_never_holds_up_stop_idle_or_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("console");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Held open read-write by the test and never read: full after 64 KiB.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let console = std::process::Stdio::from(held.try_clone().unwrap());
+    let mut server = LazyHello::start_kernel(
+        &jitsu_e2e::guest("abi-test"),
+        &["chatter"],
+        &["--idle-timeout", "1s"],
+        console,
+    );
+    let dropped = |s: &serde_json::Value| s["console_dropped_bytes"].as_u64().unwrap_or(0);
+    server.command("boot");
+    let full = server.wait_until(|s| dropped(s) > 0, TIMEOUT);
+    let stopped = server.command("stop");
+    assert_eq!(stopped["state"], "parked", "{stopped}");
+
+    server.command("boot");
+    server.wait_until(|s| dropped(s) > dropped(&full), TIMEOUT);
+    let idled = server.wait_until(|s| s["state"] == "parked" && s["boots"] == 2, TIMEOUT);
+
+    server.command("boot");
+    server.wait_until(|s| dropped(s) > dropped(&idled), TIMEOUT);
+    let pid = nix::unistd::Pid::from_raw(server.monitor.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = server.monitor.wait_timeout(TIMEOUT);
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    drop(held);
+}

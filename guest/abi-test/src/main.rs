@@ -35,6 +35,15 @@ fn main(boot: &Boot) -> i32 {
                 core::hint::spin_loop();
             }
         }
+        "chatter" => {
+            // A guest that logs without end, as a busy server's access log
+            // does: the console must never hold the monitor up.
+            let mut line = 0u64;
+            loop {
+                println!("chatter {line:>12} ................................................................");
+                line += 1;
+            }
+        }
         "panic" => panic!("deliberate panic from abi-test"),
         "crash" => crash(),
         "bad-buffer" => {

@@ -22,6 +22,7 @@ use synjitsu::Synjitsu;
 use thiserror::Error;
 
 use crate::clock;
+use crate::devices::console::Console;
 use crate::devices::tap::Tap;
 use crate::report::RunReport;
 use crate::vm::{ParkedVm, RunningVm, Vm, VmConfig, VmError};
@@ -96,6 +97,10 @@ pub struct Status {
     pub held_frames: u64,
     pub dropped_frames: u64,
     pub arp_replies: u64,
+    /// Segments of connections to an earlier VM that Synjitsu reset.
+    pub resets: u64,
+    /// Console bytes dropped because nobody read the monitor's stdout.
+    pub console_dropped_bytes: u64,
     pub last_packet_unix_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
 }
@@ -437,6 +442,8 @@ impl Supervisor {
             held_frames: stats.held,
             dropped_frames: stats.dropped(),
             arp_replies: stats.arp_replies,
+            resets: stats.resets,
+            console_dropped_bytes: Console::stdout().dropped_bytes(),
             last_packet_unix_ms: (last_packet != 0).then(|| clock::unix_ms(last_packet)),
             idle_timeout_ms: self.config.idle_timeout.map(|d| d.as_millis() as u64),
         }
