@@ -4,6 +4,7 @@
 //! that was killed).
 
 use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -227,14 +228,23 @@ async fn plug(id: &str, tap: &str, netns: Option<PathBuf>) -> Result<Network, St
     }
 }
 
-/// `jitsu run --lazy ...` for the unikernel of `record`.
-fn monitor_command(spec: &UnikernelSpec, record: &Record, bundle: &Path) -> std::process::Command {
+/// `jitsu run --lazy ...` for the unikernel of `record`; it reports on
+/// `ready` (the write end of a pipe, inherited) once parked.
+fn monitor_command(
+    spec: &UnikernelSpec,
+    record: &Record,
+    bundle: &Path,
+    ready: BorrowedFd<'_>,
+) -> std::process::Command {
     let control = control_path(&record.id);
     let mut cmd = std::process::Command::new(jitsu_bin());
     cmd.args(["run", "--lazy", "--die-with-parent", "--mem"])
         .arg(spec.mem.to_string())
         .arg("--control")
-        .arg(&control);
+        .arg(&control)
+        .arg("--ready-fd")
+        .arg(ready.as_raw_fd().to_string());
+    inherit(&mut cmd, ready.as_raw_fd());
     match &record.network {
         Network::Bridge { tap, ip } => {
             cmd.args(["--net", tap, "--ip", &format!("{ip}/{PREFIX}")])
@@ -267,6 +277,22 @@ fn monitor_command(spec: &UnikernelSpec, record: &Record, bundle: &Path) -> std:
         cmd.arg("--").args(spec.cmdline.split_whitespace());
     }
     cmd
+}
+
+/// Lets the child keep `fd` across exec (everything the shim opens is
+/// close-on-exec, so no other child inherits it).
+fn inherit(cmd: &mut std::process::Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; fcntl is
+    // async-signal-safe and touches only the child's descriptor table.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The TAP of a container: `jt` and the first alphanumerics of its id.
@@ -312,34 +338,65 @@ impl Container {
             record.clean_up().await;
             return Err(format!("saving state: {e}"));
         }
-        let cmd = monitor_command(&spec, &record, bundle);
-        let mut c = Container::spawn(record, cmd, stdio).await?;
+        let (ready, ready_tx) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                record.clean_up().await;
+                return Err(format!("a pipe for the monitor: {e}"));
+            }
+        };
+        let cmd = monitor_command(&spec, &record, bundle, ready_tx.as_fd());
+        let spawned = Container::spawn(record, cmd, stdio).await;
+        drop(ready_tx);
+        let mut c = spawned?;
         c.eager = spec.boot == BootPolicy::Eager;
-        if let Err(e) = c.wait_until_parked().await {
+        if let Err(e) = c.wait_until_parked(ready).await {
             c.record.clean_up().await;
             return Err(e);
         }
         Ok(c)
     }
 
-    /// Waits until the monitor serves its control socket: it has checked
-    /// the ELF and parked the VM, so a task that is created works, and one
-    /// that cannot (a bad ELF) fails here with its exit status.
-    async fn wait_until_parked(&self) -> Result<(), String> {
-        let deadline = tokio::time::Instant::now() + PARK_TIMEOUT;
-        loop {
-            if let Some((code, _)) = self.exit_now() {
-                return Err(format!(
-                    "the monitor exited with status {code} before parking (its reason is in the container's log)"
-                ));
-            }
-            if tokio::net::UnixStream::connect(&self.control).await.is_ok() {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(format!("the monitor did not park within {PARK_TIMEOUT:?}"));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    /// Waits for the monitor's word on `ready`: it has checked the ELF and
+    /// parked the VM, so a task that is created works, and one that cannot
+    /// (a bad ELF in a good image) fails here with the monitor's reason.
+    async fn wait_until_parked(&self, ready: OwnedFd) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(ready)
+            .map_err(|e| format!("the monitor's readiness pipe: {e}"))?;
+        let mut said = String::new();
+        // Bounded: a line of text, then the monitor closes its end.
+        let read = tokio::time::timeout(PARK_TIMEOUT, async {
+            (&mut pipe).take(4096).read_to_string(&mut said).await
+        });
+        match read.await {
+            Err(_) => return Err(format!("the monitor did not park within {PARK_TIMEOUT:?}")),
+            Ok(Err(e)) => return Err(format!("reading the monitor's readiness: {e}")),
+            Ok(Ok(_)) => {}
+        }
+        match said.trim_end() {
+            "parked" => Ok(()),
+            line => match line.strip_prefix("error: ") {
+                Some(reason) => Err(format!("the unikernel cannot be parked: {reason}")),
+                None => {
+                    let mut exit = self.exit.clone();
+                    let code = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        exit.wait_for(Option::is_some),
+                    )
+                    .await
+                    .ok()
+                    .and_then(|e| e.ok().and_then(|e| e.map(|(code, _)| code)));
+                    Err(match code {
+                        Some(code) => {
+                            format!("the monitor exited with status {code} before parking")
+                        }
+                        None => format!(
+                            "the monitor ended its readiness report without parking: {line:?}"
+                        ),
+                    })
+                }
+            },
         }
     }
 

@@ -133,6 +133,32 @@ impl Containerd {
         self.import(namespace, &archive);
     }
 
+    /// Imports an image of `kernel` (any bytes: `jitsu pack` would refuse a
+    /// bad ELF, a hostile image need not come from it) as `name`.
+    pub fn import_kernel_bytes(&self, name: &str, kernel: &[u8]) {
+        use jitsu_runtime::spec::{archive, Metadata, METADATA_FILE};
+        let metadata = Metadata::new("/unikernel.elf");
+        let json = metadata.to_json();
+        let files = [
+            archive::File {
+                path: "unikernel.elf",
+                mode: 0o755,
+                data: kernel,
+            },
+            archive::File {
+                path: METADATA_FILE,
+                mode: 0o644,
+                data: json.as_bytes(),
+            },
+        ];
+        let reference = archive::normalize_reference(name);
+        let bytes = archive::image_archive(&files, metadata.labels(), "/unikernel.elf", &reference)
+            .expect("an image archive");
+        let path = self.dir.path().join("image.tar");
+        std::fs::write(&path, bytes).unwrap();
+        self.import("default", &path);
+    }
+
     /// `ctr images import` of an OCI archive into `namespace`.
     pub fn import(&self, namespace: &str, archive: &Path) {
         let out = self.ctr_in(namespace, &["images", "import", archive.to_str().unwrap()]);

@@ -182,6 +182,25 @@ fn a_bad_image_or_annotation_fails_create_with_the_reason() {
     assert_clean(&c);
 }
 
+/// The image is well formed but its ELF is not: Create fails with the
+/// monitor's own reason, and no task is left to exit at once.
+#[test]
+fn a_bad_elf_in_a_good_image_fails_create_with_the_monitors_reason() {
+    let c = Containerd::start();
+    let elf = std::fs::read(jitsu_e2e::guest("hello-http")).unwrap();
+    c.import_kernel_bytes("jitsu/broken:latest", &elf[..elf.len() / 2]);
+    let out = c.run_jitsu("docker.io/jitsu/broken:latest", "b1", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot be parked") && err.contains("truncated ELF"),
+        "{err}"
+    );
+    assert_eq!(c.task_status("b1"), None, "no task was created");
+    let _ = c.ctr(&["container", "delete", "b1"]);
+    assert_clean(&c);
+}
+
 #[test]
 fn exec_and_pause_are_refused_clearly() {
     let c = Containerd::start();

@@ -67,6 +67,11 @@ pub struct RunArgs {
     /// Kubernetes pod's namespace.
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
+    /// With --lazy: once the VM is parked (or setup failed), write `parked`
+    /// (or `error: REASON`) and a newline to this inherited descriptor and
+    /// close it: how the shim knows a task is ready, or why it is not.
+    #[arg(long, value_name = "FD", requires = "lazy")]
+    ready_fd: Option<i32>,
     /// The unikernel ELF.
     kernel: PathBuf,
     /// Command line handed to the guest.
@@ -75,6 +80,41 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
+    let mut ready = args.ready_fd.map(Ready::adopt).transpose()?;
+    let result = run_monitor(args, start, start_monotonic, &mut ready);
+    if let (Some(ready), Err(err)) = (ready, &result) {
+        ready.report(&format!("error: {err:#}"));
+    }
+    result
+}
+
+/// The parent's end of `--ready-fd`: told once, then closed.
+struct Ready(std::fs::File);
+
+impl Ready {
+    fn adopt(fd: i32) -> Result<Ready> {
+        use std::os::fd::FromRawFd;
+        // Only a descriptor that is open, and not one of the standard three.
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+        anyhow::ensure!(open, "--ready-fd {fd} is not an open descriptor");
+        // SAFETY: the descriptor is open, and nothing else in this process
+        // owns it: it was inherited for this one purpose.
+        Ok(Ready(unsafe { std::fs::File::from_raw_fd(fd) }))
+    }
+
+    fn report(mut self, line: &str) {
+        use std::io::Write;
+        let _ = writeln!(self.0, "{line}");
+    }
+}
+
+fn run_monitor(
+    args: RunArgs,
+    start: Instant,
+    start_monotonic: u64,
+    ready: &mut Option<Ready>,
+) -> Result<u8> {
     if args.die_with_parent {
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
             .context("PR_SET_PDEATHSIG")?;
@@ -124,7 +164,7 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
                 }),
             },
         };
-        return run_lazy(lazy, &args.kernel);
+        return run_lazy(lazy, &args.kernel, ready);
     }
     let vm = Vm::create(&kernel, &config, start)
         .with_context(|| format!("{}", args.kernel.display()))?;
@@ -153,11 +193,14 @@ fn termination_signals() -> Result<SignalFd> {
 
 /// Keeps the unikernel parked, booting it on demand, until a signal or
 /// until the guest ends by itself.
-fn run_lazy(config: LazyConfig, kernel: &std::path::Path) -> Result<u8> {
+fn run_lazy(config: LazyConfig, kernel: &std::path::Path, ready: &mut Option<Ready>) -> Result<u8> {
     let signal_fd = termination_signals()?;
     let mut supervisor =
         Supervisor::new(config).with_context(|| format!("{}", kernel.display()))?;
     tracing::info!("parked; waiting for a packet or a boot command");
+    if let Some(ready) = ready.take() {
+        ready.report("parked");
+    }
     match supervisor
         .serve(signal_fd.as_fd())
         .with_context(|| format!("{}", kernel.display()))?

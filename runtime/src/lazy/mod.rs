@@ -125,20 +125,11 @@ impl Supervisor {
         let net = config.vm.net.clone().ok_or(LazyError::NoNetwork)?;
         let mut synjitsu_config = synjitsu::Config::new(net.ipv4, net.mac);
         synjitsu_config.hold = config.hold;
-        let control = match &config.control {
-            Some(path) => Some(
-                ControlServer::bind(path).map_err(|source| LazyError::Control {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            ),
-            None => None,
-        };
         let mut supervisor = Supervisor {
             tap: net.tap,
             synjitsu: Synjitsu::new(synjitsu_config),
             state: None,
-            control,
+            control: None,
             boots: 0,
             last_boot_latency: None,
             last_packet_ns: 0,
@@ -148,6 +139,14 @@ impl Supervisor {
             config,
         };
         supervisor.park()?;
+        // Bound only now: a client that reaches the socket finds a parked VM.
+        if let Some(path) = &supervisor.config.control {
+            let control = ControlServer::bind(path).map_err(|source| LazyError::Control {
+                path: path.display().to_string(),
+                source,
+            })?;
+            supervisor.control = Some(control);
+        }
         if let Some(reg) = &supervisor.config.registry {
             let agent = RegistryAgent::start(reg.socket.clone(), supervisor.service()).map_err(
                 |source| LazyError::Control {
