@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hickory_proto::op::{Header, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
@@ -139,12 +139,9 @@ impl Handler {
         let Some(client) = self.directory.client() else {
             return;
         };
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let name = service.to_string();
         let request = async move {
-            match registry::request_boot(&client, &name, stamp).await {
+            match registry::request_boot(&client, &name).await {
                 Ok(true) => tracing::info!(service = %name, "boot requested by a lookup"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(service = %name, %e, "boot request failed"),

@@ -31,13 +31,6 @@ pub fn unix_ms(ns: u64) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Milliseconds since the Unix epoch, from the wall clock itself.
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// When a guest was asked to boot and when its first instruction ran, shared
 /// between the supervisor and the vCPU thread.
 #[derive(Debug, Default)]

@@ -117,6 +117,26 @@ impl Node {
             .cloned()
     }
 
+    /// The monitor's answer to a control command.
+    pub fn control(&self, command: &str) -> serde_json::Value {
+        let reply = crate::lazy::try_request(&self.control, command)
+            .unwrap_or_else(|e| panic!("control {command}: {e}"));
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
+    }
+
+    /// Polls the monitor's status until `pred` holds.
+    pub fn wait_status(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.control("status");
+            if pred(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "status never matched: {status}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn wait_state(&self, state: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -275,29 +275,48 @@ fn the_entry_goes_when_the_monitor_ends() {
     );
 }
 
+/// A boot request names the parking it is for: one for an earlier
+/// generation (a late watch event, a lookup from before a re-park) or one
+/// that names none is ignored; one for the current generation boots. No
+/// wall clock is compared, so an NTP step cannot disable booting on lookup.
 #[test]
-fn a_boot_request_from_before_the_parking_is_ignored() {
+fn a_boot_request_for_another_parking_is_ignored() {
     let node = Node::start(false, &[]);
-    let write = |value: &str| {
+    let ignored = |s: &serde_json::Value| s["boot_requests_ignored"].as_u64().unwrap();
+    // Each request waits until the monitor has seen the one before.
+    let request = |value: &str| {
+        let before = ignored(&node.control("status"));
         assert!(xenstore_write(
             &node.xenstore,
             "/jitsu/services/hello/boot",
             value
         ));
+        before
     };
-    write("1"); // 1970: older than this parking
-    std::thread::sleep(Duration::from_millis(300));
+    let parked = node.wait_state("parked");
+    assert_eq!(parked["generation"], 1, "{parked}");
+    for stale in ["0", "2", "1796127386318", "soon"] {
+        let before = request(stale);
+        node.wait_status(|s| ignored(s) > before);
+    }
     assert_eq!(
-        node.hello().unwrap()["boots"],
+        node.control("status")["boots"],
         0,
-        "a stale request must not boot"
+        "a request for another parking must not boot"
     );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    write(&now_ms.to_string());
-    assert_eq!(node.wait_state("running")["boots"], 1);
+    request("1");
+    let running = node.wait_state("running");
+    assert_eq!(running["boots"], 1);
+    assert_eq!(running["generation"], 1, "a boot does not start a parking");
+    node.control("stop");
+    let reparked = node.wait_state("parked");
+    assert_eq!(reparked["generation"], 2, "{reparked}");
+    let before = request("1");
+    node.wait_status(|s| ignored(s) > before);
+    assert_eq!(node.control("status")["boots"], 1, "generation 1 is over");
+    // A lookup asks for the current generation.
+    assert_eq!(answers(&node.dig("hello.jitsu.internal", "A", &[])), 1);
+    assert_eq!(node.wait_state("running")["boots"], 2);
 }
 
 #[test]

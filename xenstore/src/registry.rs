@@ -3,11 +3,17 @@
 //!
 //! ```text
 //! /jitsu/services/<name>/ip        "10.77.0.2"
-//!                       /state     parked | booting | running | stopping
-//!                       /boot      written to request a boot (a timestamp)
+//!                       /state     parked | booting | running (one writer: the monitor)
+//!                       /generation  which parking this is: 1 at the first, +1 at each
+//!                       /boot      a boot request, tagged with the generation it is for
 //!                       /owner     who registered it (monitor pid, container id)
 //!                       /stats/boots, /stats/last_boot_us, /stats/last_packet_ms
 //! ```
+//!
+//! A boot request names the parking it was made for, not a time: the
+//! monitor boots only for its current generation, so a request that arrives
+//! late (after the service ran and was parked again) is recognised without
+//! comparing clocks across processes, and an NTP step changes nothing.
 
 use std::net::Ipv4Addr;
 
@@ -38,6 +44,7 @@ pub struct Service {
     pub name: String,
     pub ip: Option<Ipv4Addr>,
     pub state: String,
+    pub generation: u64,
     pub owner: String,
     pub boots: u64,
     pub last_boot_us: Option<u64>,
@@ -50,6 +57,7 @@ impl Service {
         vec![
             ("ip", self.ip.map(|ip| ip.to_string()).unwrap_or_default()),
             ("state", self.state.clone()),
+            ("generation", self.generation.to_string()),
             ("owner", self.owner.clone()),
             ("stats/boots", self.boots.to_string()),
             (
@@ -83,15 +91,31 @@ pub async fn publish(client: &Client, service: &Service) -> Result<(), ClientErr
         .await
 }
 
-/// Writes only what changed since `old`.
+/// Writes what changed since `old`, in one transaction: a reader sees a
+/// state together with the generation it belongs to.
 pub async fn update(client: &Client, old: &Service, new: &Service) -> Result<(), ClientError> {
     let base = service_path(&new.name);
-    for ((key, before), (_, after)) in old.entries().into_iter().zip(new.entries()) {
-        if before != after {
-            client.write(&format!("{base}/{key}"), after).await?;
-        }
+    let changed: Vec<(&'static str, String)> = old
+        .entries()
+        .into_iter()
+        .zip(new.entries())
+        .filter(|(before, after)| before != after)
+        .map(|(_, after)| after)
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    client
+        .transact(|tx| {
+            let (base, changed) = (base.clone(), changed.clone());
+            async move {
+                for (key, value) in changed {
+                    tx.write(&format!("{base}/{key}"), value).await?;
+                }
+                Ok(())
+            }
+        })
+        .await
 }
 
 pub async fn remove(client: &Client, name: &str) -> Result<(), ClientError> {
@@ -117,6 +141,9 @@ pub async fn read(client: &Client, name: &str) -> Result<Option<Service>, Client
         name: name.to_string(),
         ip: text(read_opt(client, &format!("{base}/ip")).await?).and_then(|s| s.parse().ok()),
         state,
+        generation: text(read_opt(client, &format!("{base}/generation")).await?)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
         owner: read_opt(client, &format!("{base}/owner"))
             .await?
             .unwrap_or_default(),
@@ -148,25 +175,37 @@ pub async fn read_all(client: &Client) -> Result<Vec<Service>, ClientError> {
 }
 
 /// Asks for a boot of a parked service: in one transaction, if its state is
-/// `parked`, set it to `booting` and write `boot`. However many ask at once,
-/// one of them writes (the others see `booting` on their retry). Returns
-/// whether this call was the one.
-pub async fn request_boot(client: &Client, name: &str, stamp: u64) -> Result<bool, ClientError> {
+/// `parked`, write its current generation to `boot`. The monitor boots once
+/// per generation, however many ask; a request already made for this
+/// generation is not written again. Returns whether this call wrote it.
+pub async fn request_boot(client: &Client, name: &str) -> Result<bool, ClientError> {
     let base = service_path(name);
     client
         .transact(|tx| {
             let base = base.clone();
             async move {
-                let state = tx.read(&format!("{base}/state")).await?;
-                if state != b"parked" {
+                if tx.read(&format!("{base}/state")).await? != b"parked" {
                     return Ok(false);
                 }
-                tx.write(&format!("{base}/state"), "booting").await?;
-                tx.write(&format!("{base}/boot"), stamp.to_string()).await?;
+                let generation = tx.read(&format!("{base}/generation")).await?;
+                let asked = match tx.read(&format!("{base}/boot")).await {
+                    Ok(value) => value == generation,
+                    Err(ClientError::Xs(XsError::NoEnt)) => false,
+                    Err(e) => return Err(e),
+                };
+                if asked {
+                    return Ok(false);
+                }
+                tx.write(&format!("{base}/boot"), generation).await?;
                 Ok(true)
             }
         })
         .await
+}
+
+/// The generation a `boot` value asks for; `None` if it is not one.
+pub fn parse_boot_request(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 #[cfg(test)]

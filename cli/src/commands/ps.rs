@@ -67,6 +67,7 @@ fn json(s: &Service, now_ms: u64) -> serde_json::Value {
         "name": s.name,
         "address": s.ip.map(|ip| ip.to_string()),
         "state": s.state,
+        "generation": s.generation,
         "boots": s.boots,
         "last_boot_us": s.last_boot_us,
         "idle_for_ms": s.last_packet_ms.map(|ms| now_ms.saturating_sub(ms)),

@@ -101,6 +101,10 @@ pub struct Status {
     pub resets: u64,
     /// Console bytes dropped because nobody read the monitor's stdout.
     pub console_dropped_bytes: u64,
+    /// Which parking this is: 1 at the first, one more at each re-park.
+    pub generation: u64,
+    /// Boot requests through the registry that were for another parking.
+    pub boot_requests_ignored: u64,
     pub last_packet_unix_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
 }
@@ -116,8 +120,10 @@ pub struct Supervisor {
     last_packet_ns: u64,
     agent: Option<RegistryAgent>,
     published: Option<(Service, Instant)>,
-    /// When the current parking began (ms since the epoch).
-    parked_since_ms: u64,
+    /// Which parking this is (1 at the first): boot requests name it.
+    generation: u64,
+    /// Registry boot requests for another parking (or none), ignored.
+    boot_requests_ignored: u64,
 }
 
 impl Supervisor {
@@ -135,7 +141,8 @@ impl Supervisor {
             last_packet_ns: 0,
             agent: None,
             published: None,
-            parked_since_ms: 0,
+            generation: 0,
+            boot_requests_ignored: 0,
             config,
         };
         supervisor.park()?;
@@ -161,8 +168,7 @@ impl Supervisor {
     }
 
     fn park(&mut self) -> Result<(), LazyError> {
-        // Requesters stamp with their wall clock, so compare with ours.
-        self.parked_since_ms = clock::unix_now_ms();
+        self.generation += 1;
         let vm = Vm::create(&self.config.kernel, &self.config.vm, Instant::now())?;
         self.state = Some(State::Parked(vm.park()?));
         Ok(())
@@ -197,24 +203,20 @@ impl Supervisor {
         }
     }
 
-    /// A boot asked for through the registry, unless it predates this parking.
+    /// A boot asked for through the registry, if it is for this parking.
     fn registry_boot(&mut self) {
-        let Some(stamp) = self
+        let Some(requested) = self
             .agent
             .as_ref()
             .and_then(RegistryAgent::take_boot_request)
         else {
             return;
         };
-        // The requester may have written a state; publish the true one.
-        self.published = None;
-        if !matches!(self.state, Some(State::Parked(_))) {
-            return;
-        }
-        if stamp < self.parked_since_ms {
+        if !matches!(self.state, Some(State::Parked(_))) || requested != self.generation {
+            self.boot_requests_ignored += 1;
             tracing::debug!(
-                stamp,
-                parked_since = self.parked_since_ms,
+                requested,
+                generation = self.generation,
                 "stale boot request"
             );
             return;
@@ -291,6 +293,7 @@ impl Supervisor {
             name: reg.map(|r| r.name.clone()).unwrap_or_default(),
             ip: self.config.vm.net.as_ref().map(|n| n.ipv4),
             state: status.state.to_string(),
+            generation: self.generation,
             owner: reg.map(|r| r.owner.clone()).unwrap_or_default(),
             boots: status.boots,
             last_boot_us: status.last_boot_latency_us,
@@ -443,6 +446,8 @@ impl Supervisor {
             arp_replies: stats.arp_replies,
             resets: stats.resets,
             console_dropped_bytes: Console::stdout().dropped_bytes(),
+            generation: self.generation,
+            boot_requests_ignored: self.boot_requests_ignored,
             last_packet_unix_ms: (last_packet != 0).then(|| clock::unix_ms(last_packet)),
             idle_timeout_ms: self.config.idle_timeout.map(|d| d.as_millis() as u64),
         }

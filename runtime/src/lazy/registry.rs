@@ -25,8 +25,8 @@ enum Message {
 pub struct RegistryAgent {
     tx: mpsc::UnboundedSender<Message>,
     boot_requested: Arc<EventFd>,
-    /// The `boot` value of the latest request (milliseconds since the epoch).
-    requested_at: Arc<AtomicU64>,
+    /// The generation the latest boot request is for.
+    requested_for: Arc<AtomicU64>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -38,18 +38,20 @@ impl RegistryAgent {
         )?);
         let (tx, rx) = mpsc::unbounded_channel();
         let wake = boot_requested.clone();
-        let requested_at = Arc::new(AtomicU64::new(0));
-        let stamp = requested_at.clone();
+        let requested_for = Arc::new(AtomicU64::new(0));
+        let generation = requested_for.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let thread = thread::Builder::new()
             .name("registry".into())
-            .spawn(move || runtime.block_on(agent(socket, service, rx, Waker { wake, stamp })))?;
+            .spawn(move || {
+                runtime.block_on(agent(socket, service, rx, Waker { wake, generation }))
+            })?;
         Ok(RegistryAgent {
             tx,
             boot_requested,
-            requested_at,
+            requested_for,
             thread: Some(thread),
         })
     }
@@ -59,14 +61,14 @@ impl RegistryAgent {
         self.boot_requested.as_fd()
     }
 
-    /// The time (ms since the epoch) of a boot requested since the last
-    /// call, if any. The caller compares it with when it parked: a request
-    /// from an earlier parking (its event can arrive late) is stale.
+    /// The generation of a boot requested since the last call, if any. The
+    /// caller compares it with its own: a request for an earlier parking
+    /// (its event can arrive late) is stale.
     pub fn take_boot_request(&self) -> Option<u64> {
         self.boot_requested
             .read()
             .ok()
-            .map(|_| self.requested_at.load(Ordering::Acquire))
+            .map(|_| self.requested_for.load(Ordering::Acquire))
     }
 
     pub fn publish(&self, service: Service) {
@@ -88,7 +90,7 @@ const RETRY: Duration = Duration::from_millis(50);
 /// How the agent tells the supervisor about a boot request.
 struct Waker {
     wake: Arc<EventFd>,
-    stamp: Arc<AtomicU64>,
+    generation: Arc<AtomicU64>,
 }
 
 async fn agent(
@@ -168,11 +170,10 @@ async fn serve(
                 }
                 match client.read(&boot_path).await {
                     Ok(value) if !value.is_empty() => {
-                        // A requester may have written the state (`booting`);
-                        // whatever the monitor publishes next must overwrite it.
-                        published.state.clear();
-                        let stamp = String::from_utf8_lossy(&value).parse().unwrap_or(u64::MAX);
-                        wake.stamp.store(stamp, Ordering::Release);
+                        // Generation 0 is no parking's: the supervisor ignores
+                        // (and counts) a request that names none.
+                        let generation = registry::parse_boot_request(&value).unwrap_or(0);
+                        wake.generation.store(generation, Ordering::Release);
                         let _ = wake.wake.write(1);
                     }
                     Ok(_) | Err(jitsu_xenstore::ClientError::Xs(_)) => {}
