@@ -3,7 +3,6 @@
 //! what is left on disk (so a later `shim delete` can clean up after a shim
 //! that was killed).
 
-use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,123 +10,12 @@ use std::process::Stdio;
 use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
 use containerd_shim::monitor::{Subject, Topic};
 use jitsu_runtime::spec::{BootPolicy, Metadata, UnikernelSpec, METADATA_FILE};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::network::bridge::{self, Ipam, GATEWAY, PREFIX};
-use crate::network::pod::{self, PodLink};
-
-/// Where shim state lives: `$JITSU_STATE_DIR`, else `/run/jitsu`.
-pub fn state_dir() -> PathBuf {
-    std::env::var_os("JITSU_STATE_DIR").map_or_else(|| PathBuf::from("/run/jitsu"), PathBuf::from)
-}
-
-/// The monitor's control socket of container `id`.
-fn control_path(id: &str) -> PathBuf {
-    state_dir().join(id).join("control.sock")
-}
-
-/// What must be undone for a container, kept in `<state>/<id>/state.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub rootfs_mounted: bool,
-    pub network: Network,
-    pub monitor_pid: Option<u32>,
-    pub dns_name: Option<String>,
-}
-
-/// Where the container's frames go.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Network {
-    /// A pod sandbox: it only holds the pod's namespace (if the pod has one).
-    Sandbox { netns: Option<PathBuf> },
-    /// A TAP on the node's `jitsu0` bridge, an address from the node range.
-    Bridge { tap: String, ip: Ipv4Addr },
-    /// A TAP in the pod's namespace, joined to its `eth0`.
-    Pod {
-        netns: PathBuf,
-        tap: String,
-        link: PodLink,
-    },
-}
-
-impl Network {
-    /// The guest's address, if it has one.
-    pub fn ip(&self) -> Option<Ipv4Addr> {
-        match self {
-            Network::Sandbox { .. } => None,
-            Network::Bridge { ip, .. } => Some(*ip),
-            Network::Pod { link, .. } => Some(link.ip),
-        }
-    }
-
-    async fn tear_down(&self) {
-        let result = match self {
-            Network::Sandbox { .. } => Ok(()),
-            Network::Bridge { tap, ip } => {
-                Ipam::new(&state_dir()).release(*ip);
-                bridge::unplug_tap(tap).await
-            }
-            Network::Pod { netns, tap, .. } => pod::unwire(netns, tap).await,
-        };
-        if let Err(e) = result {
-            tracing::warn!(%e, "removing the network");
-        }
-    }
-}
-
-impl Record {
-    fn path(id: &str) -> PathBuf {
-        state_dir().join(id).join("state.json")
-    }
-
-    pub fn save(&self) -> std::io::Result<()> {
-        let path = Record::path(&self.id);
-        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        std::fs::write(path, serde_json::to_vec(self)?)
-    }
-
-    pub fn load(id: &str) -> Option<Record> {
-        serde_json::from_slice(&std::fs::read(Record::path(id)).ok()?).ok()
-    }
-
-    /// Undoes everything: the process, the TAP, the address, the rootfs
-    /// mount, the registry entry and the state files. Safe to repeat.
-    pub async fn clean_up(&self) {
-        if let Some(pid) = self.monitor_pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        self.network.tear_down().await;
-        if self.rootfs_mounted {
-            let _ = nix::mount::umount2(
-                &self.bundle.join("rootfs"),
-                nix::mount::MntFlags::MNT_DETACH,
-            );
-        }
-        if let Some(name) = &self.dns_name {
-            // A monitor killed outright could not remove its own entry.
-            let socket = jitsu_xenstore::server::default_socket_path();
-            if let Ok(Ok(client)) = tokio::time::timeout(
-                std::time::Duration::from_millis(500),
-                jitsu_xenstore::Client::connect(&socket),
-            )
-            .await
-            {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(500),
-                    jitsu_xenstore::registry::remove(&client, name),
-                )
-                .await;
-            }
-        }
-        let _ = std::fs::remove_dir_all(state_dir().join(&self.id));
-    }
-}
+use crate::network::bridge::{GATEWAY, PREFIX};
+use crate::network::Network;
+use crate::process::Process;
+use crate::state::{ContainerKey, Record, StateError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -148,6 +36,8 @@ pub struct Container {
     pub eager: bool,
     pub status: Status,
     pub pid: u32,
+    /// The container's process, to signal safely (None: it ended at once).
+    pub process: Option<Process>,
     pub stdout: String,
     pub stderr: String,
     pub exit: watch::Receiver<Exit>,
@@ -200,34 +90,6 @@ fn stdio(path: &str) -> Result<Stdio, String> {
     Ok(Stdio::from(file))
 }
 
-/// The container's network: in the pod's namespace, else on the bridge.
-async fn plug(id: &str, tap: &str, netns: Option<PathBuf>) -> Result<Network, String> {
-    match netns {
-        Some(netns) => {
-            let link = pod::wire(&netns, tap).await?;
-            Ok(Network::Pod {
-                netns,
-                tap: tap.into(),
-                link,
-            })
-        }
-        None => {
-            let ip = Ipam::new(&state_dir()).allocate(id)?;
-            let network = Network::Bridge {
-                tap: tap.into(),
-                ip,
-            };
-            match bridge::plug_tap(tap).await {
-                Ok(()) => Ok(network),
-                Err(e) => {
-                    network.tear_down().await;
-                    Err(e)
-                }
-            }
-        }
-    }
-}
-
 /// `jitsu run --lazy ...` for the unikernel of `record`; it reports on
 /// `ready` (the write end of a pipe, inherited) once parked.
 fn monitor_command(
@@ -236,7 +98,7 @@ fn monitor_command(
     bundle: &Path,
     ready: BorrowedFd<'_>,
 ) -> std::process::Command {
-    let control = control_path(&record.id);
+    let control = record.key.control_path();
     let mut cmd = std::process::Command::new(jitsu_bin());
     cmd.args(["run", "--lazy", "--die-with-parent", "--mem"])
         .arg(spec.mem.to_string())
@@ -295,39 +157,28 @@ fn inherit(cmd: &mut std::process::Command, fd: RawFd) {
     }
 }
 
-/// The TAP of a container: `jt` and the first alphanumerics of its id.
-fn tap_name(id: &str) -> String {
-    let tail: String = id
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(12)
-        .collect();
-    format!("jt{tail}")
-}
-
 impl Container {
     /// Parks the unikernel: network, monitor (`jitsu run --lazy`), no guest
     /// instruction yet. With `netns` (a pod's) the guest takes over the
     /// pod's `eth0`; without, it gets a TAP on the node's bridge.
     pub async fn create(
-        id: &str,
+        key: ContainerKey,
         bundle: &Path,
         spec: UnikernelSpec,
         rootfs_mounted: bool,
         netns: Option<PathBuf>,
         stdio: (&str, &str),
     ) -> Result<Container, String> {
-        let tap = tap_name(id);
         let mut record = Record {
-            id: id.into(),
+            key,
             bundle: bundle.into(),
             rootfs_mounted,
             network: Network::Sandbox { netns: None },
-            monitor_pid: None,
+            process: None,
             dns_name: spec.dns_name.clone(),
         };
-        record.save().map_err(|e| format!("saving state: {e}"))?;
-        match plug(id, &tap, netns).await {
+        claim(&record).await?;
+        match Network::plug(&record.key, netns).await {
             Ok(network) => record.network = network,
             Err(e) => {
                 record.clean_up().await;
@@ -403,22 +254,22 @@ impl Container {
     /// A pod sandbox: a `jitsu pause` process in the pod's namespace, whose
     /// `/proc/<pid>/ns/net` containerd gives the pod's other containers.
     pub async fn create_sandbox(
-        id: &str,
+        key: ContainerKey,
         bundle: &Path,
         netns: Option<PathBuf>,
         stdio: (&str, &str),
     ) -> Result<Container, String> {
         let record = Record {
-            id: id.into(),
+            key,
             bundle: bundle.into(),
             rootfs_mounted: false,
             network: Network::Sandbox {
                 netns: netns.clone(),
             },
-            monitor_pid: None,
+            process: None,
             dns_name: None,
         };
-        record.save().map_err(|e| format!("saving state: {e}"))?;
+        claim(&record).await?;
         let mut cmd = std::process::Command::new(jitsu_bin());
         cmd.args(["pause", "--die-with-parent"]);
         if let Some(netns) = &netns {
@@ -460,8 +311,11 @@ impl Container {
             }
         };
         let pid = child.id();
-        record.monitor_pid = Some(pid);
-        let _ = record.save();
+        record.process = Process::spawned(pid);
+        if let Err(e) = record.save() {
+            // Without the record a later cleanup could not find the process.
+            tracing::warn!(%e, "saving the container's process");
+        }
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             while let Some(event) = exits.rx.recv().await {
@@ -472,12 +326,14 @@ impl Container {
             }
             let _ = monitor_unsubscribe(exits.id).await;
         });
-        let control = control_path(&record.id);
+        let control = record.key.control_path();
+        let process = record.process;
         Ok(Container {
             record,
             eager: false,
             status: Status::Created,
             pid,
+            process,
             stdout: stdout.into(),
             stderr: stderr.into(),
             exit: rx,
@@ -495,6 +351,23 @@ impl Container {
 
     pub fn exit_now(&self) -> Exit {
         *self.exit.borrow()
+    }
+}
+
+/// Claims the container's state directory. Refused if the container
+/// exists already; then nothing of the other one is touched, and only what
+/// this call was given (its own rootfs mount) is undone.
+async fn claim(record: &Record) -> Result<(), String> {
+    match record.claim() {
+        Ok(()) => Ok(()),
+        Err(e @ StateError::Exists(_)) => {
+            record.unmount_rootfs();
+            Err(e.to_string())
+        }
+        Err(e) => {
+            record.clean_up().await;
+            Err(format!("saving state: {e}"))
+        }
     }
 }
 

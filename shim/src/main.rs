@@ -6,7 +6,9 @@
 mod bundle;
 mod container;
 mod network;
+mod process;
 mod service;
+mod state;
 
 #[tokio::main]
 async fn main() {

@@ -20,7 +20,8 @@ use containerd_shim::{Config, Error, Flags, StartOpts, TtrpcResult};
 use tokio::sync::Mutex;
 
 use crate::bundle::{self, BundleSpec, Role};
-use crate::container::{self, Container, Record, Status};
+use crate::container::{self, Container, Status};
+use crate::state::{ContainerKey, Record};
 
 #[derive(Clone)]
 pub struct Service {
@@ -72,6 +73,15 @@ fn timestamp(at: SystemTime) -> Timestamp {
 }
 
 impl Service {
+    /// Container `id` of this shim's containerd and namespace.
+    fn key(&self, id: &str) -> ContainerKey {
+        ContainerKey {
+            containerd: self.containerd_address.clone(),
+            namespace: self.namespace.clone(),
+            id: id.to_string(),
+        }
+    }
+
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         if let Some(publisher) = &self.publisher {
             let ctx = containerd_shim::Context::default();
@@ -165,7 +175,7 @@ impl Service {
             }
         };
         let stdio = (req.stdout.as_str(), req.stderr.as_str());
-        Ok(Container::create(&req.id, bundle, unikernel, mounted, netns, stdio).await)
+        Ok(Container::create(self.key(&req.id), bundle, unikernel, mounted, netns, stdio).await)
     }
 }
 
@@ -195,7 +205,7 @@ impl Shim for Service {
 
     /// Called after a shim died: undo what its container left behind.
     async fn delete_shim(&mut self) -> Result<api::DeleteResponse, Error> {
-        if let Some(record) = Record::load(&self.id) {
+        if let Some(record) = Record::load(&self.key(&self.id)) {
             record.clean_up().await;
         }
         // The dead shim could not remove its socket; it is where `start`
@@ -239,7 +249,9 @@ impl Task for Service {
         let spec = BundleSpec::read(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
         let stdio = (req.stdout.as_str(), req.stderr.as_str());
         let c = match spec.role {
-            Role::Sandbox => Container::create_sandbox(&req.id, &bundle, spec.netns, stdio).await,
+            Role::Sandbox => {
+                Container::create_sandbox(self.key(&req.id), &bundle, spec.netns, stdio).await
+            }
             Role::Unikernel => {
                 let netns = self.pod_netns(&spec).await;
                 self.create_unikernel(&req, &bundle, &spec, netns).await?
@@ -335,8 +347,13 @@ impl Task for Service {
         }
         let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
             .map_err(|_| status(Code::INVALID_ARGUMENT, format!("signal {}", req.signal)))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.pid as i32), signal)
-            .map_err(|e| status(Code::INTERNAL, format!("kill: {e}")))?;
+        // Through a pidfd checked against the start time: never a stranger
+        // that was given the pid after ours ended.
+        if let Some(process) = &c.process {
+            process
+                .signal(signal)
+                .map_err(|e| status(Code::INTERNAL, format!("kill: {e}")))?;
+        }
         Ok(api::Empty::new())
     }
 
@@ -381,12 +398,7 @@ impl Task for Service {
             .remove(&req.id)
             .ok_or_else(|| not_found(&req.id))?;
         let exit = c.exit_now();
-        let mut record = c.record.clone();
-        if exit.is_some() {
-            // Reaped already: its pid may belong to someone else by now.
-            record.monitor_pid = None;
-        }
-        record.clean_up().await;
+        c.record.clean_up().await;
         let (code, at) = exit.unwrap_or((137, SystemTime::now()));
         let event = TaskDelete {
             container_id: req.id.clone(),

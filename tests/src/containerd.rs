@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
@@ -10,14 +11,16 @@ use crate::process::{run_with_timeout, Guarded};
 use crate::{guest, jitsu_bin};
 
 pub struct Containerd {
-    pub ns: NetNs,
+    /// The node's network namespace (shared by containerds `beside` this one).
+    pub ns: Arc<NetNs>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
-    /// The shim's state (`JITSU_STATE_DIR`).
+    /// The shim's state (`JITSU_STATE_DIR`), the node's.
     pub state: PathBuf,
     /// Where a `jitsu daemon` for this node serves XenStore.
     pub xenstore: PathBuf,
-    _process: Guarded,
+    config: Option<PathBuf>,
+    process: Guarded,
 }
 
 impl Containerd {
@@ -27,57 +30,85 @@ impl Containerd {
 
     /// With `config(dir)`: a config.toml to write in the private directory.
     pub fn start_with(config: impl FnOnce(&Path) -> Option<String>) -> Containerd {
-        let ns = NetNs::empty();
+        let ns = Arc::new(NetNs::empty());
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("containerd.sock");
         let state = dir.path().join("jitsu");
         let xenstore = dir.path().join("xenstored.sock");
-        let bin_dir = jitsu_bin().parent().unwrap().to_path_buf();
-        let path = format!(
-            "{}:{}",
-            bin_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        // nsenter, not `ip netns exec`: only the network namespace changes,
-        // so the cgroup mounts runc needs stay visible.
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", ns.name()))
-            .arg("containerd")
-            .arg("--root")
-            .arg(dir.path().join("root"))
-            .arg("--state")
-            .arg(dir.path().join("state"))
-            .arg("--address")
-            .arg(&socket);
-        if let Some(toml) = config(dir.path()) {
+        Containerd::launch(ns, dir, state, xenstore, config)
+    }
+
+    /// A second containerd on the same node (as k3s's beside the system's):
+    /// the same network namespace, shim state and XenStore, its own root,
+    /// state and socket.
+    pub fn beside(other: &Containerd) -> Containerd {
+        let dir = tempfile::tempdir().unwrap();
+        Containerd::launch(
+            other.ns.clone(),
+            dir,
+            other.state.clone(),
+            other.xenstore.clone(),
+            |_| None,
+        )
+    }
+
+    fn launch(
+        ns: Arc<NetNs>,
+        dir: tempfile::TempDir,
+        state: PathBuf,
+        xenstore: PathBuf,
+        config: impl FnOnce(&Path) -> Option<String>,
+    ) -> Containerd {
+        let socket = dir.path().join("containerd.sock");
+        let config = config(dir.path()).map(|toml| {
             let path = dir.path().join("config.toml");
             std::fs::write(&path, toml).unwrap();
-            cmd.arg("--config").arg(path);
-        }
-        cmd.env("PATH", path)
-            .env("JITSU_STATE_DIR", &state)
-            .env("XENSTORED_PATH", &xenstore)
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("JITSU_TEST_VERBOSE").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
-        let process = Guarded::spawn(&mut cmd);
-        let deadline = Instant::now() + Duration::from_secs(20);
+            path
+        });
+        let process = spawn_containerd(
+            &ns,
+            dir.path(),
+            &socket,
+            &state,
+            &xenstore,
+            config.as_deref(),
+        );
         let c = Containerd {
             ns,
             dir,
             socket,
             state,
             xenstore,
-            _process: process,
+            config,
+            process,
         };
-        while !c.ctr(&["version"]).status.success() {
+        c.wait_until_up();
+        c
+    }
+
+    fn wait_until_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.ctr(&["version"]).status.success() {
             assert!(Instant::now() < deadline, "containerd did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
-        c
+    }
+
+    /// Ends containerd with SIGTERM, as a package upgrade or `systemctl
+    /// restart` would, and starts it again on the same root, state and
+    /// socket. The shims live on.
+    pub fn restart(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.process.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.process.wait_timeout(Duration::from_secs(20));
+        self.process = spawn_containerd(
+            &self.ns,
+            self.dir.path(),
+            &self.socket,
+            &self.state,
+            &self.xenstore,
+            self.config.as_deref(),
+        );
+        self.wait_until_up();
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {
@@ -96,7 +127,11 @@ impl Containerd {
 
     /// Runs ctr and fails the test with its output if it fails.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
-        let out = self.ctr(args);
+        self.ctr_ok_in("default", args)
+    }
+
+    pub fn ctr_ok_in(&self, namespace: &str, args: &[&str]) -> String {
+        let out = self.ctr_in(namespace, args);
         assert!(
             out.status.success(),
             "ctr {args:?}: {}{}",
@@ -172,7 +207,11 @@ impl Containerd {
 
     /// `RUNNING`, `STOPPED`, ... or None when the task is gone.
     pub fn task_status(&self, id: &str) -> Option<String> {
-        let list = self.ctr_ok(&["task", "ls"]);
+        self.task_status_in("default", id)
+    }
+
+    pub fn task_status_in(&self, namespace: &str, id: &str) -> Option<String> {
+        let list = self.ctr_ok_in(namespace, &["task", "ls"]);
         list.lines()
             .find(|l| l.split_whitespace().next() == Some(id))
             .and_then(|l| l.split_whitespace().nth(2))
@@ -181,14 +220,22 @@ impl Containerd {
 
     /// `ctr run -d` of `image` as `id` with our runtime; `extra` before the image.
     pub fn run_jitsu(&self, image: &str, id: &str, extra: &[&str]) -> Output {
+        self.run_jitsu_in("default", image, id, extra)
+    }
+
+    pub fn run_jitsu_in(&self, namespace: &str, image: &str, id: &str, extra: &[&str]) -> Output {
         let mut args = vec!["run", "-d", "--runtime", "io.containerd.jitsu.v1"];
         args.extend_from_slice(extra);
         args.extend([image, id]);
-        self.ctr(&args)
+        self.ctr_in(namespace, &args)
     }
 
     pub fn run_jitsu_ok(&self, image: &str, id: &str, extra: &[&str]) {
-        let out = self.run_jitsu(image, id, extra);
+        self.run_jitsu_ok_in("default", image, id, extra);
+    }
+
+    pub fn run_jitsu_ok_in(&self, namespace: &str, image: &str, id: &str, extra: &[&str]) {
+        let out = self.run_jitsu_in(namespace, image, id, extra);
         assert!(
             out.status.success(),
             "ctr run {id}: {}{}",
@@ -200,14 +247,22 @@ impl Containerd {
     /// `task kill` (with `signal`), wait until it stops, `task delete`,
     /// `container delete`, failing the test if any step fails.
     pub fn remove(&self, id: &str, signal: &str) {
-        self.ctr_ok(&["task", "kill", "-s", signal, id]);
+        self.remove_in("default", id, signal);
+    }
+
+    pub fn remove_in(&self, namespace: &str, id: &str, signal: &str) {
+        let ctr_ok = |args: &[&str]| self.ctr_ok_in(namespace, args);
+        ctr_ok(&["task", "kill", "-s", signal, id]);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.task_status(id).as_deref() != Some("STOPPED") {
-            assert!(Instant::now() < deadline, "task {id} did not stop");
+        while self.task_status_in(namespace, id).as_deref() != Some("STOPPED") {
+            assert!(
+                Instant::now() < deadline,
+                "task {namespace}/{id} did not stop"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.ctr_ok(&["task", "delete", id]);
-        self.ctr_ok(&["container", "delete", id]);
+        ctr_ok(&["task", "delete", id]);
+        ctr_ok(&["container", "delete", id]);
     }
 
     /// `jitsu daemon` for this node: XenStore at `self.xenstore`, DNS on
@@ -246,8 +301,67 @@ impl Containerd {
         serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
     }
 
+    /// The control socket of container `id`'s monitor (in whichever
+    /// containerd namespace holds an `id`; see `control_in`).
     pub fn control(&self, id: &str) -> PathBuf {
-        self.state.join(id).join("control.sock")
+        let mut found = self
+            .records()
+            .into_iter()
+            .filter(|(_, r)| r["key"]["id"] == id);
+        let (dir, _) = found
+            .next()
+            .unwrap_or_else(|| panic!("no container {id} in the shim's state"));
+        assert!(found.next().is_none(), "{id} is in more than one namespace");
+        dir.join("control.sock")
+    }
+
+    pub fn control_in(&self, namespace: &str, id: &str) -> PathBuf {
+        self.record(namespace, id)
+            .unwrap_or_else(|| panic!("no container {namespace}/{id} in the shim's state"))
+            .0
+            .join("control.sock")
+    }
+
+    /// The shim's record of container `namespace/id`, and its directory.
+    pub fn record(&self, namespace: &str, id: &str) -> Option<(PathBuf, serde_json::Value)> {
+        self.records()
+            .into_iter()
+            .find(|(_, r)| r["key"]["namespace"] == namespace && r["key"]["id"] == id)
+    }
+
+    /// The records the shim keeps (`containers/<key>/state.json`) of this
+    /// containerd's containers (the node's state may hold others').
+    pub fn records(&self) -> Vec<(PathBuf, serde_json::Value)> {
+        let Ok(dirs) = std::fs::read_dir(self.state.join("containers")) else {
+            return Vec::new();
+        };
+        let me = self.socket.display().to_string();
+        dirs.flatten()
+            .filter_map(|d| {
+                let json = std::fs::read(d.path().join("state.json")).ok()?;
+                let record: serde_json::Value = serde_json::from_slice(&json).ok()?;
+                (record["key"]["containerd"] == me.as_str()).then(|| (d.path(), record))
+            })
+            .collect()
+    }
+
+    /// The pid of the shim of container `id` of this containerd.
+    pub fn shim_pid(&self, id: &str) -> i32 {
+        let pattern = format!(
+            "containerd-shim-jitsu-v1.*-id {id}.*{}",
+            self.socket.display()
+        );
+        let found = Command::new("pgrep")
+            .args(["-f", &pattern])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&found.stdout)
+            .lines()
+            .next()
+            .expect("the shim's pid")
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Interfaces in the namespace.
@@ -266,13 +380,55 @@ impl Containerd {
             .collect()
     }
 
-    /// Files left in the shim's state, except the empty allocation folder.
+    /// Files left in the shim's state, except its empty folders for
+    /// address leases and containers.
     pub fn leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         walk(&self.state, &mut out);
-        out.retain(|p| p != &self.state.join("ipam"));
+        out.retain(|p| p != &self.state.join("ipam") && p != &self.state.join("containers"));
         out
     }
+}
+
+/// containerd in the node's namespace, with our shim on its PATH.
+fn spawn_containerd(
+    ns: &NetNs,
+    dir: &Path,
+    socket: &Path,
+    state: &Path,
+    xenstore: &Path,
+    config: Option<&Path>,
+) -> Guarded {
+    let bin_dir = jitsu_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // nsenter, not `ip netns exec`: only the network namespace changes,
+    // so the cgroup mounts runc needs stay visible.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg("containerd")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--address")
+        .arg(socket);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.env("PATH", path)
+        .env("JITSU_STATE_DIR", state)
+        .env("XENSTORED_PATH", xenstore)
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("JITSU_TEST_VERBOSE").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    Guarded::spawn(&mut cmd)
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -289,7 +445,8 @@ impl Drop for Containerd {
     /// then anything of ours that is still running, so no test leaves a
     /// shim, a monitor or a mount behind.
     fn drop(&mut self) {
-        for namespace in ["default", "k8s.io"] {
+        let namespaces = self.ctr(&["namespaces", "ls", "-q"]);
+        for namespace in String::from_utf8_lossy(&namespaces.stdout).split_whitespace() {
             let ctr = |args: &[&str]| self.ctr_in(namespace, args);
             let tasks = ctr(&["task", "ls", "-q"]);
             for id in String::from_utf8_lossy(&tasks.stdout).split_whitespace() {

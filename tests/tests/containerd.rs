@@ -28,7 +28,7 @@ fn assert_clean(c: &Containerd) {
         c.links()
     );
     let monitors = Command::new("pgrep")
-        .args(["-f", &c.control("").display().to_string()])
+        .args(["-f", &c.state.join("containers").display().to_string()])
         .output()
         .unwrap();
     assert!(
@@ -134,19 +134,7 @@ fn a_killed_shim_leaves_nothing_after_cleanup() {
     let c = Containerd::start();
     c.import_hello("jitsu/hello:latest", &[]);
     c.run_jitsu_ok(IMAGE, "h5", &[]);
-    // The shim of this containerd (its address is unique to the test).
-    let pattern = format!("containerd-shim-jitsu-v1.*-id h5.*{}", c.socket.display());
-    let found = Command::new("pgrep")
-        .args(["-f", &pattern])
-        .output()
-        .unwrap();
-    let shim: i32 = String::from_utf8_lossy(&found.stdout)
-        .lines()
-        .next()
-        .expect("the shim's pid")
-        .trim()
-        .parse()
-        .unwrap();
+    let shim = c.shim_pid("h5");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),
         nix::sys::signal::Signal::SIGKILL,

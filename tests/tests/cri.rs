@@ -49,8 +49,10 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 /// The pod's network namespace, as the shim recorded it for the sandbox.
 fn pod_netns(node: &CriNode, pod: &str) -> PathBuf {
-    let record = std::fs::read(node.containerd.state.join(pod).join("state.json")).unwrap();
-    let record: serde_json::Value = serde_json::from_slice(&record).unwrap();
+    let (_, record) = node
+        .containerd
+        .record("k8s.io", pod)
+        .expect("the sandbox's record");
     PathBuf::from(
         record["network"]["Sandbox"]["netns"]
             .as_str()

@@ -331,3 +331,41 @@ fn wait_ready_answers_once_the_service_runs() {
     );
     assert_eq!(entry["boots"], 1);
 }
+
+/// A XenStore daemon that accepts and never answers cannot keep a monitor
+/// from ending: SIGTERM still ends it, with its usual status.
+#[test]
+fn a_hung_xenstore_cannot_hold_a_monitor_up() {
+    let ns = jitsu_e2e::netns::NetNs::with_tap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hung.sock");
+    let control = dir.path().join("hello.ctl");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut cmd = ns.command(jitsu_bin());
+    cmd.env("XENSTORED_PATH", &socket)
+        .args(["run", "--lazy", "--name", "hello", "--control"])
+        .arg(&control)
+        .args(ns.jitsu_net_args())
+        .arg(jitsu_e2e::guest("hello-http"))
+        .stdout(Stdio::null());
+    let mut monitor = Guarded::spawn(&mut cmd);
+    // Held, never read: the monitor's registration waits for an answer.
+    let mut held = Vec::new();
+    jitsu_e2e::wait_until("the monitor to connect to XenStore", || {
+        while let Ok((stream, _)) = listener.accept() {
+            held.push(stream);
+        }
+        !held.is_empty()
+    });
+    jitsu_e2e::wait_until("the parked monitor", || {
+        jitsu_e2e::lazy::try_request(&control, "status").is_ok_and(|s| s.contains("parked"))
+    });
+    let pid = nix::unistd::Pid::from_raw(monitor.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(
+        monitor.wait_timeout(Duration::from_secs(10)).code(),
+        Some(143)
+    );
+    drop(held);
+}

@@ -1,11 +1,15 @@
 //! An async XenStore client: requests are matched to replies by `req_id`, so
 //! any number can be in flight; watch events arrive as a `Stream`; and
 //! [`Client::transact`] retries a transaction that lost a conflict.
+//!
+//! Every request has a deadline ([`REQUEST_DEADLINE`] unless set with
+//! [`Client::with_deadline`]): a daemon that accepts and never answers must
+//! not hold up whoever asks (a monitor on its way out, a shim cleaning up).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,7 +40,12 @@ pub enum ClientError {
     BadReply(String),
     #[error("transaction still conflicting after {0} attempts")]
     Contended(u32),
+    #[error("XenStore did not answer within {0:?}")]
+    Timeout(Duration),
 }
+
+/// How long a request (or a connect) may take unless the caller says.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 impl ClientError {
     pub fn is_again(&self) -> bool {
@@ -60,18 +69,23 @@ struct Inner {
     watches: Watches,
     next_req: AtomicU32,
     next_token: AtomicU64,
+    /// A request gave up halfway through writing: the stream is torn.
+    torn: AtomicBool,
 }
 
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    deadline: Duration,
 }
 
 impl Client {
     pub async fn connect(path: impl AsRef<Path>) -> Result<Client, ClientError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path)
+        let connect = tokio::time::timeout(REQUEST_DEADLINE, UnixStream::connect(path));
+        let stream = connect
             .await
+            .map_err(|_| ClientError::Timeout(REQUEST_DEADLINE))?
             .map_err(|source| ClientError::Connect {
                 path: path.display().to_string(),
                 source,
@@ -87,11 +101,20 @@ impl Client {
                 watches,
                 next_req: AtomicU32::new(1),
                 next_token: AtomicU64::new(1),
+                torn: AtomicBool::new(false),
             }),
+            deadline: REQUEST_DEADLINE,
         })
     }
 
-    /// Sends one request and waits for its reply.
+    /// This client (a handle on the same connection) with requests bounded
+    /// by `deadline` instead.
+    pub fn with_deadline(mut self, deadline: Duration) -> Client {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Sends one request and waits for its reply, at most the deadline.
     pub async fn request(
         &self,
         kind: MsgType,
@@ -102,6 +125,27 @@ impl Client {
             return Err(ClientError::TooBig(payload.len()));
         }
         let req_id = self.inner.next_req.fetch_add(1, Ordering::Relaxed);
+        let exchange = self.exchange(req_id, kind, tx_id, payload);
+        match tokio::time::timeout(self.deadline, exchange).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.inner
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .remove(&req_id);
+                Err(ClientError::Timeout(self.deadline))
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        req_id: u32,
+        kind: MsgType,
+        tx_id: u32,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .pending
@@ -109,7 +153,24 @@ impl Client {
             .expect("pending lock")
             .insert(req_id, tx);
         let bytes = Message::new(kind, req_id, tx_id, payload).encode();
-        let sent = self.inner.writer.lock().await.write_all(&bytes).await;
+        let sent = {
+            let mut writer = self.inner.writer.lock().await;
+            // Cancelled (the deadline) between these two stores, the frame
+            // may be half written: no later request may follow it.
+            if self.inner.torn.load(Ordering::Acquire) {
+                drop(writer);
+                self.inner
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .remove(&req_id);
+                return Err(ClientError::Closed);
+            }
+            self.inner.torn.store(true, Ordering::Release);
+            let sent = writer.write_all(&bytes).await;
+            self.inner.torn.store(false, Ordering::Release);
+            sent
+        };
         if sent.is_err() {
             self.inner
                 .pending

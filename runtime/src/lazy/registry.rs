@@ -6,7 +6,7 @@
 //! just keeps trying to connect.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -15,15 +15,12 @@ use std::time::Duration;
 use jitsu_xenstore::registry::{self, Service};
 use jitsu_xenstore::Client;
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use tokio::sync::mpsc;
-
-enum Message {
-    Publish(Service),
-    Shutdown,
-}
+use tokio::sync::{mpsc, Notify};
 
 pub struct RegistryAgent {
-    tx: mpsc::UnboundedSender<Message>,
+    tx: mpsc::UnboundedSender<Service>,
+    /// Told when the monitor ends; heard wherever the agent is waiting.
+    shutdown: Arc<Notify>,
     boot_requested: Arc<EventFd>,
     /// The generation the latest boot request is for.
     requested_for: Arc<AtomicU64>,
@@ -43,13 +40,15 @@ impl RegistryAgent {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let shutdown = Arc::new(Notify::new());
+        let told = shutdown.clone();
+        let waker = Waker { wake, generation };
         let thread = thread::Builder::new()
             .name("registry".into())
-            .spawn(move || {
-                runtime.block_on(agent(socket, service, rx, Waker { wake, generation }))
-            })?;
+            .spawn(move || runtime.block_on(agent(socket, service, rx, waker, told)))?;
         Ok(RegistryAgent {
             tx,
+            shutdown,
             boot_requested,
             requested_for,
             thread: Some(thread),
@@ -72,13 +71,15 @@ impl RegistryAgent {
     }
 
     pub fn publish(&self, service: Service) {
-        let _ = self.tx.send(Message::Publish(service));
+        let _ = self.tx.send(service);
     }
 }
 
 impl Drop for RegistryAgent {
+    /// Bounded however XenStore behaves: the agent stops whatever it is
+    /// waiting for and spends at most [`REMOVE_DEADLINE`] removing the entry.
     fn drop(&mut self) {
-        let _ = self.tx.send(Message::Shutdown);
+        self.shutdown.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -93,33 +94,60 @@ struct Waker {
     generation: Arc<AtomicU64>,
 }
 
+/// How long removing the entry may take when the monitor ends.
+const REMOVE_DEADLINE: Duration = Duration::from_secs(1);
+/// Requests to XenStore while serving: a hung daemon costs a reconnect.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
 async fn agent(
     socket: PathBuf,
-    mut current: Service,
-    mut rx: mpsc::UnboundedReceiver<Message>,
+    current: Service,
+    rx: mpsc::UnboundedReceiver<Service>,
     wake: Waker,
+    shutdown: Arc<Notify>,
+) {
+    let name = current.name.clone();
+    tokio::select! {
+        biased;
+        () = shutdown.notified() => {}
+        () = keep_registered(&socket, current, rx, &wake) => {}
+    }
+    let removed = tokio::time::timeout(REMOVE_DEADLINE, async {
+        let client = Client::connect(&socket).await?;
+        registry::remove(&client, &name).await
+    });
+    match removed.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%e, "removing the registry entry"),
+        Err(_) => {
+            tracing::warn!("removing the registry entry: no answer within {REMOVE_DEADLINE:?}")
+        }
+    }
+}
+
+/// Connects, registers and serves, again after every loss, until the
+/// supervisor is gone.
+async fn keep_registered(
+    socket: &Path,
+    mut current: Service,
+    mut rx: mpsc::UnboundedReceiver<Service>,
+    wake: &Waker,
 ) {
     loop {
         let client = tokio::select! {
-            connected = Client::connect(&socket) => connected.ok(),
-            msg = rx.recv() => match msg {
-                Some(Message::Publish(s)) => { current = s; continue }
-                Some(Message::Shutdown) | None => return,
+            connected = Client::connect(socket) => connected.ok(),
+            service = rx.recv() => match service {
+                Some(s) => { current = s; continue }
+                None => return,
             },
         };
         let Some(client) = client else {
             tokio::time::sleep(RETRY).await;
             continue;
         };
-        match serve(&client, &mut current, &mut rx, &wake).await {
-            Served::Shutdown => {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    registry::remove(&client, &current.name),
-                )
-                .await;
-                return;
-            }
+        let client = client.with_deadline(REQUEST_DEADLINE);
+        match serve(&client, &mut current, &mut rx, wake).await {
+            Served::Shutdown => return,
             Served::Lost => {
                 tracing::info!("XenStore connection lost; registering again");
                 tokio::time::sleep(RETRY).await;
@@ -137,7 +165,7 @@ enum Served {
 async fn serve(
     client: &Client,
     current: &mut Service,
-    rx: &mut mpsc::UnboundedReceiver<Message>,
+    rx: &mut mpsc::UnboundedReceiver<Service>,
     wake: &Waker,
 ) -> Served {
     let boot_path = format!("{}/boot", registry::service_path(&current.name));
@@ -152,8 +180,8 @@ async fn serve(
     tracing::info!(name = %current.name, "registered in XenStore");
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Message::Publish(s)) => {
+            service = rx.recv() => match service {
+                Some(s) => {
                     *current = s;
                     if let Err(e) = registry::update(client, &published, current).await {
                         tracing::warn!(%e, "updating the registry");
@@ -161,7 +189,7 @@ async fn serve(
                     }
                     published = current.clone();
                 }
-                Some(Message::Shutdown) | None => return Served::Shutdown,
+                None => return Served::Shutdown,
             },
             event = watch.next() => {
                 if event.is_none() {

@@ -6,10 +6,9 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use jitsu_runtime::devices::tap::Tap;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 
-use super::{delete_link, handle, index, NetResult};
+use super::{create_tap, delete_link, handle, index, NetResult};
 
 pub const BRIDGE: &str = "jitsu0";
 /// The node range: the bridge takes the first address, guests the rest.
@@ -52,15 +51,18 @@ async fn ensure_bridge(handle: &Handle) -> NetResult<u32> {
     Ok(bridge)
 }
 
-/// A TAP named `tap` on the bridge, up, ready for the monitor to open.
+/// The TAP of the guest at `ip`: `jt` and the address in hex.
+pub fn tap_name(ip: Ipv4Addr) -> String {
+    format!("jt{:08x}", u32::from(ip))
+}
+
+/// A new TAP named `tap` on the bridge, up, ready for the monitor to open;
+/// removed again if it cannot be made ready.
 pub async fn plug_tap(tap: &str) -> NetResult<()> {
     let handle = handle().await?;
     let bridge = ensure_bridge(&handle).await?;
-    Tap::create_persistent(tap).map_err(|e| e.to_string())?;
-    let index = index(&handle, tap)
-        .await?
-        .ok_or_else(|| format!("{tap} vanished"))?;
-    handle
+    let index = create_tap(&handle, tap).await?;
+    let plugged = handle
         .link()
         .set(
             LinkUnspec::new_with_index(index)
@@ -70,7 +72,11 @@ pub async fn plug_tap(tap: &str) -> NetResult<()> {
         )
         .execute()
         .await
-        .map_err(|e| format!("plugging {tap} into {BRIDGE}: {e}"))
+        .map_err(|e| format!("plugging {tap} into {BRIDGE}: {e}"));
+    if plugged.is_err() {
+        let _ = delete_link(&handle, tap).await;
+    }
+    plugged
 }
 
 /// Removes the TAP (the bridge stays for the next container).

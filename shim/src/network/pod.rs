@@ -9,7 +9,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use futures_util::TryStreamExt;
-use jitsu_runtime::devices::tap::Tap;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
@@ -18,7 +17,8 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::{delete_link, handle, index, NetResult};
+use super::{create_tap, delete_link, handle, index, NetResult};
+use crate::state::ContainerKey;
 
 /// The interface CNI gives every pod (containerd's CRI names it so).
 pub const POD_IFACE: &str = "eth0";
@@ -48,6 +48,12 @@ impl PodLink {
     }
 }
 
+/// The TAP of a pod's unikernel, in the pod's own namespace: `jt` and
+/// the start of the container's digest.
+pub fn tap_name(key: &ContainerKey) -> String {
+    format!("jt{}", &key.digest()[..12])
+}
+
 /// Creates the TAP `tap` in the pod namespace at `netns` and joins it to
 /// `eth0` both ways. One unikernel per pod: eth0's ingress qdisc is the
 /// claim, so a second one is refused before it touches anything.
@@ -60,7 +66,6 @@ pub async fn wire(netns: &Path, tap: &str) -> NetResult<PodLink> {
         add_ingress(&handle, eth0, POD_IFACE).await?;
         if let Err(e) = redirect_between(&handle, eth0, &tap, link.mtu).await {
             // Undo only what this call made: the qdisc on eth0 is ours.
-            let _ = delete_link(&handle, &tap).await;
             let _ = delete_ingress(&handle, eth0).await;
             return Err(e);
         }
@@ -192,13 +197,25 @@ async fn default_gateway(handle: &Handle) -> NetResult<Option<Ipv4Addr>> {
         }))
 }
 
-/// The TAP, up with `eth0`'s MTU, and one ingress redirect each way
-/// (eth0's ingress qdisc is already there).
+/// A new TAP, up with `eth0`'s MTU, and one ingress redirect each way
+/// (eth0's ingress qdisc is already there). The TAP goes again if the
+/// redirects cannot be set up.
 async fn redirect_between(handle: &Handle, eth0: u32, tap: &str, mtu: u32) -> NetResult<()> {
-    Tap::create_persistent(tap).map_err(|e| e.to_string())?;
-    let tap_index = index(handle, tap)
-        .await?
-        .ok_or_else(|| format!("{tap} vanished"))?;
+    let tap_index = create_tap(handle, tap).await?;
+    let redirected = redirect(handle, eth0, tap_index, tap, mtu).await;
+    if redirected.is_err() {
+        let _ = delete_link(handle, tap).await;
+    }
+    redirected
+}
+
+async fn redirect(
+    handle: &Handle,
+    eth0: u32,
+    tap_index: u32,
+    tap: &str,
+    mtu: u32,
+) -> NetResult<()> {
     handle
         .link()
         .set(LinkUnspec::new_with_index(tap_index).mtu(mtu).up().build())

@@ -1,0 +1,248 @@
+//! What the shim keeps on disk for a container, so that a later `shim
+//! delete` (after a shim was killed) can undo it, and where.
+//!
+//! A container is known by its containerd instance, namespace and id: `ctr
+//! -n team-a run … web` and `ctr -n team-b run … web`, or k3s's containerd
+//! beside the system's, are different containers. Their state lives under
+//! `<state>/containers/<key>/`, where the key is a digest of the three
+//! (short enough for a unix socket path, whatever the id's length). The
+//! directory is created exclusively and its record names the container in
+//! full, so two containers can never share one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::network::Network;
+use crate::process::Process;
+
+/// Where shim state lives: `$JITSU_STATE_DIR`, else `/run/jitsu`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("JITSU_STATE_DIR").map_or_else(|| PathBuf::from("/run/jitsu"), PathBuf::from)
+}
+
+/// A container as containerd knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerKey {
+    /// containerd's own address (one node may run several containerds).
+    pub containerd: String,
+    pub namespace: String,
+    pub id: String,
+}
+
+impl ContainerKey {
+    /// 128 bits of SHA-256 over the three, in hex.
+    pub fn digest(&self) -> String {
+        let mut hash = Sha256::new();
+        for part in [&self.containerd, &self.namespace, &self.id] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        hex::encode(&hash.finalize()[..16])
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        state_dir().join("containers").join(self.digest())
+    }
+
+    /// The monitor's control socket.
+    pub fn control_path(&self) -> PathBuf {
+        self.dir().join("control.sock")
+    }
+
+    /// How logs and leases name it.
+    pub fn describe(&self) -> String {
+        format!("{}/{} ({})", self.namespace, self.id, self.containerd)
+    }
+}
+
+/// What must be undone for a container, kept in `<dir>/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub key: ContainerKey,
+    pub bundle: PathBuf,
+    pub rootfs_mounted: bool,
+    pub network: Network,
+    /// The container's process (its monitor, or a sandbox's pause).
+    pub process: Option<Process>,
+    pub dns_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("container {0} exists already")]
+    Exists(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Record {
+    fn path(key: &ContainerKey) -> PathBuf {
+        key.dir().join("state.json")
+    }
+
+    /// Makes the container's directory, which must not exist yet.
+    pub fn claim(&self) -> Result<(), StateError> {
+        let dir = self.key.dir();
+        let io = |source| StateError::Io {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir.parent().expect("has a parent")).map_err(io)?;
+        match std::fs::create_dir(&dir) {
+            Ok(()) => self.save(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StateError::Exists(self.key.describe()))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// Replaces the record atomically: a reader (a later `shim delete`)
+    /// finds the old one or the new one, never a torn file.
+    pub fn save(&self) -> Result<(), StateError> {
+        let path = Record::path(&self.key);
+        let json = serde_json::to_vec(self).map_err(std::io::Error::from);
+        json.and_then(|json| write_atomically(&path, &json))
+            .map_err(|source| StateError::Io { path, source })
+    }
+
+    /// The record of `key`, if one was saved and it is that container's.
+    pub fn load(key: &ContainerKey) -> Option<Record> {
+        let record: Record =
+            serde_json::from_slice(&std::fs::read(Record::path(key)).ok()?).ok()?;
+        (record.key == *key).then_some(record)
+    }
+
+    /// Undoes everything: the process, the TAP, the address, the rootfs
+    /// mount, the registry entry and the state files. Safe to repeat. The
+    /// state stays if the network could not be taken down, so that a later
+    /// cleanup can try again.
+    pub async fn clean_up(&self) {
+        if let Some(process) = &self.process {
+            if let Err(e) = process.signal(Signal::SIGKILL) {
+                tracing::warn!(%e, pid = process.pid, "ending the container's process");
+            }
+        }
+        let network = self.network.tear_down().await;
+        if let Err(e) = &network {
+            tracing::warn!(%e, "removing the network");
+        }
+        self.unmount_rootfs();
+        if let Some(name) = &self.dns_name {
+            remove_registry_entry(name).await;
+        }
+        if network.is_ok() {
+            remove_dir(&self.key.dir());
+        }
+    }
+
+    pub fn unmount_rootfs(&self) {
+        if self.rootfs_mounted {
+            let _ = nix::mount::umount2(
+                &self.bundle.join("rootfs"),
+                nix::mount::MntFlags::MNT_DETACH,
+            );
+        }
+    }
+}
+
+/// A monitor killed outright could not remove its own entry.
+async fn remove_registry_entry(name: &str) {
+    const DEADLINE: Duration = Duration::from_millis(500);
+    let socket = jitsu_xenstore::server::default_socket_path();
+    let removed = tokio::time::timeout(DEADLINE, async {
+        let client = jitsu_xenstore::Client::connect(&socket).await?;
+        jitsu_xenstore::registry::remove(&client.with_deadline(DEADLINE), name).await
+    });
+    if let Ok(Err(e)) = removed.await {
+        tracing::debug!(%e, name, "removing the registry entry");
+    }
+}
+
+/// Writes `bytes` beside `path` and renames the file into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("new");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(%e, dir = %dir.display(), "removing the container's state");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(containerd: &str, namespace: &str, id: &str) -> ContainerKey {
+        ContainerKey {
+            containerd: containerd.into(),
+            namespace: namespace.into(),
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn the_same_id_in_another_namespace_or_containerd_is_another_container() {
+        let a = key("/run/containerd/containerd.sock", "team-a", "web");
+        let b = key("/run/containerd/containerd.sock", "team-b", "web");
+        let k3s = key("/run/k3s/containerd/containerd.sock", "team-a", "web");
+        assert_ne!(a.dir(), b.dir());
+        assert_ne!(a.dir(), k3s.dir());
+        // The separator keeps parts from sliding into each other.
+        assert_ne!(key("x", "ab", "c").digest(), key("x", "a", "bc").digest());
+        assert_eq!(a.digest().len(), 32);
+    }
+
+    /// A reader racing a writer always finds a whole record, old or new.
+    #[test]
+    fn a_record_is_never_seen_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let short = serde_json::to_vec(&key("c", "ns", "a")).unwrap();
+        let long = serde_json::to_vec(&key(&"c".repeat(4000), "ns", "b")).unwrap();
+        write_atomically(&path, &short).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..2000 {
+                    write_atomically(&path, if i % 2 == 0 { &long } else { &short }).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+            let mut reads = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                let bytes = std::fs::read(&path).unwrap();
+                let parsed: Result<ContainerKey, _> = serde_json::from_slice(&bytes);
+                assert!(
+                    parsed.is_ok(),
+                    "torn after {reads} reads: {} bytes",
+                    bytes.len()
+                );
+                reads += 1;
+            }
+        });
+    }
+
+    #[test]
+    fn a_socket_path_fits_whatever_the_id() {
+        let long = key("/run/containerd/containerd.sock", "k8s.io", &"f".repeat(76));
+        let path = long.control_path();
+        // sun_path holds 108 bytes with its NUL.
+        assert!(path.as_os_str().len() < 100, "{}", path.display());
+    }
+}
