@@ -17,6 +17,8 @@ pub struct Node {
     pub daemon: Guarded,
     pub monitor: Option<Guarded>,
     pub control: PathBuf,
+    /// Extra `jitsu run` arguments for the monitor (an idle timeout).
+    monitor_args: Vec<String>,
 }
 
 fn wait_for_socket(path: &std::path::Path) {
@@ -35,6 +37,15 @@ impl Node {
     /// `separate_xenstore`: run `jitsu xenstored` on its own (so a test can
     /// restart it) and point `jitsu daemon` at it; else the daemon embeds it.
     pub fn start(separate_xenstore: bool, daemon_args: &[&str]) -> Node {
+        Node::start_with_monitor(separate_xenstore, daemon_args, &[])
+    }
+
+    /// As `start`, with `monitor_args` for the monitor's `jitsu run`.
+    pub fn start_with_monitor(
+        separate_xenstore: bool,
+        daemon_args: &[&str],
+        monitor_args: &[&str],
+    ) -> Node {
         let ns = NetNs::with_tap();
         let dir = tempfile::tempdir().unwrap();
         let xenstore = dir.path().join("xenstored.sock");
@@ -73,6 +84,7 @@ impl Node {
             daemon,
             monitor: None,
             control,
+            monitor_args: monitor_args.iter().map(|a| a.to_string()).collect(),
         };
         node.start_monitor();
         node.wait_state("parked");
@@ -84,6 +96,7 @@ impl Node {
         cmd.env("XENSTORED_PATH", &self.xenstore)
             .args(["run", "--lazy", "--name", "hello", "--control"])
             .arg(&self.control)
+            .args(&self.monitor_args)
             .args(self.ns.jitsu_net_args())
             .arg(guest("hello-http"))
             .stdout(Stdio::null());

@@ -209,3 +209,33 @@ fn exec_and_pause_are_refused_clearly() {
     c.remove("h8", "SIGTERM");
     assert_clean(&c);
 }
+
+/// `ctr run` on any timeline: parked for any time (the image's idle timeout
+/// is 1 s), the first connection is answered with one SYN and boots once.
+#[test]
+fn a_task_parked_for_any_time_answers_its_first_syn() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:idle", &["--idle-timeout", "1s"]);
+    c.run_jitsu_ok("docker.io/jitsu/hello:idle", "t1", &[]);
+    let addr = std::net::SocketAddr::from(([10, 77, 0, 2], 80));
+    for (n, factor) in (1u64..).zip(jitsu_e2e::http::PARKINGS) {
+        if n > 1 {
+            wait_until("re-parked", || {
+                let s = status(&c, "t1");
+                s["state"] == "parked" && s["boots"] == n - 1
+            });
+        }
+        std::thread::sleep(IDLE.mul_f64(factor));
+        let (reply, retrans) = c.ns.run_in(move || jitsu_e2e::http::get(addr));
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "parked {factor}x: {reply}"
+        );
+        assert_eq!(retrans, 0, "parked {factor}x: one SYN");
+        assert_eq!(status(&c, "t1")["boots"], n, "parked {factor}x: one boot");
+    }
+    assert_eq!(c.task_status("t1").as_deref(), Some("RUNNING"));
+    c.remove("t1", "SIGTERM");
+    assert_clean(&c);
+}

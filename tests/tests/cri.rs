@@ -227,3 +227,48 @@ fn a_pod_is_in_the_node_zone_only_when_it_asks() {
     }
     assert_eq!(node.containerd.ps(), serde_json::json!([]));
 }
+
+/// A CRI pod on any timeline: parked for any time (1 s idle timeout), its
+/// first connection is answered with one SYN, and each one boots it once.
+#[test]
+fn a_pod_parked_for_any_time_answers_its_first_syn() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let mut node = node_with_hello();
+    let sandbox = CriNode::pod_config("timeline", &[]);
+    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
+    let container = node
+        .create_container(
+            &pod,
+            &sandbox,
+            "hello",
+            HELLO,
+            &[("org.jitsu.idle-timeout", "1s")],
+        )
+        .expect("CreateContainer");
+    node.start_container(&container).expect("StartContainer");
+    let ip: std::net::Ipv4Addr = node.pod_ip(&pod).parse().unwrap();
+    let addr = std::net::SocketAddr::from((ip, 80));
+    for (n, factor) in (1u64..).zip(jitsu_e2e::http::PARKINGS) {
+        if n > 1 {
+            wait_until("re-parked", || {
+                let s = node.containerd.monitor_status(&container);
+                s["state"] == "parked" && s["boots"] == n - 1
+            });
+        }
+        std::thread::sleep(IDLE.mul_f64(factor));
+        let (reply, retrans) = node.ns().run_in(move || jitsu_e2e::http::get(addr));
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "parked {factor}x: {reply}"
+        );
+        assert_eq!(retrans, 0, "parked {factor}x: one SYN");
+        assert_eq!(
+            node.containerd.monitor_status(&container)["boots"],
+            n,
+            "parked {factor}x: one boot"
+        );
+    }
+    node.remove_pod(&pod)
+        .expect("StopPodSandbox, RemovePodSandbox");
+    assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}

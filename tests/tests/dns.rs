@@ -369,3 +369,32 @@ fn a_hung_xenstore_cannot_hold_a_monitor_up() {
     );
     drop(held);
 }
+
+/// Through DNS on any timeline: parked for any time, a lookup (the client
+/// connects as soon as it has the answer) boots the service once, and the
+/// connection needs one SYN.
+#[test]
+fn a_lookup_boots_once_after_any_parking() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let node = Node::start_with_monitor(false, &[], &["--idle-timeout", "1s"]);
+    let addr = std::net::SocketAddr::from((node.ns.guest_ip, 80));
+    for (n, factor) in (1u64..).zip(jitsu_e2e::http::PARKINGS) {
+        if n > 1 {
+            node.wait_status(|s| s["state"] == "parked" && s["boots"] == n - 1);
+        }
+        std::thread::sleep(IDLE.mul_f64(factor));
+        let short = node.dig("hello.jitsu.internal", "A", &["+short"]);
+        assert_eq!(short.trim(), "10.77.0.2", "parked {factor}x");
+        let (reply, retrans) = node.ns.run_in(move || jitsu_e2e::http::get(addr));
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "parked {factor}x: {reply}"
+        );
+        assert_eq!(retrans, 0, "parked {factor}x: one SYN");
+        assert_eq!(
+            node.control("status")["boots"],
+            n,
+            "parked {factor}x: the lookup and the SYN made one boot"
+        );
+    }
+}

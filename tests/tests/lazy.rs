@@ -3,45 +3,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use jitsu_e2e::http::{get, PARKINGS};
 use jitsu_e2e::lazy::LazyHello;
 use jitsu_e2e::packet::{tcp_syn, PacketSocket};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// GETs `/` on a fresh connection; returns the reply and the connection's
-/// total retransmissions (a lost or unanswered SYN counts).
-fn get(addr: SocketAddr) -> (String, u32) {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let retrans = total_retrans(&stream);
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: lazy\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).expect("read reply");
-    (reply, retrans)
-}
-
-fn total_retrans(stream: &TcpStream) -> u32 {
-    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the pointers are valid for the lengths given.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_total_retrans
-}
 
 fn addr(server: &LazyHello) -> SocketAddr {
     SocketAddr::from((server.ns.guest_ip, 80))
@@ -261,8 +229,7 @@ fn a_service_parked_for_any_time_answers_its_first_syn_and_boots_once() {
     const IDLE: Duration = Duration::from_secs(1);
     let server = LazyHello::start(&["--idle-timeout", "1s"]);
     let a = addr(&server);
-    let gaps = [3.0, 0.5, 1.0, 10.0];
-    for (n, factor) in (1u64..).zip(gaps) {
+    for (n, factor) in (1u64..).zip(PARKINGS) {
         if n > 1 {
             server.wait_until(|s| s["state"] == "parked" && s["boots"] == n - 1, TIMEOUT);
         }
