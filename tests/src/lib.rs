@@ -7,6 +7,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod fleet;
 pub mod http;
 pub mod lazy;
 pub mod netns;

@@ -65,6 +65,23 @@ impl NetNs {
         ns
     }
 
+    /// A namespace with a bridge `br0` at 10.77.0.1/16 and no TAPs yet,
+    /// for many guests at once (`add_bridge_tap`).
+    pub fn with_bridge() -> NetNs {
+        let ns = NetNs::empty();
+        let n = ns.name.as_str();
+        ip(&["-n", n, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", n, "addr", "add", "10.77.0.1/16", "dev", "br0"]);
+        ip(&["-n", n, "link", "set", "br0", "up"]);
+        ns
+    }
+
+    /// A TAP on `br0`, up.
+    pub fn add_bridge_tap(&self, tap: &str) {
+        ip(&["-n", &self.name, "tuntap", "add", tap, "mode", "tap"]);
+        ip(&["-n", &self.name, "link", "set", tap, "master", "br0", "up"]);
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
