@@ -31,7 +31,12 @@ pub(crate) struct VcpuState {
 pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
     let mut exited = false;
     loop {
-        if state.devices.stop.requested() {
+        let net = state.devices.net.as_ref();
+        if state
+            .devices
+            .stop
+            .should_stop(|d| net.is_none_or(|n| n.quiet_for(d)))
+        {
             return Outcome::Stopped;
         }
         let exit = state.vcpu.run();

@@ -372,4 +372,28 @@ impl RunningVm {
         }
         self.wait()
     }
+
+    /// Stops the guest if, seen from its vCPU thread, no frame has moved
+    /// for `idle_for`; else hands it back, still running.
+    pub fn stop_if_idle(self, idle_for: Duration) -> Result<IdleStop, VmError> {
+        self.vcpu.stop.request_if_idle(idle_for);
+        loop {
+            if self.vcpu.handle.is_finished() {
+                return Ok(IdleStop::Stopped(self.wait()?));
+            }
+            if self.vcpu.stop.take_declined() {
+                return Ok(IdleStop::Busy(self));
+            }
+            stop::kick(self.vcpu.handle.as_pthread_t());
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// How an idle stop went.
+pub enum IdleStop {
+    /// The guest had ended (stopped as asked, or by itself just before).
+    Stopped(RunReport),
+    /// The guest had been busy after all: it runs on.
+    Busy(RunningVm),
 }

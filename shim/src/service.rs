@@ -196,11 +196,23 @@ impl Shim for Service {
     }
 
     /// containerd runs `shim start` in the bundle: a pod's containers go to
-    /// the shim of their sandbox.
+    /// the shim of their sandbox. The shim's address is also left in the
+    /// bundle's `address` file: a containerd that restarts finds its shims
+    /// there, and without it would take their tasks for dead and delete them.
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let bundle = std::env::current_dir().unwrap_or_default();
         let grouping = bundle::grouping(&bundle, &opts.id);
-        spawn(opts, &grouping, Vec::new()).await
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        let temporary = bundle.join("address.new");
+        std::fs::write(&temporary, &address)
+            .and_then(|()| std::fs::rename(&temporary, bundle.join("address")))
+            .map_err(|e| {
+                Error::Other(format!(
+                    "writing the shim address in {}: {e}",
+                    bundle.display()
+                ))
+            })?;
+        Ok(address)
     }
 
     /// Called after a shim died: undo what its container left behind.

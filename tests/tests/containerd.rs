@@ -239,3 +239,34 @@ fn a_task_parked_for_any_time_answers_its_first_syn() {
     c.remove("t1", "SIGTERM");
     assert_clean(&c);
 }
+
+/// containerd restarted (SIGTERM, started again) under parked and running
+/// tasks: the tasks live on (their shims do), stay reachable, and kill and
+/// delete through the new containerd still clean up.
+#[test]
+fn tasks_survive_a_containerd_restart_and_still_clean_up() {
+    let mut c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    c.run_jitsu_ok(IMAGE, "parked", &[]);
+    c.run_jitsu_ok(IMAGE, "running", &[]);
+    let ip = |id: &str| {
+        let (_, record) = c.record("default", id).unwrap();
+        record["network"]["Bridge"]["ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (parked, running) = (ip("parked"), ip("running"));
+    assert_eq!(curl(&c, &format!("http://{running}/")), "200");
+    c.restart();
+    for id in ["parked", "running"] {
+        assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"), "{id}");
+        assert_eq!(status(&c, id)["state"], id, "{id} as it was");
+    }
+    assert_eq!(curl(&c, &format!("http://{parked}/")), "200", "boots now");
+    assert_eq!(curl(&c, &format!("http://{running}/")), "200");
+    assert_eq!(status(&c, "parked")["boots"], 1);
+    c.remove("parked", "SIGTERM");
+    c.remove("running", "SIGKILL");
+    assert_clean(&c);
+}

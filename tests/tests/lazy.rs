@@ -372,3 +372,65 @@ fn a_console_nobody_reads_never_holds_up_stop_idle_or_sigterm() {
     assert_eq!(status.code(), Some(143), "{status:?}");
     drop(held);
 }
+
+/// A soak on real timelines: at least 200 boot/idle cycles, the gap before
+/// each request drawn at random from 0.1x to 5x the idle timeout (so some
+/// land while the VM runs, some just as it is re-parked, most after). Every
+/// request is answered with one SYN, and nothing grows: descriptors,
+/// threads, memory, interfaces. `JITSU_SOAK_SEED` repeats a run.
+#[test]
+fn a_soak_of_random_gaps_around_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_millis(100);
+    const BOOTS: u64 = 200;
+    let seed = std::env::var("JITSU_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("JITSU_SOAK_SEED={seed}");
+    let mut random = jitsu_e2e::Junk::new(seed);
+    let server = LazyHello::start(&["--idle-timeout", "100ms"]);
+    let a = addr(&server);
+    let mut before = None;
+    let mut requests = 0;
+    let boots = |server: &LazyHello| server.status()["boots"].as_u64().unwrap();
+    while boots(&server) < BOOTS {
+        assert!(
+            requests < 4 * BOOTS,
+            "{requests} requests made only {} boots",
+            boots(&server)
+        );
+        let draw = u16::from_le_bytes(random.bytes(2).try_into().unwrap()) as f64 / 65536.0;
+        std::thread::sleep(IDLE.mul_f64(0.1 + 4.9 * draw));
+        let (reply, retrans) = server.ns.run_in(move || get(a));
+        requests += 1;
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "request {requests}: {reply}"
+        );
+        assert_eq!(retrans, 0, "request {requests} (seed {seed}): one SYN");
+        if before.is_none() && boots(&server) >= 10 {
+            // Counted parked, as at the end.
+            server.wait_until(|s| s["state"] == "parked", TIMEOUT);
+            before = Some(counts(&server));
+        }
+    }
+    server.wait_until(|s| s["state"] == "parked", TIMEOUT);
+    let before = before.expect("counted after 10 boots");
+    let after = counts(&server);
+    assert_eq!(after.0, before.0, "file descriptors");
+    assert_eq!(after.1, before.1, "threads");
+    assert_eq!(after.3, before.3, "network interfaces in the namespace");
+    assert!(
+        after.2 < before.2 + 4096,
+        "resident memory grew from {} to {} KiB",
+        before.2,
+        after.2
+    );
+    eprintln!("{requests} requests, {} boots", boots(&server));
+}

@@ -65,6 +65,13 @@ impl NetDevice {
         !self.pending.is_empty()
     }
 
+    /// Whether no frame has moved for `d` (only the vCPU thread moves
+    /// frames, so on that thread the answer cannot change while it is read).
+    pub fn quiet_for(&self, d: std::time::Duration) -> bool {
+        let last = self.activity.load(Ordering::Relaxed);
+        crate::clock::now_ns().saturating_sub(last) as u128 >= d.as_nanos()
+    }
+
     fn touch(&self) {
         self.activity
             .store(crate::clock::now_ns(), Ordering::Relaxed);

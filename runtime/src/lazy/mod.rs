@@ -24,8 +24,9 @@ use thiserror::Error;
 use crate::clock;
 use crate::devices::console::Console;
 use crate::devices::tap::Tap;
+use crate::report::Outcome;
 use crate::report::RunReport;
-use crate::vm::{ParkedVm, RunningVm, Vm, VmConfig, VmError};
+use crate::vm::{IdleStop, ParkedVm, RunningVm, Vm, VmConfig, VmError};
 use control::{Command, ControlServer};
 use jitsu_xenstore::registry::Service;
 use registry::RegistryAgent;
@@ -196,8 +197,9 @@ impl Supervisor {
                 self.serve_control(&ready.control)?;
             }
             if self.idle_deadline() == Some(Duration::ZERO) {
-                tracing::info!("idle: parking a fresh VM");
-                self.repark()?;
+                if let Some(report) = self.park_if_idle()? {
+                    return Ok(Ended::Guest(report));
+                }
             }
             self.sync_registry();
         }
@@ -369,11 +371,42 @@ impl Supervisor {
         }
     }
 
+    /// Idle as far as the supervisor can see: stops the guest unless its
+    /// vCPU thread saw a frame meanwhile, and parks a fresh VM. Returns the
+    /// report of a guest that had ended by itself instead.
+    fn park_if_idle(&mut self) -> Result<Option<RunReport>, LazyError> {
+        let (Some(State::Running(vm)), Some(timeout)) =
+            (self.state.take(), self.config.idle_timeout)
+        else {
+            unreachable_state();
+            return Ok(None);
+        };
+        self.remember(&vm);
+        match vm.stop_if_idle(timeout)? {
+            IdleStop::Busy(vm) => {
+                tracing::debug!("idle stop declined: a frame moved meanwhile");
+                self.state = Some(State::Running(vm));
+                Ok(None)
+            }
+            IdleStop::Stopped(report) if matches!(report.outcome, Outcome::Stopped) => {
+                tracing::info!("idle: parked a fresh VM");
+                self.park()?;
+                Ok(None)
+            }
+            IdleStop::Stopped(report) => Ok(Some(report)),
+        }
+    }
+
+    /// What the status keeps reporting of a VM once it is gone.
+    fn remember(&mut self, vm: &RunningVm) {
+        self.last_boot_latency = vm.boot_latency().or(self.last_boot_latency);
+        self.last_packet_ns = self.last_packet_ns.max(vm.last_activity_ns());
+    }
+
     /// Stops the running guest and parks a fresh VM in its place.
     fn repark(&mut self) -> Result<(), LazyError> {
         if let Some(State::Running(vm)) = self.state.take() {
-            self.last_boot_latency = vm.boot_latency().or(self.last_boot_latency);
-            self.last_packet_ns = self.last_packet_ns.max(vm.last_activity_ns());
+            self.remember(&vm);
             let report = vm.stop()?;
             tracing::debug!(outcome = ?report.outcome, "guest stopped");
         }
