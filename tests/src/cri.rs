@@ -247,21 +247,27 @@ impl CriNode {
 
     /// The container's CRI state and, when it has ended, reason and message.
     pub fn container_state(&mut self, id: &str) -> (ContainerState, String) {
+        self.try_container_state(id).expect("ContainerStatus")
+    }
+
+    pub fn try_container_state(
+        &mut self,
+        id: &str,
+    ) -> Result<(ContainerState, String), tonic::Status> {
         let request = ContainerStatusRequest {
             container_id: id.into(),
             verbose: false,
         };
         let status = self
             .runtime
-            .block_on(self.client.container_status(request))
-            .unwrap()
+            .block_on(self.client.container_status(request))?
             .into_inner()
             .status
             .expect("a status");
-        (
+        Ok((
             ContainerState::try_from(status.state).unwrap_or(ContainerState::ContainerUnknown),
             format!("{}: {}", status.reason, status.message),
-        )
+        ))
     }
 
     /// The pod's IPv4 address, as CNI gave it.

@@ -272,3 +272,30 @@ fn a_pod_parked_for_any_time_answers_its_first_syn() {
         .expect("StopPodSandbox, RemovePodSandbox");
     assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
 }
+
+/// containerd restarted under a pod whose unikernel runs: CRI still knows
+/// the pod and its running container, the guest keeps serving, and removing
+/// the pod through the new containerd leaves nothing.
+#[test]
+fn a_pod_survives_a_containerd_restart() {
+    let mut node = node_with_hello();
+    let sandbox = CriNode::pod_config("restart", &[]);
+    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
+    let container = node
+        .create_container(&pod, &sandbox, "hello", HELLO, &[])
+        .expect("CreateContainer");
+    node.start_container(&container).expect("StartContainer");
+    let url = format!("http://{}/", node.pod_ip(&pod));
+    assert_eq!(node.ns().curl_status(&url), "200");
+    node.containerd.restart();
+    wait_until("CRI to answer again", || {
+        node.try_container_state(&container)
+            .is_ok_and(|(state, _)| state == ContainerState::ContainerRunning)
+    });
+    assert_eq!(monitor_state(&node, &container), "running");
+    assert_eq!(node.ns().curl_status(&url), "200");
+    node.remove_pod(&pod)
+        .expect("StopPodSandbox, RemovePodSandbox");
+    assert!(node.pods().is_empty());
+    assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}
