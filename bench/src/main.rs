@@ -8,6 +8,7 @@ mod dns;
 mod lazy;
 mod monitor;
 mod stats;
+mod timeline;
 mod xenstore;
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +30,9 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(stats::Samples::new);
     if wanted("lazy") {
         rows.extend(lazy::rows(quick, exec_first)?);
+    }
+    if wanted("timeline") {
+        rows.extend(timeline::rows(quick)?);
     }
     if wanted("dns") {
         rows.extend(dns::rows(quick)?);
