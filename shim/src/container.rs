@@ -36,8 +36,6 @@ pub struct Container {
     pub eager: bool,
     pub status: Status,
     pub pid: u32,
-    /// The container's process, to signal safely (None: it ended at once).
-    pub process: Option<Process>,
     pub stdout: String,
     pub stderr: String,
     pub exit: watch::Receiver<Exit>,
@@ -327,13 +325,11 @@ impl Container {
             let _ = monitor_unsubscribe(exits.id).await;
         });
         let control = record.key.control_path();
-        let process = record.process;
         Ok(Container {
             record,
             eager: false,
             status: Status::Created,
             pid,
-            process,
             stdout: stdout.into(),
             stderr: stderr.into(),
             exit: rx,

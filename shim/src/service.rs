@@ -361,7 +361,7 @@ impl Task for Service {
             .map_err(|_| status(Code::INVALID_ARGUMENT, format!("signal {}", req.signal)))?;
         // Through a pidfd checked against the start time: never a stranger
         // that was given the pid after ours ended.
-        if let Some(process) = &c.process {
+        if let Some(process) = &c.record.process {
             process
                 .signal(signal)
                 .map_err(|e| status(Code::INTERNAL, format!("kill: {e}")))?;

@@ -21,6 +21,18 @@ fn node_with_hello() -> CriNode {
     node
 }
 
+/// A pod named `name` running hello-http with `annotations`, started:
+/// its pod id and container id.
+fn hello_pod(node: &mut CriNode, name: &str, annotations: &[(&str, &str)]) -> (String, String) {
+    let sandbox = CriNode::pod_config(name, &[]);
+    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
+    let container = node
+        .create_container(&pod, &sandbox, "hello", HELLO, annotations)
+        .expect("CreateContainer");
+    node.start_container(&container).expect("StartContainer");
+    (pod, container)
+}
+
 /// The `status` of the container's monitor, from its control socket.
 fn monitor_state(node: &CriNode, container: &str) -> String {
     let status = node.containerd.monitor_status(container);
@@ -63,19 +75,8 @@ fn pod_netns(node: &CriNode, pod: &str) -> PathBuf {
 #[test]
 fn a_pod_sleeps_until_its_first_request_and_leaves_nothing_behind() {
     let mut node = node_with_hello();
-    let sandbox = CriNode::pod_config("hello", &[]);
-    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
+    let (pod, container) = hello_pod(&mut node, "hello", &[("org.jitsu.idle-timeout", "1s")]);
     let netns = pod_netns(&node, &pod);
-    let container = node
-        .create_container(
-            &pod,
-            &sandbox,
-            "hello",
-            HELLO,
-            &[("org.jitsu.idle-timeout", "1s")],
-        )
-        .expect("CreateContainer");
-    node.start_container(&container).expect("StartContainer");
     assert_eq!(
         node.container_state(&container).0,
         ContainerState::ContainerRunning
@@ -234,18 +235,7 @@ fn a_pod_is_in_the_node_zone_only_when_it_asks() {
 fn a_pod_parked_for_any_time_answers_its_first_syn() {
     const IDLE: Duration = Duration::from_secs(1);
     let mut node = node_with_hello();
-    let sandbox = CriNode::pod_config("timeline", &[]);
-    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
-    let container = node
-        .create_container(
-            &pod,
-            &sandbox,
-            "hello",
-            HELLO,
-            &[("org.jitsu.idle-timeout", "1s")],
-        )
-        .expect("CreateContainer");
-    node.start_container(&container).expect("StartContainer");
+    let (pod, container) = hello_pod(&mut node, "timeline", &[("org.jitsu.idle-timeout", "1s")]);
     let ip: std::net::Ipv4Addr = node.pod_ip(&pod).parse().unwrap();
     let addr = std::net::SocketAddr::from((ip, 80));
     for (n, factor) in (1u64..).zip(jitsu_e2e::http::PARKINGS) {
@@ -279,12 +269,7 @@ fn a_pod_parked_for_any_time_answers_its_first_syn() {
 #[test]
 fn a_pod_survives_a_containerd_restart() {
     let mut node = node_with_hello();
-    let sandbox = CriNode::pod_config("restart", &[]);
-    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
-    let container = node
-        .create_container(&pod, &sandbox, "hello", HELLO, &[])
-        .expect("CreateContainer");
-    node.start_container(&container).expect("StartContainer");
+    let (pod, container) = hello_pod(&mut node, "restart", &[]);
     let url = format!("http://{}/", node.pod_ip(&pod));
     assert_eq!(node.ns().curl_status(&url), "200");
     node.containerd.restart();

@@ -96,7 +96,9 @@ fn jitsu_e2e_request(server: &LazyHello, command: &str) -> String {
 
 /// (fds, threads, RSS KiB, interfaces in the namespace), once the monitor
 /// has noticed that the last control client went away.
-fn counts(server: &LazyHello) -> (Vec<String>, usize, u64, usize) {
+type Counts = (Vec<String>, usize, u64, usize);
+
+fn counts(server: &LazyHello) -> Counts {
     std::thread::sleep(Duration::from_millis(100));
     let pid = server.monitor.pid();
     let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -129,6 +131,20 @@ fn counts(server: &LazyHello) -> (Vec<String>, usize, u64, usize) {
     )
 }
 
+/// The same descriptors, threads and interfaces, and at most 4 MiB more
+/// resident memory.
+fn assert_nothing_grew(before: &Counts, after: &Counts) {
+    assert_eq!(after.0, before.0, "file descriptors");
+    assert_eq!(after.1, before.1, "threads");
+    assert_eq!(after.3, before.3, "network interfaces in the namespace");
+    assert!(
+        after.2 < before.2 + 4096,
+        "resident memory grew from {} to {} KiB",
+        before.2,
+        after.2
+    );
+}
+
 #[test]
 fn twenty_boot_idle_cycles_leak_nothing() {
     let server = LazyHello::start(&["--idle-timeout", "150ms"]);
@@ -147,15 +163,7 @@ fn twenty_boot_idle_cycles_leak_nothing() {
         cycle(n);
     }
     let after = counts(&server);
-    assert_eq!(after.0, before.0, "file descriptors");
-    assert_eq!(after.1, before.1, "threads");
-    assert_eq!(after.3, before.3, "network interfaces in the namespace");
-    assert!(
-        after.2 < before.2 + 4096,
-        "resident memory grew from {} to {} KiB",
-        before.2,
-        after.2
-    );
+    assert_nothing_grew(&before, &after);
     assert_eq!(
         server.status()["boots"],
         23,
@@ -423,14 +431,6 @@ fn a_soak_of_random_gaps_around_the_idle_timeout() {
     server.wait_until(|s| s["state"] == "parked", TIMEOUT);
     let before = before.expect("counted after 10 boots");
     let after = counts(&server);
-    assert_eq!(after.0, before.0, "file descriptors");
-    assert_eq!(after.1, before.1, "threads");
-    assert_eq!(after.3, before.3, "network interfaces in the namespace");
-    assert!(
-        after.2 < before.2 + 4096,
-        "resident memory grew from {} to {} KiB",
-        before.2,
-        after.2
-    );
+    assert_nothing_grew(&before, &after);
     eprintln!("{requests} requests, {} boots", boots(&server));
 }

@@ -129,14 +129,19 @@ impl Client {
         match tokio::time::timeout(self.deadline, exchange).await {
             Ok(reply) => reply,
             Err(_) => {
-                self.inner
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&req_id);
+                self.forget(req_id);
                 Err(ClientError::Timeout(self.deadline))
             }
         }
+    }
+
+    /// No reply to `req_id` is awaited any more.
+    fn forget(&self, req_id: u32) {
+        self.inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&req_id);
     }
 
     async fn exchange(
@@ -159,11 +164,7 @@ impl Client {
             // may be half written: no later request may follow it.
             if self.inner.torn.load(Ordering::Acquire) {
                 drop(writer);
-                self.inner
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&req_id);
+                self.forget(req_id);
                 return Err(ClientError::Closed);
             }
             self.inner.torn.store(true, Ordering::Release);
@@ -172,11 +173,7 @@ impl Client {
             sent
         };
         if sent.is_err() {
-            self.inner
-                .pending
-                .lock()
-                .expect("pending lock")
-                .remove(&req_id);
+            self.forget(req_id);
             return Err(ClientError::Closed);
         }
         let reply = rx.await.map_err(|_| ClientError::Closed)?;

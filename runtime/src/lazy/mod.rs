@@ -375,11 +375,15 @@ impl Supervisor {
     /// vCPU thread saw a frame meanwhile, and parks a fresh VM. Returns the
     /// report of a guest that had ended by itself instead.
     fn park_if_idle(&mut self) -> Result<Option<RunReport>, LazyError> {
-        let (Some(State::Running(vm)), Some(timeout)) =
-            (self.state.take(), self.config.idle_timeout)
-        else {
-            unreachable_state();
+        let Some(timeout) = self.config.idle_timeout else {
             return Ok(None);
+        };
+        let vm = match self.state.take() {
+            Some(State::Running(vm)) => vm,
+            other => {
+                self.state = other;
+                return Ok(None);
+            }
         };
         self.remember(&vm);
         match vm.stop_if_idle(timeout)? {
