@@ -53,6 +53,20 @@ pub fn tcp_syn(
     [&dst_mac[..], &src_mac, &[0x08, 0x00], &ip, &tcp].concat()
 }
 
+/// A broadcast ARP request from `src` asking who has `target`.
+pub fn arp_request(src_mac: [u8; 6], src: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    [
+        &[0xff; 6][..],
+        &src_mac,
+        &[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1],
+        &src_mac,
+        &src.octets(),
+        &[0; 6],
+        &target.octets(),
+    ]
+    .concat()
+}
+
 /// A packet socket bound to one interface of the caller's network namespace.
 pub struct PacketSocket {
     fd: OwnedFd,

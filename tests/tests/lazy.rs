@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jitsu_e2e::http::{get, PARKINGS};
 use jitsu_e2e::lazy::LazyHello;
-use jitsu_e2e::packet::{tcp_syn, PacketSocket};
+use jitsu_e2e::packet::{arp_request, tcp_syn, PacketSocket};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -433,4 +433,34 @@ fn a_soak_of_random_gaps_around_the_idle_timeout() {
     let after = counts(&server);
     assert_nothing_grew(&before, &after);
     eprintln!("{requests} requests, {} boots", boots(&server));
+}
+
+/// The kernel hands the monitor only frames for its guest: on a busy link,
+/// ARP for the neighbours and packets to other addresses never wake it
+/// (nor count as dropped); an ARP for the service still does.
+#[test]
+fn only_frames_for_the_guest_reach_the_monitor() {
+    let server = LazyHello::start(&[]);
+    let before = server.status();
+    let (host, guest) = (server.ns.host_ip, server.ns.guest_ip);
+    let (tap, host_mac) = (server.ns.tap.clone(), server.ns.tap_mac());
+    server.ns.run_in(move || {
+        let socket = PacketSocket::bind(&tap).expect("packet socket");
+        for i in 0..50u8 {
+            let other = std::net::Ipv4Addr::new(10, 77, 0, 100 + i);
+            socket.send(&arp_request(host_mac, host, other)).unwrap();
+            let syn = tcp_syn(host_mac, [0xff; 6], host, other, 40_000, 80, i as u32);
+            socket.send(&syn).unwrap();
+        }
+        socket.send(&arp_request(host_mac, host, guest)).unwrap();
+    });
+    let after = server.wait_until(
+        |s| s["arp_replies"].as_u64() > before["arp_replies"].as_u64(),
+        TIMEOUT,
+    );
+    assert_eq!(
+        after["dropped_frames"], before["dropped_frames"],
+        "frames for others never reached Synjitsu: {after}"
+    );
+    assert_eq!(after["boots"], 0, "nor booted anything");
 }

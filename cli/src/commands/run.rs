@@ -130,9 +130,11 @@ fn run_monitor(
                 bail!("--net {tap} needs --ip ADDR/PREFIX: the guest has no other way to learn its address");
             };
             let tap = Tap::open(tap).with_context(|| format!("{}", args.kernel.display()))?;
+            let mac = args.mac.unwrap_or_else(|| args::default_mac(Some(ipv4)));
+            tap.admit_only(mac, ipv4)?;
             Some(NetSetup {
                 tap: Arc::new(tap),
-                mac: args.mac.unwrap_or_else(|| args::default_mac(Some(ipv4))),
+                mac,
                 ipv4,
                 prefix_len,
                 gateway: args.gw,

@@ -8,6 +8,8 @@ use thiserror::Error;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+/// `_IOW('T', 213, struct sock_fprog)`.
+const TUNATTACHFILTER: libc::c_ulong = 0x4010_54d5;
 
 #[derive(Debug, Error)]
 pub enum TapError {
@@ -23,6 +25,11 @@ pub enum TapError {
     Busy(String),
     #[error("cannot attach to TAP interface {name}: {source}")]
     Attach {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("cannot filter the frames of TAP interface {name}: {source}")]
+    Filter {
         name: String,
         source: std::io::Error,
     },
@@ -98,6 +105,28 @@ impl Tap {
         Ok(())
     }
 
+    /// Lets through to this end of the TAP only frames for the guest: ARP
+    /// requests for `ipv4`, IPv4 packets to it, and anything sent to `mac`.
+    /// Everything else on the link (ARP for the neighbours, IPv6 chatter)
+    /// is dropped in the kernel, so that a broadcast on a bridge of a
+    /// hundred parked services does not wake a hundred monitors.
+    pub fn admit_only(&self, mac: [u8; 6], ipv4: std::net::Ipv4Addr) -> Result<(), TapError> {
+        let program = guest_frames_filter(mac, ipv4);
+        let fprog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: TUNATTACHFILTER copies the program the sock_fprog points
+        // to (which outlives the call) into the kernel.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNATTACHFILTER, &fprog) } < 0 {
+            return Err(TapError::Filter {
+                name: self.name.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -114,6 +143,53 @@ impl Tap {
     /// `&File` implements Read and Write, so shared access is enough to move frames.
     pub fn file(&self) -> &File {
         &self.file
+    }
+}
+
+/// A classic BPF program over an Ethernet frame: accept ARP whose target
+/// is `ipv4`, IPv4 whose destination is `ipv4`, or any frame to `mac`.
+/// (A load past the end of a short frame ends the program: dropped.)
+fn guest_frames_filter(mac: [u8; 6], ipv4: std::net::Ipv4Addr) -> Vec<libc::sock_filter> {
+    const ARP_TARGET_IP: u32 = 14 + 24;
+    const IPV4_DESTINATION: u32 = 14 + 16;
+    let ip = u32::from(ipv4);
+    let mac_high = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let mac_low = u16::from_be_bytes([mac[4], mac[5]]) as u32;
+    let load_word = |offset| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset);
+    let load_half = |offset| stmt(libc::BPF_LD | libc::BPF_H | libc::BPF_ABS, offset);
+    // Jump targets are counted from the next instruction.
+    vec![
+        /* 0 */ load_half(12),
+        /* 1 */ jump_eq(0x0806, 0, 2),
+        /* 2 */ load_word(ARP_TARGET_IP),
+        /* 3 */ jump_eq(ip, 7, 3),
+        /* 4 */ jump_eq(0x0800, 0, 2),
+        /* 5 */ load_word(IPV4_DESTINATION),
+        /* 6 */ jump_eq(ip, 4, 0),
+        /* 7 */ load_word(0),
+        /* 8 */ jump_eq(mac_high, 0, 3),
+        /* 9 */ load_half(4),
+        /* 10 */ jump_eq(mac_low, 0, 1),
+        /* 11 */ stmt(libc::BPF_RET | libc::BPF_K, u32::MAX),
+        /* 12 */ stmt(libc::BPF_RET | libc::BPF_K, 0),
+    ]
+}
+
+fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump_eq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
     }
 }
 
