@@ -147,13 +147,25 @@ impl Containerd {
     }
 
     pub fn import_hello_in(&self, namespace: &str, name: &str, pack_args: &[&str]) {
+        self.import_guest_in(namespace, "hello-http", name, pack_args);
+    }
+
+    /// Packs the guest `guest` (by its name in the guest workspace) with
+    /// `pack_args` and imports it into `namespace` as `name`.
+    pub fn import_guest_in(
+        &self,
+        namespace: &str,
+        guest_name: &str,
+        name: &str,
+        pack_args: &[&str],
+    ) {
         let archive = self
             .dir
             .path()
             .join(format!("{}.tar", name.replace(['/', ':'], "_")));
         let out = Command::new(jitsu_bin())
             .args(["pack", "--kernel"])
-            .arg(guest("hello-http"))
+            .arg(guest(guest_name))
             .args(["--name", name])
             .args(pack_args)
             .arg("-o")

@@ -284,3 +284,37 @@ fn a_pod_survives_a_containerd_restart() {
     assert!(node.pods().is_empty());
     assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
 }
+
+/// A pod's unikernel that ends by itself gives the pod's network back (CRI
+/// deletes the ended task, and with it our network): the kubelet's next
+/// container in the same pod, a restart, takes eth0 over.
+#[test]
+fn a_pods_next_unikernel_takes_over_from_one_that_ended() {
+    let mut node = node_with_hello();
+    const EXITS: &str = "docker.io/jitsu/exits:cri";
+    node.containerd.import_guest_in(
+        K8S_NAMESPACE,
+        "abi-test",
+        EXITS,
+        &["--cmdline", "exit 3", "--boot", "eager"],
+    );
+    node.wait_for_image(EXITS);
+    let sandbox = CriNode::pod_config("restarts", &[]);
+    let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
+    let first = node
+        .create_container(&pod, &sandbox, "first", EXITS, &[])
+        .expect("CreateContainer");
+    node.start_container(&first).expect("StartContainer");
+    wait_until("the first unikernel to exit", || {
+        node.container_state(&first).0 == ContainerState::ContainerExited
+    });
+    let next = node
+        .create_container(&pod, &sandbox, "next", HELLO, &[])
+        .expect("the next container gets the pod's network");
+    node.start_container(&next).expect("StartContainer");
+    let url = format!("http://{}/", node.pod_ip(&pod));
+    assert_eq!(node.ns().curl_status(&url), "200");
+    node.remove_pod(&pod)
+        .expect("StopPodSandbox, RemovePodSandbox");
+    assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}
