@@ -195,6 +195,39 @@ pub struct BootInfo {
     pub entry_tsc: u64,
 }
 
+/// Why a command line cannot be handed to a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmdlineError {
+    /// Longer than [`layout::CMDLINE_MAX`] bytes (the length it is).
+    TooLong(usize),
+    /// It holds a NUL byte, which would end it early in the guest.
+    Nul,
+}
+
+impl core::fmt::Display for CmdlineError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CmdlineError::TooLong(n) => write!(
+                f,
+                "command line is {n} bytes, at most {} are allowed",
+                layout::CMDLINE_MAX
+            ),
+            CmdlineError::Nul => f.write_str("command line contains a NUL byte"),
+        }
+    }
+}
+
+/// Whether `cmdline` fits the boot info.
+pub fn check_cmdline(cmdline: &str) -> Result<(), CmdlineError> {
+    if cmdline.len() > layout::CMDLINE_MAX {
+        return Err(CmdlineError::TooLong(cmdline.len()));
+    }
+    if cmdline.contains('\0') {
+        return Err(CmdlineError::Nul);
+    }
+    Ok(())
+}
+
 pub const BOOT_INFO_MAGIC: u64 = 0x4a49_5453_5542_4f4f; // "JITSUBOO"
 
 /// Where the command line lies: right after the boot info, on the same page run.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use jitsu_e2e::containerd::Containerd;
 use jitsu_e2e::lazy::try_request;
-use jitsu_runtime::spec::archive::{image_archive, File};
+use jitsu_spec::archive::{image_archive, File};
 
 use crate::stats::{Row, Samples, Unit};
 

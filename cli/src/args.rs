@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-pub use jitsu_runtime::spec::units::{parse_duration, parse_size};
+pub use jitsu_spec::units::{parse_duration, parse_size};
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let bad = || format!("{s:?} is not a MAC address (want aa:bb:cc:dd:ee:ff)");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use jitsu_xenstore::registry::{self, ROOT};
+use jitsu_registry::{self as registry, ROOT};
 use jitsu_xenstore::Client;
 use tokio::sync::watch;
 

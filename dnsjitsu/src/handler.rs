@@ -9,7 +9,7 @@ use hickory_proto::op::{Header, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{LowerName, Name, Record, RecordType};
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use jitsu_xenstore::registry;
+use jitsu_registry as registry;
 
 use crate::directory::Directory;
 use crate::forward;

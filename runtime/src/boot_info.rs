@@ -45,13 +45,10 @@ impl GuestNet {
 }
 
 pub fn check_cmdline(cmdline: &str) -> Result<(), BootInfoError> {
-    if cmdline.len() > layout::CMDLINE_MAX {
-        return Err(BootInfoError::CmdlineTooLong(cmdline.len()));
-    }
-    if cmdline.contains('\0') {
-        return Err(BootInfoError::CmdlineNul);
-    }
-    Ok(())
+    jitsu_abi::check_cmdline(cmdline).map_err(|e| match e {
+        jitsu_abi::CmdlineError::TooLong(n) => BootInfoError::CmdlineTooLong(n),
+        jitsu_abi::CmdlineError::Nul => BootInfoError::CmdlineNul,
+    })
 }
 
 /// What goes into the boot info besides what the memory itself knows.

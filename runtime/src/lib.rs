@@ -14,7 +14,6 @@ pub mod lazy;
 pub mod memory;
 pub mod report;
 pub mod seccomp;
-pub mod spec;
 pub mod stop;
 mod vcpu;
 pub mod vm;

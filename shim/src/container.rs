@@ -9,7 +9,7 @@ use std::process::Stdio;
 
 use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
 use containerd_shim::monitor::{Subject, Topic};
-use jitsu_runtime::spec::{BootPolicy, Metadata, UnikernelSpec, METADATA_FILE};
+use jitsu_spec::{BootPolicy, Metadata, UnikernelSpec, METADATA_FILE};
 use tokio::sync::watch;
 
 use crate::network::bridge::{GATEWAY, PREFIX};

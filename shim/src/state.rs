@@ -160,7 +160,7 @@ async fn remove_registry_entry(name: &str) {
     let socket = jitsu_xenstore::server::default_socket_path();
     let removed = tokio::time::timeout(DEADLINE, async {
         let client = jitsu_xenstore::Client::connect(&socket).await?;
-        jitsu_xenstore::registry::remove(&client.with_deadline(DEADLINE), name).await
+        jitsu_registry::remove(&client.with_deadline(DEADLINE), name).await
     });
     if let Ok(Err(e)) = removed.await {
         tracing::debug!(%e, name, "removing the registry entry");

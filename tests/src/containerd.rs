@@ -183,7 +183,7 @@ impl Containerd {
     /// Imports an image of `kernel` (any bytes: `jitsu pack` would refuse a
     /// bad ELF, a hostile image need not come from it) as `name`.
     pub fn import_kernel_bytes(&self, name: &str, kernel: &[u8]) {
-        use jitsu_runtime::spec::{archive, Metadata, METADATA_FILE};
+        use jitsu_spec::{archive, Metadata, METADATA_FILE};
         let metadata = Metadata::new("/unikernel.elf");
         let json = metadata.to_json();
         let files = [

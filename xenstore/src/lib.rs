@@ -7,7 +7,6 @@ pub mod daemon;
 pub mod limits;
 pub mod path;
 pub mod perms;
-pub mod registry;
 pub mod server;
 pub mod store;
 pub mod transaction;

@@ -158,63 +158,13 @@ fn a_daemon_that_never_answers_times_requests_out() {
                 Err(jitsu_xenstore::ClientError::Timeout(_))
             ));
         }
-        let registry = jitsu_xenstore::registry::request_boot(&client, "hello").await;
+        let transaction = client
+            .transact(|tx| async move { tx.read("/jitsu").await })
+            .await;
         assert!(
-            matches!(registry, Err(jitsu_xenstore::ClientError::Timeout(_))),
-            "{registry:?}"
+            matches!(transaction, Err(jitsu_xenstore::ClientError::Timeout(_))),
+            "{transaction:?}"
         );
         hung.abort();
     });
-}
-
-/// Whoever asks, a parked service's boot is requested once per parking:
-/// only while it is parked, and only if its generation has not been asked for.
-#[test]
-fn a_boot_is_requested_once_per_generation() {
-    use jitsu_xenstore::registry::{self, Service};
-    let d = Daemon::start();
-    d.block_on(async {
-        let c = Client::connect(&d.socket).await.unwrap();
-        let mut service = Service {
-            name: "web".into(),
-            state: "parked".into(),
-            generation: 1,
-            ..Default::default()
-        };
-        registry::publish(&c, &service).await.unwrap();
-        let asks = (0..32).map(|_| {
-            let c = c.clone();
-            async move { registry::request_boot(&c, "web").await.unwrap() }
-        });
-        let written = futures_util::future::join_all(asks)
-            .await
-            .into_iter()
-            .filter(|&w| w)
-            .count();
-        assert_eq!(written, 1, "32 lookups at once, one request");
-        assert_eq!(
-            c.read_string("/jitsu/services/web/boot").await.unwrap(),
-            "1"
-        );
-        assert_eq!(
-            c.read_string("/jitsu/services/web/state").await.unwrap(),
-            "parked",
-            "only the monitor writes the state"
-        );
-        let old = service.clone();
-        service.state = "running".into();
-        registry::update(&c, &old, &service).await.unwrap();
-        assert!(!registry::request_boot(&c, "web").await.unwrap());
-        let old = service.clone();
-        service.state = "parked".into();
-        service.generation = 2;
-        registry::update(&c, &old, &service).await.unwrap();
-        assert!(registry::request_boot(&c, "web").await.unwrap());
-        assert_eq!(
-            c.read_string("/jitsu/services/web/boot").await.unwrap(),
-            "2"
-        );
-        assert!(!registry::request_boot(&c, "gone").await.unwrap_or(false));
-    });
-    d.check();
 }

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use jitsu_runtime::elf::KernelImage;
-use jitsu_runtime::spec::{BootPolicy, Metadata, METADATA_FILE};
+use jitsu_spec::{BootPolicy, Metadata, METADATA_FILE};
 
-use jitsu_runtime::spec::archive::{self as oci, File};
+use jitsu_spec::archive::{self as oci, File};
 
 /// Where the ELF lies in the image's filesystem.
 const KERNEL_PATH: &str = "unikernel.elf";

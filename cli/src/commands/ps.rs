@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use jitsu_xenstore::registry::{self, Service};
+use jitsu_registry::{self as registry, Service};
 use jitsu_xenstore::server;
 use jitsu_xenstore::Client;
 

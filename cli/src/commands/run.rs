@@ -156,7 +156,7 @@ fn run_monitor(
             hold: !args.no_hold,
             registry: match &args.name {
                 None => None,
-                Some(name) if !jitsu_xenstore::registry::valid_name(name) => {
+                Some(name) if !jitsu_registry::valid_name(name) => {
                     bail!("--name {name:?}: a service name is a DNS label (a-z, 0-9, '-', at most 63)")
                 }
                 Some(name) => Some(RegistryConfig {

@@ -28,7 +28,7 @@ use crate::report::Outcome;
 use crate::report::RunReport;
 use crate::vm::{IdleStop, ParkedVm, RunningVm, Vm, VmConfig, VmError};
 use control::{Command, ControlServer};
-use jitsu_xenstore::registry::Service;
+use jitsu_registry::Service;
 use registry::RegistryAgent;
 
 #[derive(Debug, Error)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use jitsu_xenstore::registry::{self, Service};
+use jitsu_registry::{self as registry, Service};
 use jitsu_xenstore::Client;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::{mpsc, Notify};

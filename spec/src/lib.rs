@@ -210,10 +210,9 @@ impl Metadata {
                 self.mem
             )));
         }
-        crate::boot_info::check_cmdline(&self.cmdline)
-            .map_err(|e| SpecError::Cmdline(e.to_string()))?;
+        jitsu_abi::check_cmdline(&self.cmdline).map_err(|e| SpecError::Cmdline(e.to_string()))?;
         if let Some(name) = &self.dns_name {
-            if !jitsu_xenstore::registry::valid_name(name) {
+            if !jitsu_registry::valid_name(name) {
                 return Err(SpecError::DnsName(name.clone()));
             }
         }

@@ -1,5 +1,6 @@
 //! The service registry in XenStore, as every Jitsu component reads and
-//! writes it:
+//! writes it (the monitors' registry agents, `dnsjitsu`, `jitsu ps`, the
+//! shim's cleanup); the protocol itself is `jitsu-xenstore`'s:
 //!
 //! ```text
 //! /jitsu/services/<name>/ip        "10.77.0.2"
@@ -17,8 +18,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::client::{Client, ClientError};
-use crate::XsError;
+use jitsu_xenstore::{Client, ClientError, XsError};
 
 pub const ROOT: &str = "/jitsu/services";
 
