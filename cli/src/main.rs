@@ -4,7 +4,6 @@ mod args;
 mod commands;
 
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
@@ -21,8 +20,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a unikernel ELF directly on KVM and wait for it to end.
-    Run(commands::run::RunArgs),
+    /// Boot a unikernel ELF directly on KVM, or park it (--lazy): `jitsu-monitor`'s own
+    /// options follow (`jitsu run --help`).
+    #[command(disable_help_flag = true)]
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run the node's services: XenStore and the DNS directory.
     Daemon(commands::daemon::DaemonArgs),
     /// Package a unikernel ELF as an OCI image archive (for `ctr images import`).
@@ -44,18 +48,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let start = Instant::now();
-    let start_monotonic = args::monotonic_nanos();
-    init_logging();
-    // `jitsu run` is on the boot path of every monitor: parse only its
-    // arguments (clap builds the whole command tree otherwise).
+    // `jitsu run` is on the boot path of every monitor: become the monitor
+    // before anything else happens here.
     if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
-        let args = RunOnly::parse_from(std::env::args_os().skip(1));
-        return exit(commands::run::run(args.args, start, start_monotonic));
+        return exit(commands::run::exec(std::env::args_os().skip(2)));
     }
+    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => commands::run::run(args, start, start_monotonic),
+        Command::Run { args } => commands::run::exec(args),
         Command::Xenstored(args) => commands::xenstored::run(args),
         Command::Control(args) => commands::control::run(args),
         Command::Daemon(args) => commands::daemon::run(args),
@@ -66,19 +67,6 @@ fn main() -> ExitCode {
         Command::PackInstaller(args) => commands::pack::run_installer(args),
     };
     exit(result)
-}
-
-/// `jitsu run ...` alone.
-#[derive(Parser)]
-#[command(
-    name = "jitsu run",
-    bin_name = "jitsu run",
-    version,
-    about = "Boot a unikernel ELF directly on KVM and wait for it to end."
-)]
-struct RunOnly {
-    #[command(flatten)]
-    args: commands::run::RunArgs,
 }
 
 fn exit(result: anyhow::Result<u8>) -> ExitCode {

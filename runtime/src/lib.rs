@@ -1,22 +1,21 @@
-//! Jitsu's unikernel runtime: validates a unikernel ELF, builds a KVM VM for
-//! it from the host side (page tables, GDT, CPL 3 long mode), serves its
-//! hypercalls on a seccomp-confined vCPU thread, and moves its frames to and
-//! from a TAP. The ABI it implements is described in `runtime/ABI.md`.
+//! Jitsu's runtime, whatever the hypervisor: the lazy supervisor that keeps
+//! a unikernel parked until a packet, a lookup or a command asks for it (and
+//! parks it again when idle), its control socket, its voice in the XenStore
+//! registry, and the [`Backend`] traits a hypervisor implements. The KVM
+//! backend is `runtime/kvm` (`jitsu-kvm`); the monitor binary that puts them
+//! together is `runtime/monitor` (`jitsu-monitor`).
 
-pub mod boot_info;
+pub mod agent;
+pub mod backend;
 pub mod clock;
-pub mod cpu;
-pub mod devices;
-pub mod elf;
-pub mod hypercall;
-pub mod layout;
-pub mod lazy;
-pub mod memory;
-pub mod report;
-pub mod seccomp;
-pub mod stop;
-mod vcpu;
-pub mod vm;
+pub mod control;
+pub mod netns;
+pub mod supervisor;
+pub mod tap;
 
-pub use report::{Outcome, RunReport, Timings, EXIT_GUEST_FAULT, EXIT_SETUP_FAILED};
-pub use vm::{NetSetup, ParkedVm, RunningVm, Vm, VmConfig, VmError};
+pub use backend::{Backend, FramePort, GuestReport, IdleStop, Parked, Running};
+
+/// Exit status of a monitor that could not start its guest.
+pub const EXIT_SETUP_FAILED: i32 = 125;
+/// Exit status of a monitor whose guest crashed or broke the ABI.
+pub const EXIT_GUEST_FAULT: i32 = 126;

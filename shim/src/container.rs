@@ -62,17 +62,27 @@ pub fn read_spec(
     metadata.validate().map_err(|e| e.to_string())
 }
 
-/// The `jitsu` binary: `$JITSU_BIN`, else next to the shim, else on PATH.
-fn jitsu_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("JITSU_BIN") {
+/// A binary of ours: `$<var>`, else next to the shim, else `name` on PATH.
+fn our_binary(var: &str, name: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(var) {
         return PathBuf::from(bin);
     }
     let sibling = std::env::current_exe()
         .ok()
-        .and_then(|p| Some(p.parent()?.join("jitsu")));
+        .and_then(|p| Some(p.parent()?.join(name)));
     sibling
         .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("jitsu"))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The monitor of a unikernel.
+fn monitor_bin() -> PathBuf {
+    our_binary("JITSU_MONITOR", "jitsu-monitor")
+}
+
+/// `jitsu`, for a pod sandbox's `jitsu pause`.
+fn jitsu_bin() -> PathBuf {
+    our_binary("JITSU_BIN", "jitsu")
 }
 
 fn stdio(path: &str) -> Result<Stdio, String> {
@@ -88,7 +98,7 @@ fn stdio(path: &str) -> Result<Stdio, String> {
     Ok(Stdio::from(file))
 }
 
-/// `jitsu run --lazy ...` for the unikernel of `record`; it reports on
+/// `jitsu-monitor --lazy ...` for the unikernel of `record`; it reports on
 /// `ready` (the write end of a pipe, inherited) once parked.
 fn monitor_command(
     spec: &UnikernelSpec,
@@ -97,8 +107,8 @@ fn monitor_command(
     ready: BorrowedFd<'_>,
 ) -> std::process::Command {
     let control = record.key.control_path();
-    let mut cmd = std::process::Command::new(jitsu_bin());
-    cmd.args(["run", "--lazy", "--die-with-parent", "--mem"])
+    let mut cmd = std::process::Command::new(monitor_bin());
+    cmd.args(["--lazy", "--die-with-parent", "--mem"])
         .arg(spec.mem.to_string())
         .arg("--control")
         .arg(&control)
@@ -156,7 +166,7 @@ fn inherit(cmd: &mut std::process::Command, fd: RawFd) {
 }
 
 impl Container {
-    /// Parks the unikernel: network, monitor (`jitsu run --lazy`), no guest
+    /// Parks the unikernel: network, monitor (`jitsu-monitor --lazy`), no guest
     /// instruction yet. With `netns` (a pod's) the guest takes over the
     /// pod's `eth0`; without, it gets a TAP on the node's bridge.
     pub async fn create(
@@ -370,7 +380,7 @@ async fn claim(record: &Record) -> Result<(), String> {
 /// Boots a parked unikernel now (an eager one, at start). Its control
 /// socket has served since create.
 pub async fn boot(control: PathBuf) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || jitsu_runtime::lazy::control::request(&control, "boot"))
+    tokio::task::spawn_blocking(move || jitsu_runtime::control::request(&control, "boot"))
         .await
         .map_err(|e| format!("eager boot: {e}"))?
         .map(|_| ())

@@ -1,5 +1,5 @@
 //! `containerd-shim-jitsu-v1`: containerd's runtime `io.containerd.jitsu.v1`.
-//! Each container is a unikernel parked by its own monitor (`jitsu run
+//! Each container is a unikernel parked by its own monitor (`jitsu-monitor
 //! --lazy`), booted on its first packet or DNS lookup; a Kubernetes pod's
 //! containers share one shim, and its sandbox runs no guest.
 

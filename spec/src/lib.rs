@@ -4,6 +4,7 @@
 //! into a [`UnikernelSpec`]. `jitsu pack` checks it when it builds an image,
 //! the shim again when it creates a container.
 
+#[cfg(feature = "archive")]
 pub mod archive;
 pub mod units;
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use jitsu_runtime::lazy::control::{self, Command};
+use jitsu_runtime::control::{self, Command};
 
 #[derive(Args)]
 pub struct ControlArgs {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use jitsu_runtime::elf::KernelImage;
+use jitsu_kvm::elf::KernelImage;
 use jitsu_spec::{BootPolicy, Metadata, METADATA_FILE};
 
 use jitsu_spec::archive::{self as oci, File};

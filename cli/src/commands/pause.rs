@@ -29,7 +29,8 @@ pub fn run(args: PauseArgs) -> Result<u8> {
         );
     }
     if let Some(netns) = &args.netns {
-        super::enter_netns(netns)?;
+        jitsu_runtime::netns::enter(netns)
+            .with_context(|| format!("entering network namespace {}", netns.display()))?;
     }
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);

@@ -1,277 +1,30 @@
-//! `jitsu run`: boot a unikernel ELF on KVM, no containerd involved.
+//! `jitsu run`: the unikernel's monitor, `jitsu-monitor`, which this
+//! process becomes (exec, so its pid, signals and exit status are the
+//! monitor's). The monitor is a binary of its own so that every parked
+//! service pays only for what a monitor needs.
 
-use std::net::Ipv4Addr;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
-use std::os::fd::AsFd;
+use anyhow::Result;
 
-use std::sync::Arc;
-
-use jitsu_runtime::devices::tap::Tap;
-use jitsu_runtime::lazy::{Ended, LazyConfig, RegistryConfig, Supervisor};
-use jitsu_runtime::{NetSetup, Outcome, RunReport, Vm, VmConfig};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-
-use crate::args;
-
-#[derive(Args)]
-pub struct RunArgs {
-    /// Guest memory (multiple of 2M, at most 4G).
-    #[arg(long, default_value = "16M", value_parser = args::parse_size)]
-    mem: u64,
-    /// Existing TAP interface to give the guest as its NIC.
-    #[arg(long, value_name = "TAP")]
-    net: Option<String>,
-    /// The guest's MAC address (default: 02:4a and the four bytes of --ip).
-    #[arg(long, value_parser = args::parse_mac, requires = "net")]
-    mac: Option<[u8; 6]>,
-    /// The guest's IPv4 address and prefix length.
-    #[arg(long, value_name = "ADDR/PREFIX", value_parser = args::parse_cidr, requires = "net")]
-    ip: Option<(Ipv4Addr, u8)>,
-    /// The guest's default gateway.
-    #[arg(long, value_name = "ADDR", requires = "net")]
-    gw: Option<Ipv4Addr>,
-    /// Print the phases of the run, in microseconds since jitsu started.
-    #[arg(long)]
-    timings: bool,
-    /// Park the unikernel and boot it on the first packet for its address
-    /// (or a `boot` on the control socket). Needs --net and --ip.
-    #[arg(long, requires = "net")]
-    lazy: bool,
-    /// With --lazy: park a fresh VM after this long without a frame (e.g. 500ms, 30s, 5m).
-    #[arg(long, value_parser = args::parse_duration, requires = "lazy")]
-    idle_timeout: Option<Duration>,
-    /// With --lazy: serve `boot`, `stop`, `status` on this unix socket.
-    #[arg(long, value_name = "PATH", requires = "lazy")]
-    control: Option<PathBuf>,
-    /// With --lazy: register the service in XenStore under this name (a DNS
-    /// label), keep its state there, and boot when its `boot` key is written.
-    /// The XenStore daemon is $XENSTORED_PATH, else /var/run/xenstored/socket.
-    #[arg(long, requires = "lazy")]
-    name: Option<String>,
-    /// End (as on SIGTERM) when the parent process dies: for monitors
-    /// started by the containerd shim.
-    #[arg(long)]
-    die_with_parent: bool,
-    /// With --lazy: drop packets that arrive while the guest boots instead of
-    /// holding them (to measure what holding saves).
-    #[arg(long, requires = "lazy")]
-    no_hold: bool,
-    /// Enter this network namespace first (a path such as
-    /// /var/run/netns/NAME or /proc/PID/ns/net): for a TAP that lives in a
-    /// Kubernetes pod's namespace.
-    #[arg(long, value_name = "PATH")]
-    netns: Option<PathBuf>,
-    /// With --lazy: once the VM is parked (or setup failed), write `parked`
-    /// (or `error: REASON`) and a newline to this inherited descriptor and
-    /// close it: how the shim knows a task is ready, or why it is not.
-    #[arg(long, value_name = "FD", requires = "lazy")]
-    ready_fd: Option<i32>,
-    /// The unikernel ELF.
-    kernel: PathBuf,
-    /// Command line handed to the guest.
-    #[arg(last = true)]
-    args: Vec<String>,
+/// `$JITSU_MONITOR`, else `jitsu-monitor` beside this binary, else on PATH.
+pub fn monitor_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("JITSU_MONITOR") {
+        return PathBuf::from(bin);
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.join("jitsu-monitor")));
+    sibling
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("jitsu-monitor"))
 }
 
-pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
-    let mut ready = args.ready_fd.map(Ready::adopt).transpose()?;
-    let result = run_monitor(args, start, start_monotonic, &mut ready);
-    if let (Some(ready), Err(err)) = (ready, &result) {
-        ready.report(&format!("error: {err:#}"));
-    }
-    result
-}
-
-/// The parent's end of `--ready-fd`: told once, then closed.
-struct Ready(std::fs::File);
-
-impl Ready {
-    fn adopt(fd: i32) -> Result<Ready> {
-        use std::os::fd::FromRawFd;
-        // Only a descriptor that is open, and not one of the standard three.
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-        anyhow::ensure!(open, "--ready-fd {fd} is not an open descriptor");
-        // SAFETY: the descriptor is open, and nothing else in this process
-        // owns it: it was inherited for this one purpose.
-        Ok(Ready(unsafe { std::fs::File::from_raw_fd(fd) }))
-    }
-
-    fn report(mut self, line: &str) {
-        use std::io::Write;
-        let _ = writeln!(self.0, "{line}");
-    }
-}
-
-fn run_monitor(
-    args: RunArgs,
-    start: Instant,
-    start_monotonic: u64,
-    ready: &mut Option<Ready>,
-) -> Result<u8> {
-    if args.die_with_parent {
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-            .context("PR_SET_PDEATHSIG")?;
-    }
-    if let Some(netns) = &args.netns {
-        super::enter_netns(netns)?;
-    }
-    let kernel =
-        std::fs::read(&args.kernel).with_context(|| format!("{}", args.kernel.display()))?;
-    let net = match &args.net {
-        Some(tap) => {
-            let Some((ipv4, prefix_len)) = args.ip else {
-                bail!("--net {tap} needs --ip ADDR/PREFIX: the guest has no other way to learn its address");
-            };
-            let tap = Tap::open(tap).with_context(|| format!("{}", args.kernel.display()))?;
-            let mac = args.mac.unwrap_or_else(|| args::default_mac(Some(ipv4)));
-            tap.admit_only(mac, ipv4)?;
-            Some(NetSetup {
-                tap: Arc::new(tap),
-                mac,
-                ipv4,
-                prefix_len,
-                gateway: args.gw,
-            })
-        }
-        None => None,
-    };
-    let config = VmConfig {
-        mem_size: args.mem,
-        cmdline: args.args.join(" "),
-        net,
-    };
-    if args.lazy {
-        let lazy = LazyConfig {
-            kernel,
-            vm: config,
-            idle_timeout: args.idle_timeout,
-            control: args.control.clone(),
-            hold: !args.no_hold,
-            registry: match &args.name {
-                None => None,
-                Some(name) if !jitsu_registry::valid_name(name) => {
-                    bail!("--name {name:?}: a service name is a DNS label (a-z, 0-9, '-', at most 63)")
-                }
-                Some(name) => Some(RegistryConfig {
-                    name: name.clone(),
-                    socket: jitsu_xenstore::server::default_socket_path(),
-                    owner: format!("pid:{}", std::process::id()),
-                }),
-            },
-        };
-        return run_lazy(lazy, &args.kernel, ready);
-    }
-    let vm = Vm::create(&kernel, &config, start)
-        .with_context(|| format!("{}", args.kernel.display()))?;
-    let (report, signal) =
-        run_until_signal(vm).with_context(|| format!("{}", args.kernel.display()))?;
-    describe_end(&args.kernel, &report.outcome);
-    if args.timings {
-        print_timings(&report, start_monotonic);
-    }
-    Ok(match signal {
-        Some(signal) => 128 + signal as u8,
-        None => report.outcome.exit_code() as u8,
-    })
-}
-
-/// Blocks SIGINT and SIGTERM for this thread and the threads it starts
-/// (so they arrive only through the returned signalfd).
-fn termination_signals() -> Result<SignalFd> {
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
-    SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .context("signalfd")
-}
-
-/// Keeps the unikernel parked, booting it on demand, until a signal or
-/// until the guest ends by itself.
-fn run_lazy(config: LazyConfig, kernel: &std::path::Path, ready: &mut Option<Ready>) -> Result<u8> {
-    let signal_fd = termination_signals()?;
-    let mut supervisor =
-        Supervisor::new(config).with_context(|| format!("{}", kernel.display()))?;
-    tracing::info!("parked; waiting for a packet or a boot command");
-    if let Some(ready) = ready.take() {
-        ready.report("parked");
-    }
-    match supervisor
-        .serve(signal_fd.as_fd())
-        .with_context(|| format!("{}", kernel.display()))?
-    {
-        Ended::Signal(signal) => Ok(128 + signal as u8),
-        Ended::Guest(report) => {
-            describe_end(kernel, &report.outcome);
-            Ok(report.outcome.exit_code() as u8)
-        }
-    }
-}
-
-/// Runs the guest until it ends, or until SIGINT or SIGTERM asks the monitor
-/// to stop it (then the exit status is 128 + the signal, as for a process).
-fn run_until_signal(vm: Vm) -> Result<(RunReport, Option<i32>)> {
-    // Before the vCPU thread exists, so that it inherits the block.
-    let signal_fd = termination_signals()?;
-    let running = vm.start()?;
-    let mut fds = [
-        PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN),
-        PollFd::new(running.done_fd(), PollFlags::POLLIN),
-    ];
-    loop {
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(e).context("waiting for the guest"),
-        }
-        if fds[1].any().unwrap_or(false) {
-            return Ok((running.wait()?, None));
-        }
-        if fds[0].any().unwrap_or(false) {
-            let signal = signal_fd
-                .read_signal()
-                .ok()
-                .flatten()
-                .map(|s| s.ssi_signo as i32);
-            return Ok((running.stop()?, signal));
-        }
-    }
-}
-
-fn describe_end(kernel: &std::path::Path, outcome: &Outcome) {
-    match outcome {
-        Outcome::Halted(_) | Outcome::Stopped => {}
-        Outcome::Crashed { reason, registers } => {
-            eprintln!(
-                "jitsu: {}: guest crashed: {reason}\n{registers}",
-                kernel.display()
-            );
-        }
-        Outcome::Violation(err) => {
-            eprintln!("jitsu: {}: guest stopped: {err}", kernel.display());
-        }
-    }
-}
-
-fn print_timings(report: &RunReport, start_monotonic: u64) {
-    let t = &report.timings;
-    let us = |d: Duration| d.as_micros();
-    let first = t
-        .first_instruction
-        .map_or_else(|| "unknown".to_string(), |d| us(d).to_string());
-    eprintln!(
-        "jitsu: timings (us since start): vm_create={} load={} run={} first_instruction={} exit={} start_monotonic_ns={}",
-        us(t.vm_create),
-        us(t.load),
-        us(t.run),
-        first,
-        us(t.exit),
-        start_monotonic,
-    );
+/// Execs the monitor with `args`; returns only if that fails.
+pub fn exec(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
+    let monitor = monitor_bin();
+    let err = std::process::Command::new(&monitor).args(args).exec();
+    anyhow::bail!("cannot run {}: {err}", monitor.display())
 }

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use futures_util::TryStreamExt;
-use jitsu_runtime::devices::tap::Tap;
+use jitsu_runtime::tap::Tap;
 use rtnetlink::{new_connection, Handle};
 use serde::{Deserialize, Serialize};
 

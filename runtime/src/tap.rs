@@ -1,4 +1,6 @@
-//! Opening an existing TAP interface by name.
+//! TAP interfaces: opened by name, created to outlive the process (for the
+//! shim), filtered to the frames of one guest, and the frame port through
+//! which Synjitsu sees a parked service.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -193,6 +195,22 @@ fn jump_eq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     }
 }
 
+impl crate::backend::FramePort for Tap {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file_fd()
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Read;
+        self.file().read(buf)
+    }
+
+    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.file().write(frame).map(drop)
+    }
+}
+
 /// 1 to 15 bytes, no '/', whitespace or NUL: what the kernel accepts.
 fn check_name(name: &str) -> Result<(), TapError> {
     let invalid = name.is_empty()
@@ -232,5 +250,5 @@ fn interface_mtu(name: &str) -> Option<u16> {
     }
     // SAFETY: SIOCGIFMTU wrote the mtu member of the union.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    u16::try_from(mtu).ok().map(|m| m.min(jitsu_abi::MTU_MAX))
+    u16::try_from(mtu).ok()
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use jitsu_abi::hypercall::FRAME_HEADER_LEN;
 use jitsu_abi::ETHERNET_HEADER_LEN;
 
-use super::tap::Tap;
+use jitsu_runtime::tap::Tap;
 
 pub struct NetDevice {
     tap: Arc<Tap>,
@@ -42,7 +42,7 @@ pub struct MalformedBatch {
 
 impl NetDevice {
     pub fn new(tap: Arc<Tap>, mac: [u8; 6], activity: Arc<AtomicU64>) -> NetDevice {
-        let max_frame = tap.mtu() as usize + ETHERNET_HEADER_LEN;
+        let max_frame = tap.mtu().min(jitsu_abi::MTU_MAX) as usize + ETHERNET_HEADER_LEN;
         NetDevice {
             tap,
             max_frame,
@@ -69,12 +69,12 @@ impl NetDevice {
     /// frames, so on that thread the answer cannot change while it is read).
     pub fn quiet_for(&self, d: std::time::Duration) -> bool {
         let last = self.activity.load(Ordering::Relaxed);
-        crate::clock::now_ns().saturating_sub(last) as u128 >= d.as_nanos()
+        jitsu_runtime::clock::now_ns().saturating_sub(last) as u128 >= d.as_nanos()
     }
 
     fn touch(&self) {
         self.activity
-            .store(crate::clock::now_ns(), Ordering::Relaxed);
+            .store(jitsu_runtime::clock::now_ns(), Ordering::Relaxed);
     }
 
     pub fn tap(&self) -> &Tap {

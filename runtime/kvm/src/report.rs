@@ -5,10 +5,7 @@ use std::time::{Duration, Instant};
 use crate::devices::net::NetStats;
 use crate::hypercall::HypercallError;
 
-/// Exit status of a monitor that could not start its guest.
-pub const EXIT_SETUP_FAILED: i32 = 125;
-/// Exit status of a monitor whose guest crashed or broke the ABI.
-pub const EXIT_GUEST_FAULT: i32 = 126;
+use jitsu_runtime::{GuestReport, EXIT_GUEST_FAULT};
 
 /// Phases, measured from `start` (the caller's notion of "exec").
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +45,7 @@ pub enum Outcome {
         registers: String,
     },
     Violation(HypercallError),
-    /// The monitor was asked to stop the guest ([`RunningVm::stop`]).
+    /// The monitor was asked to stop the guest.
     Stopped,
 }
 
@@ -67,4 +64,24 @@ pub struct RunReport {
     pub outcome: Outcome,
     pub timings: Timings,
     pub net: Option<NetStats>,
+}
+
+impl GuestReport for RunReport {
+    fn was_stopped(&self) -> bool {
+        matches!(self.outcome, Outcome::Stopped)
+    }
+
+    fn exit_code(&self) -> u8 {
+        self.outcome.exit_code() as u8
+    }
+
+    fn describe(&self) -> Option<String> {
+        match &self.outcome {
+            Outcome::Halted(_) | Outcome::Stopped => None,
+            Outcome::Crashed { reason, registers } => {
+                Some(format!("guest crashed: {reason}\n{registers}"))
+            }
+            Outcome::Violation(err) => Some(format!("guest stopped: {err}")),
+        }
+    }
 }

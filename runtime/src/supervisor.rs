@@ -2,18 +2,16 @@
 //! a control command) asks for it, lets Synjitsu stand in while it is
 //! parked or booting, and parks a fresh VM again after an idle timeout.
 //!
-//! All of it runs on the monitor's main thread, in one `poll` loop: the TAP
-//! (only while parked: Synjitsu reads it), the control socket, the running
-//! guest's "done" eventfd, the signalfd and the idle deadline. The guest
-//! itself runs on its own confined vCPU thread (see [`crate::vm`]).
+//! All of it runs on the monitor's main thread, in one `poll` loop: the
+//! backend's frame port (only while parked: Synjitsu reads it), the control
+//! socket, the running guest's "done" fd, the signalfd and the idle
+//! deadline. The guest itself runs wherever its backend runs it (see
+//! [`crate::backend`]); nothing here names a hypervisor.
 
-pub mod control;
-pub mod registry;
-
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
+use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -21,34 +19,34 @@ use serde::Serialize;
 use synjitsu::Synjitsu;
 use thiserror::Error;
 
+use crate::agent::RegistryAgent;
+use crate::backend::{Backend, GuestReport, IdleStop, Parked, Running};
 use crate::clock;
-use crate::devices::console::Console;
-use crate::devices::tap::Tap;
-use crate::report::Outcome;
-use crate::report::RunReport;
-use crate::vm::{IdleStop, ParkedVm, RunningVm, Vm, VmConfig, VmError};
-use control::{Command, ControlServer};
+use crate::control::{Command, ControlServer};
 use jitsu_registry::Service;
-use registry::RegistryAgent;
 
 #[derive(Debug, Error)]
-pub enum LazyError {
-    #[error("lazy boot needs a network device (--net TAP --ip ADDR/PREFIX)")]
-    NoNetwork,
+pub enum LazyError<E: std::error::Error + 'static> {
     #[error("control socket {path}: {source}")]
     Control {
         path: String,
         source: std::io::Error,
     },
     #[error(transparent)]
-    Vm(#[from] VmError),
+    Backend(E),
     #[error("waiting for events: {0}")]
     Poll(nix::Error),
 }
 
+/// The service as the network sees it: Synjitsu answers for it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceAddress {
+    pub mac: [u8; 6],
+    pub ipv4: Ipv4Addr,
+}
+
 pub struct LazyConfig {
-    pub kernel: Vec<u8>,
-    pub vm: VmConfig,
+    pub address: ServiceAddress,
     /// Park again after this long without a frame either way.
     pub idle_timeout: Option<Duration>,
     pub control: Option<PathBuf>,
@@ -68,16 +66,16 @@ pub struct RegistryConfig {
 }
 
 /// Why the monitor stopped.
-pub enum Ended {
+pub enum Ended<R> {
     /// A signal asked it to; the guest (if running) was stopped.
     Signal(i32),
     /// The guest ended by itself (halted or crashed).
-    Guest(RunReport),
+    Guest(R),
 }
 
-enum State {
-    Parked(ParkedVm),
-    Running(RunningVm),
+enum State<B: Backend> {
+    Parked(B::Parked),
+    Running(B::Running),
 }
 
 /// Which event sources are ready after a wait.
@@ -110,11 +108,11 @@ pub struct Status {
     pub idle_timeout_ms: Option<u64>,
 }
 
-pub struct Supervisor {
+pub struct Supervisor<B: Backend> {
     config: LazyConfig,
-    tap: Arc<Tap>,
+    backend: B,
     synjitsu: Synjitsu,
-    state: Option<State>,
+    state: Option<State<B>>,
     control: Option<ControlServer>,
     boots: u64,
     last_boot_latency: Option<Duration>,
@@ -127,13 +125,17 @@ pub struct Supervisor {
     boot_requests_ignored: u64,
 }
 
-impl Supervisor {
-    pub fn new(config: LazyConfig) -> Result<Supervisor, LazyError> {
-        let net = config.vm.net.clone().ok_or(LazyError::NoNetwork)?;
-        let mut synjitsu_config = synjitsu::Config::new(net.ipv4, net.mac);
+/// A supervisor's errors, over backend `B`.
+pub type Error<B> = LazyError<<B as Backend>::Error>;
+
+impl<B: Backend> Supervisor<B> {
+    /// Parks the first VM, then listens for commands and registers the
+    /// service: whoever reaches either finds a parked VM.
+    pub fn new(config: LazyConfig, backend: B) -> Result<Supervisor<B>, Error<B>> {
+        let mut synjitsu_config = synjitsu::Config::new(config.address.ipv4, config.address.mac);
         synjitsu_config.hold = config.hold;
         let mut supervisor = Supervisor {
-            tap: net.tap,
+            backend,
             synjitsu: Synjitsu::new(synjitsu_config),
             state: None,
             control: None,
@@ -168,29 +170,29 @@ impl Supervisor {
         Ok(supervisor)
     }
 
-    fn park(&mut self) -> Result<(), LazyError> {
+    fn park(&mut self) -> Result<(), Error<B>> {
         self.generation += 1;
-        let vm = Vm::create(&self.config.kernel, &self.config.vm, Instant::now())?;
-        self.state = Some(State::Parked(vm.park()?));
+        let parked = self.backend.prepare().map_err(LazyError::Backend)?;
+        self.state = Some(State::Parked(parked));
         Ok(())
     }
 
     /// Serves until a signal arrives on `signals` or the guest ends by itself.
-    pub fn serve(&mut self, signals: BorrowedFd<'_>) -> Result<Ended, LazyError> {
+    pub fn serve(&mut self, signals: BorrowedFd<'_>) -> Result<Ended<B::Report>, Error<B>> {
         loop {
             let ready = self.wait(signals)?;
             if ready.signal {
                 return Ok(Ended::Signal(self.stop_for_signal(signals)));
             }
             if ready.tap {
-                self.read_tap()?;
+                self.read_frames();
             }
             if ready.boot_requested {
                 self.registry_boot();
             }
             if ready.done {
                 if let Some(State::Running(vm)) = self.state.take() {
-                    return Ok(Ended::Guest(vm.wait()?));
+                    return Ok(Ended::Guest(vm.wait().map_err(LazyError::Backend)?));
                 }
             }
             if !ready.control.is_empty() {
@@ -228,11 +230,13 @@ impl Supervisor {
     }
 
     /// Waits for the next event; which sources are watched depends on the state.
-    fn wait(&self, signals: BorrowedFd<'_>) -> Result<Ready, LazyError> {
+    fn wait(&self, signals: BorrowedFd<'_>) -> Result<Ready, Error<B>> {
         let parked = matches!(self.state, Some(State::Parked(_)));
         let mut fds = vec![PollFd::new(signals, PollFlags::POLLIN)];
         match &self.state {
-            Some(State::Parked(_)) => fds.push(PollFd::new(self.tap.file_fd(), PollFlags::POLLIN)),
+            Some(State::Parked(_)) => {
+                fds.push(PollFd::new(self.backend.frames().fd(), PollFlags::POLLIN))
+            }
             Some(State::Running(vm)) => fds.push(PollFd::new(vm.done_fd(), PollFlags::POLLIN)),
             None => fds.push(PollFd::new(signals, PollFlags::empty())),
         }
@@ -293,7 +297,7 @@ impl Supervisor {
         let reg = self.config.registry.as_ref();
         Service {
             name: reg.map(|r| r.name.clone()).unwrap_or_default(),
-            ip: self.config.vm.net.as_ref().map(|n| n.ipv4),
+            ip: Some(self.config.address.ipv4),
             state: status.state.to_string(),
             generation: self.generation,
             owner: reg.map(|r| r.owner.clone()).unwrap_or_default(),
@@ -334,28 +338,28 @@ impl Supervisor {
     }
 
     /// Feeds waiting frames to Synjitsu; boots at the first trigger and
-    /// leaves the rest on the TAP for the guest.
-    fn read_tap(&mut self) -> Result<(), LazyError> {
+    /// leaves the rest on the link for the guest.
+    fn read_frames(&mut self) {
         let mut buf = vec![0u8; 65536];
         loop {
-            let n = match self.tap.file().read(&mut buf) {
+            let n = match self.backend.frames().recv(&mut buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!(%e, "reading the TAP");
-                    return Ok(());
+                    tracing::warn!(%e, "reading the service's frames");
+                    return;
                 }
             };
             let received = Instant::now();
             self.last_packet_ns = clock::instant_ns(received);
             let verdict = self.synjitsu.on_frame(&buf[..n]);
             if let synjitsu::Action::Reply(reply) = &verdict.action {
-                let _ = self.tap.file().write(reply);
+                let _ = self.backend.frames().send(reply);
             }
             if verdict.boot {
                 self.boot(received);
-                return Ok(());
+                return;
             }
         }
     }
@@ -374,7 +378,7 @@ impl Supervisor {
     /// Idle as far as the supervisor can see: stops the guest unless its
     /// vCPU thread saw a frame meanwhile, and parks a fresh VM. Returns the
     /// report of a guest that had ended by itself instead.
-    fn park_if_idle(&mut self) -> Result<Option<RunReport>, LazyError> {
+    fn park_if_idle(&mut self) -> Result<Option<B::Report>, Error<B>> {
         let Some(timeout) = self.config.idle_timeout else {
             return Ok(None);
         };
@@ -386,13 +390,13 @@ impl Supervisor {
             }
         };
         self.remember(&vm);
-        match vm.stop_if_idle(timeout)? {
+        match vm.stop_if_idle(timeout).map_err(LazyError::Backend)? {
             IdleStop::Busy(vm) => {
                 tracing::debug!("idle stop declined: a frame moved meanwhile");
                 self.state = Some(State::Running(vm));
                 Ok(None)
             }
-            IdleStop::Stopped(report) if matches!(report.outcome, Outcome::Stopped) => {
+            IdleStop::Stopped(report) if report.was_stopped() => {
                 tracing::info!("idle: parked a fresh VM");
                 self.park()?;
                 Ok(None)
@@ -402,17 +406,17 @@ impl Supervisor {
     }
 
     /// What the status keeps reporting of a VM once it is gone.
-    fn remember(&mut self, vm: &RunningVm) {
+    fn remember(&mut self, vm: &B::Running) {
         self.last_boot_latency = vm.boot_latency().or(self.last_boot_latency);
         self.last_packet_ns = self.last_packet_ns.max(vm.last_activity_ns());
     }
 
     /// Stops the running guest and parks a fresh VM in its place.
-    fn repark(&mut self) -> Result<(), LazyError> {
+    fn repark(&mut self) -> Result<(), Error<B>> {
         if let Some(State::Running(vm)) = self.state.take() {
             self.remember(&vm);
-            let report = vm.stop()?;
-            tracing::debug!(outcome = ?report.outcome, "guest stopped");
+            let report = vm.stop().map_err(LazyError::Backend)?;
+            tracing::debug!(report = ?report.describe(), "guest stopped");
         }
         self.park()
     }
@@ -432,7 +436,7 @@ impl Supervisor {
         signo
     }
 
-    fn serve_control(&mut self, ready: &[bool]) -> Result<(), LazyError> {
+    fn serve_control(&mut self, ready: &[bool]) -> Result<(), Error<B>> {
         let Some(mut control) = self.control.take() else {
             return Ok(());
         };
@@ -452,7 +456,7 @@ impl Supervisor {
         failure.map_or(Ok(()), Err)
     }
 
-    fn command(&mut self, command: Command) -> Result<(), LazyError> {
+    fn command(&mut self, command: Command) -> Result<(), Error<B>> {
         match (command, &self.state) {
             (Command::Boot, Some(State::Parked(_))) => self.boot(Instant::now()),
             (Command::Stop, Some(State::Running(_))) => self.repark()?,
@@ -482,7 +486,7 @@ impl Supervisor {
             dropped_frames: stats.dropped(),
             arp_replies: stats.arp_replies,
             resets: stats.resets,
-            console_dropped_bytes: Console::stdout().dropped_bytes(),
+            console_dropped_bytes: self.backend.console_dropped_bytes(),
             generation: self.generation,
             boot_requests_ignored: self.boot_requests_ignored,
             last_packet_unix_ms: (last_packet != 0).then(|| clock::unix_ms(last_packet)),

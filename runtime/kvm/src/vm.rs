@@ -9,16 +9,16 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use jitsu_runtime::{IdleStop, Parked, Running};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
 use thiserror::Error;
 
+use crate::boot_clock::BootClock;
 use crate::boot_info::{self, BootParams, GuestNet};
-use crate::clock::{self, BootClock};
 use crate::cpu;
 use crate::devices::console::Console;
 use crate::devices::net::NetDevice;
-use crate::devices::tap::{Tap, TapError};
 use crate::elf::{ElfError, KernelImage};
 use crate::hypercall::Devices;
 use crate::layout::{self, LayoutError};
@@ -27,6 +27,8 @@ use crate::report::{RunReport, Timings};
 use crate::seccomp::{self, SeccompError, VcpuFds};
 use crate::stop::{self, StopSignal};
 use crate::vcpu::{vcpu_loop, VcpuState};
+use jitsu_runtime::clock;
+use jitsu_runtime::tap::{Tap, TapError};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 #[derive(Debug, Error)]
@@ -60,6 +62,8 @@ pub enum VmError {
     ThreadDied,
     #[error("the parked VM was discarded before it booted")]
     Cancelled,
+    #[error("lazy boot needs a network device (--net TAP --ip ADDR/PREFIX)")]
+    NoNetwork,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -137,7 +141,7 @@ impl Vm {
                 ipv4: n.ipv4,
                 prefix_len: n.prefix_len,
                 gateway: n.gateway,
-                mtu: tap.mtu(),
+                mtu: tap.mtu().min(jitsu_abi::MTU_MAX),
             });
         let params = BootParams {
             image_end: image.end(),
@@ -311,10 +315,11 @@ pub struct ParkedVm {
     go: mpsc::Sender<Go>,
 }
 
-impl ParkedVm {
-    /// Lets the guest run; `held` frames reach it before anything on the TAP.
-    /// `trigger` is when the boot was asked for, to time it.
-    pub fn boot(mut self, held: Vec<Vec<u8>>, trigger: Instant) -> RunningVm {
+impl Parked for ParkedVm {
+    type Running = RunningVm;
+    type Error = VmError;
+
+    fn boot(mut self, held: Vec<Vec<u8>>, trigger: Instant) -> RunningVm {
         let vcpu = self.vcpu.take().expect("a parked VM has its vCPU thread");
         // The idle clock starts at the trigger, not when the VM was parked
         // (which may be hours ago): otherwise a long parking would count as
@@ -342,29 +347,29 @@ pub struct RunningVm {
     vcpu: VcpuThread,
 }
 
-impl RunningVm {
-    /// Readable once the guest has ended (to wait for it alongside other events).
-    pub fn done_fd(&self) -> BorrowedFd<'_> {
+impl Running for RunningVm {
+    type Report = RunReport;
+    type Error = VmError;
+
+    fn done_fd(&self) -> BorrowedFd<'_> {
         self.vcpu.done.as_fd()
     }
 
-    /// Trigger to first guest instruction, once the guest has made its first exit.
-    pub fn boot_latency(&self) -> Option<Duration> {
+    /// Known once the guest has made its first exit.
+    fn boot_latency(&self) -> Option<Duration> {
         self.vcpu.clock.latency()
     }
 
-    /// When a frame last moved to or from the guest (`clock::now_ns`).
-    pub fn last_activity_ns(&self) -> u64 {
+    fn last_activity_ns(&self) -> u64 {
         self.vcpu.activity.load(Ordering::Relaxed)
     }
 
-    /// Waits for the guest to end by itself.
-    pub fn wait(self) -> Result<RunReport, VmError> {
+    fn wait(self) -> Result<RunReport, VmError> {
         self.vcpu.join()
     }
 
-    /// Stops the guest wherever it is and waits for the vCPU thread.
-    pub fn stop(self) -> Result<RunReport, VmError> {
+    /// Kicks the vCPU thread until it is out of the guest, then joins it.
+    fn stop(self) -> Result<RunReport, VmError> {
         self.vcpu.stop.request();
         while !self.vcpu.handle.is_finished() {
             stop::kick(self.vcpu.handle.as_pthread_t());
@@ -373,9 +378,8 @@ impl RunningVm {
         self.wait()
     }
 
-    /// Stops the guest if, seen from its vCPU thread, no frame has moved
-    /// for `idle_for`; else hands it back, still running.
-    pub fn stop_if_idle(self, idle_for: Duration) -> Result<IdleStop, VmError> {
+    /// The vCPU thread decides, between exits (see [`crate::stop`]).
+    fn stop_if_idle(self, idle_for: Duration) -> Result<IdleStop<RunningVm>, VmError> {
         self.vcpu.stop.request_if_idle(idle_for);
         loop {
             if self.vcpu.handle.is_finished() {
@@ -388,12 +392,4 @@ impl RunningVm {
             thread::sleep(Duration::from_micros(200));
         }
     }
-}
-
-/// How an idle stop went.
-pub enum IdleStop {
-    /// The guest had ended (stopped as asked, or by itself just before).
-    Stopped(RunReport),
-    /// The guest had been busy after all: it runs on.
-    Busy(RunningVm),
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use jitsu_abi::BootInfo;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
-use crate::clock::{self, BootClock};
+use crate::boot_clock::BootClock;
 use crate::cpu;
 use crate::hypercall::{self, Action, Devices, Guest};
 use crate::layout::AccessMap;
 use crate::memory::GuestMemory;
 use crate::report::Outcome;
+use jitsu_runtime::clock;
 
 /// Everything the vCPU thread owns. Field order is drop order: the vCPU and
 /// VM go before the memory they map.

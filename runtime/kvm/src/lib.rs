@@ -1,0 +1,70 @@
+//! Jitsu's KVM backend: validates a unikernel ELF, builds a KVM VM for it
+//! from the host side (page tables, GDT, CPL 3 long mode), serves its
+//! hypercalls on a seccomp-confined vCPU thread, and moves its frames to
+//! and from a TAP. The ABI it implements is described in `ABI.md` beside
+//! this crate. [`KvmBackend`] is how the supervisor drives it.
+
+pub mod boot_clock;
+pub mod boot_info;
+pub mod cpu;
+pub mod devices;
+pub mod elf;
+pub mod hypercall;
+pub mod layout;
+pub mod memory;
+pub mod report;
+pub mod seccomp;
+pub mod stop;
+mod vcpu;
+pub mod vm;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use jitsu_runtime::tap::Tap;
+use jitsu_runtime::{Backend, FramePort};
+
+pub use report::{Outcome, RunReport, Timings};
+pub use vm::{NetSetup, ParkedVm, RunningVm, Vm, VmConfig, VmError};
+
+/// One unikernel ELF, parked again and again in fresh VMs on one TAP.
+pub struct KvmBackend {
+    kernel: Vec<u8>,
+    config: VmConfig,
+    tap: Arc<Tap>,
+}
+
+impl KvmBackend {
+    /// Lazy boot needs the NIC: that is where the trigger arrives.
+    pub fn new(kernel: Vec<u8>, config: VmConfig) -> Result<KvmBackend, VmError> {
+        let tap = config
+            .net
+            .as_ref()
+            .map(|n| n.tap.clone())
+            .ok_or(VmError::NoNetwork)?;
+        Ok(KvmBackend {
+            kernel,
+            config,
+            tap,
+        })
+    }
+}
+
+impl Backend for KvmBackend {
+    type Parked = ParkedVm;
+    type Running = RunningVm;
+    type Report = RunReport;
+    type Error = VmError;
+
+    fn prepare(&mut self) -> Result<ParkedVm, VmError> {
+        Vm::create(&self.kernel, &self.config, Instant::now())?.park()
+    }
+
+    fn frames(&self) -> &dyn FramePort {
+        &*self.tap
+    }
+
+    fn console_dropped_bytes(&self) -> u64 {
+        devices::console::Console::stdout().dropped_bytes()
+    }
+}
