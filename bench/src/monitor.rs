@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use jitsu_e2e::netns::NetNs;
-use jitsu_e2e::{guest, jitsu_bin};
+use jitsu_e2e::{guest, jitsu_bin, monitor_bin};
 
 use crate::stats::{Row, Samples, Unit};
 
@@ -42,8 +42,8 @@ fn exec_rows(n: usize) -> Result<Vec<Row>> {
 
         let spawned = monotonic_nanos();
         let t = Instant::now();
-        let out = Command::new(jitsu_bin())
-            .args(["run", "--timings"])
+        let out = Command::new(monitor_bin())
+            .arg("--timings")
             .arg(&abi_test)
             .args(["--", "exit", "0"])
             .stderr(Stdio::piped())
@@ -51,7 +51,7 @@ fn exec_rows(n: usize) -> Result<Vec<Row>> {
         halt.push(t.elapsed());
         anyhow::ensure!(
             out.status.success(),
-            "jitsu run failed: {}",
+            "jitsu-monitor failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let err = String::from_utf8_lossy(&out.stderr);
@@ -72,7 +72,7 @@ fn exec_rows(n: usize) -> Result<Vec<Row>> {
     let baseline = || "exec /bin/true".to_string();
     Ok(vec![
         Row {
-            name: "exec `jitsu run` of a guest that halts at once".into(),
+            name: "exec `jitsu-monitor` of a guest that halts at once".into(),
             samples: halt,
             baseline_name: baseline(),
             baseline: truth.clone(),

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 /// side): readable when a frame waits.
 pub trait FramePort {
     fn fd(&self) -> BorrowedFd<'_>;
+    /// The longest frame the link carries (its MTU and an Ethernet header).
+    fn max_frame(&self) -> usize;
     /// One frame into `buf`; `WouldBlock` when none waits.
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize>;
     fn send(&self, frame: &[u8]) -> std::io::Result<()>;

@@ -123,6 +123,9 @@ pub struct Supervisor<B: Backend> {
     generation: u64,
     /// Registry boot requests for another parking (or none), ignored.
     boot_requests_ignored: u64,
+    /// One frame read while parked, kept for every wake-up; as long as the
+    /// link's longest (a longer one could not reach the guest either).
+    frame_buffer: Box<[u8]>,
 }
 
 /// A supervisor's errors, over backend `B`.
@@ -134,6 +137,7 @@ impl<B: Backend> Supervisor<B> {
     pub fn new(config: LazyConfig, backend: B) -> Result<Supervisor<B>, Error<B>> {
         let mut synjitsu_config = synjitsu::Config::new(config.address.ipv4, config.address.mac);
         synjitsu_config.hold = config.hold;
+        let frame_buffer = vec![0; backend.frames().max_frame()].into_boxed_slice();
         let mut supervisor = Supervisor {
             backend,
             synjitsu: Synjitsu::new(synjitsu_config),
@@ -146,6 +150,7 @@ impl<B: Backend> Supervisor<B> {
             published: None,
             generation: 0,
             boot_requests_ignored: 0,
+            frame_buffer,
             config,
         };
         supervisor.park()?;
@@ -340,9 +345,8 @@ impl<B: Backend> Supervisor<B> {
     /// Feeds waiting frames to Synjitsu; boots at the first trigger and
     /// leaves the rest on the link for the guest.
     fn read_frames(&mut self) {
-        let mut buf = vec![0u8; 65536];
         loop {
-            let n = match self.backend.frames().recv(&mut buf) {
+            let n = match self.backend.frames().recv(&mut self.frame_buffer) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -353,7 +357,7 @@ impl<B: Backend> Supervisor<B> {
             };
             let received = Instant::now();
             self.last_packet_ns = clock::instant_ns(received);
-            let verdict = self.synjitsu.on_frame(&buf[..n]);
+            let verdict = self.synjitsu.on_frame(&self.frame_buffer[..n]);
             if let synjitsu::Action::Reply(reply) = &verdict.action {
                 let _ = self.backend.frames().send(reply);
             }

@@ -12,6 +12,8 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 /// `_IOW('T', 213, struct sock_fprog)`.
 const TUNATTACHFILTER: libc::c_ulong = 0x4010_54d5;
+/// Destination, source, EtherType.
+const ETHERNET_HEADER: usize = 14;
 
 #[derive(Debug, Error)]
 pub enum TapError {
@@ -198,6 +200,10 @@ fn jump_eq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 impl crate::backend::FramePort for Tap {
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.file_fd()
+    }
+
+    fn max_frame(&self) -> usize {
+        self.mtu as usize + ETHERNET_HEADER
     }
 
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {

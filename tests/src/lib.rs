@@ -33,6 +33,20 @@ pub fn jitsu_bin() -> PathBuf {
     path
 }
 
+/// The monitor binary: `$JITSU_MONITOR`, else the release build.
+pub fn monitor_bin() -> PathBuf {
+    let path = std::env::var_os("JITSU_MONITOR").map_or_else(
+        || root().join("target/release/jitsu-monitor"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: run `make build` (or set JITSU_MONITOR)",
+        path.display()
+    );
+    path
+}
+
 /// A guest ELF by name: `$JITSU_GUESTS/NAME`, else the guest workspace's release build.
 pub fn guest(name: &str) -> PathBuf {
     let dir = std::env::var_os("JITSU_GUESTS").map_or_else(

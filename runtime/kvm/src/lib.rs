@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod devices;
 pub mod elf;
 pub mod hypercall;
+pub mod kernel_file;
 pub mod layout;
 pub mod memory;
 pub mod report;
@@ -23,20 +24,21 @@ use std::time::Instant;
 
 use jitsu_runtime::tap::Tap;
 use jitsu_runtime::{Backend, FramePort};
+use kernel_file::KernelFile;
 
 pub use report::{Outcome, RunReport, Timings};
 pub use vm::{NetSetup, ParkedVm, RunningVm, Vm, VmConfig, VmError};
 
 /// One unikernel ELF, parked again and again in fresh VMs on one TAP.
 pub struct KvmBackend {
-    kernel: Vec<u8>,
+    kernel: KernelFile,
     config: VmConfig,
     tap: Arc<Tap>,
 }
 
 impl KvmBackend {
     /// Lazy boot needs the NIC: that is where the trigger arrives.
-    pub fn new(kernel: Vec<u8>, config: VmConfig) -> Result<KvmBackend, VmError> {
+    pub fn new(kernel: KernelFile, config: VmConfig) -> Result<KvmBackend, VmError> {
         let tap = config
             .net
             .as_ref()
@@ -56,8 +58,11 @@ impl Backend for KvmBackend {
     type Report = RunReport;
     type Error = VmError;
 
+    /// The ELF is mapped only while the VM is built: between parkings the
+    /// monitor holds no copy of it.
     fn prepare(&mut self) -> Result<ParkedVm, VmError> {
-        Vm::create(&self.kernel, &self.config, Instant::now())?.park()
+        let kernel = self.kernel.map()?;
+        Vm::create(&kernel, &self.config, Instant::now())?.park()
     }
 
     fn frames(&self) -> &dyn FramePort {

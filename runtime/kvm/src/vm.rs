@@ -39,6 +39,8 @@ pub enum VmError {
     BadMemorySize(u64),
     #[error(transparent)]
     Elf(#[from] ElfError),
+    #[error("the unikernel: {0}")]
+    KernelFile(#[from] crate::kernel_file::KernelFileError),
     #[error("cannot open /dev/kvm: {0} (is KVM available, and may this user use it?)")]
     KvmOpen(kvm_ioctls::Error),
     #[error("KVM {what} failed: {source}")]

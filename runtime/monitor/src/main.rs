@@ -38,13 +38,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr at `JITSU_LOG` (warnings by default). The filter is only
-/// parsed when one is asked for: it is on every monitor's start path.
+/// Logs to stderr at `JITSU_LOG` (`debug`, or per target as in
+/// `jitsu_runtime=debug,warn`; warnings by default). A `Targets` filter, not
+/// an `EnvFilter`: no regular expressions, whose tables would cost every
+/// monitor resident memory.
 fn init_logging() {
-    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
-    let subscriber = tracing_subscriber::fmt().with_writer(std::io::stderr);
-    match std::env::var("JITSU_LOG") {
-        Ok(filter) => subscriber.with_env_filter(EnvFilter::new(filter)).init(),
-        Err(_) => subscriber.with_max_level(LevelFilter::WARN).init(),
-    }
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("JITSU_LOG")
+        .ok()
+        .and_then(|f| f.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::WARN));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
 }

@@ -12,6 +12,7 @@ use std::os::fd::AsFd;
 
 use std::sync::Arc;
 
+use jitsu_kvm::kernel_file::KernelFile;
 use jitsu_kvm::{KvmBackend, NetSetup, RunReport, Vm, VmConfig};
 use jitsu_runtime::supervisor::{Ended, LazyConfig, RegistryConfig, ServiceAddress, Supervisor};
 use jitsu_runtime::tap::Tap;
@@ -127,7 +128,7 @@ fn run_monitor(
             .with_context(|| format!("entering network namespace {}", netns.display()))?;
     }
     let kernel =
-        std::fs::read(&args.kernel).with_context(|| format!("{}", args.kernel.display()))?;
+        KernelFile::open(&args.kernel).with_context(|| format!("{}", args.kernel.display()))?;
     let net = match &args.net {
         Some(tap) => {
             let Some((ipv4, prefix_len)) = args.ip else {
@@ -180,8 +181,11 @@ fn run_monitor(
         };
         return run_lazy(lazy, backend, &args.kernel, ready);
     }
-    let vm = Vm::create(&kernel, &config, start)
+    let bytes = kernel
+        .map()
         .with_context(|| format!("{}", args.kernel.display()))?;
+    let vm =
+        Vm::create(&bytes, &config, start).with_context(|| format!("{}", args.kernel.display()))?;
     let (report, signal) =
         run_until_signal(vm).with_context(|| format!("{}", args.kernel.display()))?;
     describe_end(&args.kernel, &report);
