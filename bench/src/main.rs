@@ -7,6 +7,7 @@ mod cri;
 mod dns;
 mod lazy;
 mod monitor;
+mod parking;
 mod stats;
 mod timeline;
 mod xenstore;
@@ -42,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("cri") {
         rows.extend(cri::rows(quick)?);
+    }
+    if wanted("parking") {
+        rows.extend(parking::rows(quick)?);
     }
     if wanted("xenstore") {
         rows.extend(xenstore::rows(quick)?);

@@ -195,14 +195,14 @@ impl Shim for Service {
         }
     }
 
-    /// containerd runs `shim start` in the bundle: a pod's containers go to
-    /// the shim of their sandbox. The shim's address is also left in the
-    /// bundle's `address` file: a containerd that restarts finds its shims
-    /// there, and without it would take their tasks for dead and delete them.
+    /// containerd runs `shim start` in the bundle: every container of a
+    /// namespace goes to one shim (see [`bundle::grouping`]). The shim's
+    /// address is also left in the bundle's `address` file: a containerd
+    /// that restarts finds its shims there, and without it would take their
+    /// tasks for dead and delete them.
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
         let bundle = std::env::current_dir().unwrap_or_default();
-        let grouping = bundle::grouping(&bundle, &opts.id);
-        let address = spawn(opts, &grouping, Vec::new()).await?;
+        let address = spawn(opts, bundle::grouping(), Vec::new()).await?;
         let temporary = bundle.join("address.new");
         std::fs::write(&temporary, &address)
             .and_then(|()| std::fs::rename(&temporary, bundle.join("address")))
@@ -215,20 +215,24 @@ impl Shim for Service {
         Ok(address)
     }
 
-    /// Called after a shim died: undo what its container left behind.
+    /// containerd's word that container `id` is gone for it (after its
+    /// shim died, or its connection to the shim closed, or a normal delete):
+    /// undo whatever of the container is left. The shim's socket goes only
+    /// if no shim answers on it: the shim is shared by the namespace, and a
+    /// live one serves other containers.
     async fn delete_shim(&mut self) -> Result<api::DeleteResponse, Error> {
         if let Some(record) = Record::load(&self.key(&self.id)) {
             record.clean_up().await;
         }
-        // The dead shim could not remove its socket; it is where `start`
-        // put it (containerd runs this command in the bundle too).
-        let bundle = std::env::current_dir().unwrap_or_default();
-        let grouping = bundle::grouping(&bundle, &self.id);
-        remove_socket(&containerd_shim::socket_address(
+        let socket = containerd_shim::socket_address(
             &self.containerd_address,
             &self.namespace,
-            &grouping,
-        ));
+            bundle::grouping(),
+        );
+        let path = socket.trim().trim_start_matches("unix://").to_string();
+        if std::os::unix::net::UnixStream::connect(&path).is_err() {
+            remove_socket(&socket);
+        }
         Ok(api::DeleteResponse {
             exit_status: 137,
             exited_at: Some(timestamp(SystemTime::now())).into(),

@@ -34,7 +34,17 @@ impl Containerd {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("jitsu");
         let xenstore = dir.path().join("xenstored.sock");
-        Containerd::launch(ns, dir, state, xenstore, config)
+        Containerd::launch(ns, dir, state, xenstore, config, |_| {})
+    }
+
+    /// With `prepare` applied to containerd's command (to start it, and so
+    /// its shims and monitors, in a cgroup).
+    pub fn start_with_pre_exec(prepare: impl Fn(&mut Command)) -> Containerd {
+        let ns = Arc::new(NetNs::empty());
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("jitsu");
+        let xenstore = dir.path().join("xenstored.sock");
+        Containerd::launch(ns, dir, state, xenstore, |_| None, prepare)
     }
 
     /// A second containerd on the same node (as k3s's beside the system's):
@@ -48,6 +58,7 @@ impl Containerd {
             other.state.clone(),
             other.xenstore.clone(),
             |_| None,
+            |_| {},
         )
     }
 
@@ -57,6 +68,7 @@ impl Containerd {
         state: PathBuf,
         xenstore: PathBuf,
         config: impl FnOnce(&Path) -> Option<String>,
+        prepare: impl Fn(&mut Command),
     ) -> Containerd {
         let socket = dir.path().join("containerd.sock");
         let config = config(dir.path()).map(|toml| {
@@ -64,7 +76,7 @@ impl Containerd {
             std::fs::write(&path, toml).unwrap();
             path
         });
-        let process = spawn_containerd(
+        let mut cmd = containerd_command(
             &ns,
             dir.path(),
             &socket,
@@ -72,6 +84,8 @@ impl Containerd {
             &xenstore,
             config.as_deref(),
         );
+        prepare(&mut cmd);
+        let process = Guarded::spawn(&mut cmd);
         let c = Containerd {
             ns,
             dir,
@@ -100,14 +114,14 @@ impl Containerd {
         let pid = nix::unistd::Pid::from_raw(self.process.pid() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         self.process.wait_timeout(Duration::from_secs(20));
-        self.process = spawn_containerd(
+        self.process = Guarded::spawn(&mut containerd_command(
             &self.ns,
             self.dir.path(),
             &self.socket,
             &self.state,
             &self.xenstore,
             self.config.as_deref(),
-        );
+        ));
         self.wait_until_up();
     }
 
@@ -403,14 +417,14 @@ impl Containerd {
 }
 
 /// containerd in the node's namespace, with our shim on its PATH.
-fn spawn_containerd(
+fn containerd_command(
     ns: &NetNs,
     dir: &Path,
     socket: &Path,
     state: &Path,
     xenstore: &Path,
     config: Option<&Path>,
-) -> Guarded {
+) -> Command {
     let bin_dir = jitsu_bin().parent().unwrap().to_path_buf();
     let path = format!(
         "{}:{}",
@@ -440,7 +454,7 @@ fn spawn_containerd(
         } else {
             Stdio::null()
         });
-    Guarded::spawn(&mut cmd)
+    cmd
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -36,6 +36,16 @@ pub struct Answer {
 impl Fleet {
     /// `count` parked hello-http services, `extra` on each `jitsu run`.
     pub fn start(count: usize, extra: &[&str]) -> Fleet {
+        Fleet::start_in(count, extra, |_| {})
+    }
+
+    /// As `start`, with `prepare` applied to each monitor's command (to
+    /// put it in a cgroup, say).
+    pub fn start_in(
+        count: usize,
+        extra: &[&str],
+        prepare: impl Fn(&mut std::process::Command),
+    ) -> Fleet {
         let ns = NetNs::with_bridge();
         let dir = tempfile::tempdir().expect("temp dir");
         let services = (0..count)
@@ -52,6 +62,7 @@ impl Fleet {
                     .arg(ns.host_ip.to_string())
                     .arg(guest("hello-http"))
                     .stdout(Stdio::null());
+                prepare(&mut cmd);
                 Service {
                     ip,
                     control,

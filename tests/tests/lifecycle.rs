@@ -162,3 +162,55 @@ fn cleanup_after_a_killed_shim_never_signals_a_recycled_pid() {
     assert!(stranger.child().try_wait().unwrap().is_none());
     assert_clean(&c);
 }
+
+/// The shims of this containerd (their command lines name its socket).
+fn shims(c: &Containerd) -> Vec<String> {
+    let found = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("containerd-shim-jitsu-v1.*{}", c.socket.display()),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&found.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// All the tasks of a namespace share one shim: deleting one (containerd
+/// then runs the shim's cleanup command for it) leaves the shim serving the
+/// others and the next, also across a containerd restart; it ends with the
+/// last container.
+#[test]
+fn the_tasks_of_a_namespace_share_one_shim() {
+    let mut c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    for id in ["a", "b", "c"] {
+        c.run_jitsu_ok(IMAGE, id, &[]);
+    }
+    assert_eq!(shims(&c).len(), 1, "{:?}", shims(&c));
+    c.remove("b", "SIGTERM");
+    for id in ["a", "c"] {
+        assert_eq!(get(&c, &ip_of(&c, "default", id)), "200", "{id}");
+    }
+    c.run_jitsu_ok(IMAGE, "d", &[]);
+    assert_eq!(
+        shims(&c).len(),
+        1,
+        "the next task finds the shim: {:?}",
+        shims(&c)
+    );
+    c.restart();
+    for id in ["a", "c", "d"] {
+        assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"), "{id}");
+        assert_eq!(get(&c, &ip_of(&c, "default", id)), "200", "{id}");
+    }
+    for id in ["a", "c", "d"] {
+        c.remove(id, "SIGKILL");
+    }
+    wait_until("the shim to end with its last container", || {
+        shims(&c).is_empty()
+    });
+    assert_clean(&c);
+}
