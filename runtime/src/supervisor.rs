@@ -179,6 +179,7 @@ impl<B: Backend> Supervisor<B> {
         self.generation += 1;
         let parked = self.backend.prepare().map_err(LazyError::Backend)?;
         self.state = Some(State::Parked(parked));
+        give_back_freed_memory();
         Ok(())
     }
 
@@ -496,6 +497,17 @@ impl<B: Backend> Supervisor<B> {
             last_packet_unix_ms: (last_packet != 0).then(|| clock::unix_ms(last_packet)),
             idle_timeout_ms: self.config.idle_timeout.map(|d| d.as_millis() as u64),
         }
+    }
+}
+
+/// Returns to the kernel the heap pages that building a VM used and freed
+/// (the ELF's parse, the seccomp filter's compile, the previous VM): a
+/// parked service may wait for hours, and should not keep them resident.
+fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of glibc's own heap.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
