@@ -5,9 +5,32 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use thiserror::Error;
+
 /// containerd's CRI plugin marks a pod's containers with these.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A `config.json` larger than this is not containerd's.
+const CONFIG_MAX: u64 = 4 << 20;
+
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {size} bytes, more than a runtime spec is ({CONFIG_MAX} at most)")]
+    TooBig { path: PathBuf, size: u64 },
+    #[error("not a runtime spec: {0}")]
+    Spec(#[from] serde_json::Error),
+    #[error("{CONTAINER_TYPE} {0:?} is unknown (sandbox or container)")]
+    ContainerType(String),
+    #[error("network namespace path {0:?} is not absolute")]
+    NetnsNotAbsolute(PathBuf),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -28,51 +51,61 @@ pub struct BundleSpec {
 }
 
 impl BundleSpec {
-    pub fn read(bundle: &Path) -> Result<BundleSpec, String> {
+    pub fn read(bundle: &Path) -> Result<BundleSpec, BundleError> {
+        use std::io::Read;
         let path = bundle.join("config.json");
-        let json = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        BundleSpec::parse(&json).map_err(|e| format!("{}: {e}", path.display()))
+        let read = |source| BundleError::Read {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(&path).map_err(read)?;
+        let size = file.metadata().map_err(read)?.len();
+        if size > CONFIG_MAX {
+            return Err(BundleError::TooBig { path, size });
+        }
+        let mut json = Vec::with_capacity(size as usize);
+        file.take(CONFIG_MAX).read_to_end(&mut json).map_err(read)?;
+        BundleSpec::parse(&json)
     }
 
-    pub fn parse(json: &[u8]) -> Result<BundleSpec, String> {
-        let config: serde_json::Value =
-            serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
-        let annotations = match &config["annotations"] {
-            serde_json::Value::Null => BTreeMap::new(),
-            serde_json::Value::Object(map) => map
-                .iter()
-                .map(|(k, v)| match v.as_str() {
-                    Some(v) => Ok((k.clone(), v.to_string())),
-                    None => Err(format!("annotation {k:?} is not a string")),
-                })
-                .collect::<Result<_, _>>()?,
-            _ => return Err("annotations is not an object".into()),
-        };
+    /// A runtime spec (oci-spec's types), as much of it as the shim needs.
+    pub fn parse(json: &[u8]) -> Result<BundleSpec, BundleError> {
+        let spec: Spec = serde_json::from_slice(json)?;
+        let annotations: BTreeMap<String, String> = spec
+            .annotations()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let role = match annotations.get(CONTAINER_TYPE).map(String::as_str) {
             Some("sandbox") => Role::Sandbox,
             None | Some("container") => Role::Unikernel,
-            Some(other) => return Err(format!("{CONTAINER_TYPE} {other:?} is unknown")),
+            Some(other) => return Err(BundleError::ContainerType(other.into())),
         };
         Ok(BundleSpec {
             role,
             sandbox_id: annotations.get(SANDBOX_ID).cloned(),
-            netns: network_namespace(&config)?,
+            netns: network_namespace(&spec)?,
             annotations,
         })
     }
 }
 
-fn network_namespace(config: &serde_json::Value) -> Result<Option<PathBuf>, String> {
-    let Some(namespaces) = config["linux"]["namespaces"].as_array() else {
-        return Ok(None);
-    };
-    let Some(network) = namespaces.iter().find(|n| n["type"] == "network") else {
-        return Ok(None);
-    };
-    match network["path"].as_str() {
-        None | Some("") => Ok(None),
-        Some(path) if Path::new(path).is_absolute() => Ok(Some(PathBuf::from(path))),
-        Some(path) => Err(format!("network namespace path {path:?} is not absolute")),
+fn network_namespace(spec: &Spec) -> Result<Option<PathBuf>, BundleError> {
+    let network = spec
+        .linux()
+        .as_ref()
+        .and_then(|linux| linux.namespaces().as_ref())
+        .and_then(|namespaces| {
+            namespaces
+                .iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Network)
+        });
+    match network.and_then(|n| n.path().as_ref()) {
+        None => Ok(None),
+        Some(path) if path.as_os_str().is_empty() => Ok(None),
+        Some(path) if path.is_absolute() => Ok(Some(path.clone())),
+        Some(path) => Err(BundleError::NetnsNotAbsolute(path.clone())),
     }
 }
 
@@ -114,8 +147,8 @@ mod tests {
     #[test]
     fn bad_specs_are_refused_with_a_reason() {
         for (json, why) in [
-            (&br#"{"annotations":[]}"#[..], "not an object"),
-            (br#"{"annotations":{"a":1}}"#, "not a string"),
+            (&br#"{"annotations":[]}"#[..], "expected a map"),
+            (br#"{"annotations":{"a":1}}"#, "expected a string"),
             (
                 br#"{"annotations":{"io.kubernetes.cri.container-type":"vm"}}"#,
                 "unknown",
@@ -124,9 +157,13 @@ mod tests {
                 br#"{"linux":{"namespaces":[{"type":"network","path":"netns/x"}]}}"#,
                 "not absolute",
             ),
-            (b"{", "not JSON"),
+            (
+                br#"{"linux":{"namespaces":[{"type":"network-ish"}]}}"#,
+                "unknown variant",
+            ),
+            (b"{", "not a runtime spec"),
         ] {
-            let err = BundleSpec::parse(json).unwrap_err();
+            let err = BundleSpec::parse(json).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         }
     }

@@ -262,7 +262,8 @@ impl Task for Service {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
-        let spec = BundleSpec::read(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        let spec = BundleSpec::read(&bundle)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("the bundle: {e}")))?;
         let stdio = (req.stdout.as_str(), req.stderr.as_str());
         let c = match spec.role {
             Role::Sandbox => {
