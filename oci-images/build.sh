@@ -18,8 +18,8 @@ mkdir -p "$OUT"
   --boot eager -o "$OUT/hello-eager.tar"
 
 # installer: the node installer DaemonSet's image (k8s-manifests/installer.yaml),
-# `jitsu` and the shim linked statically (the image has no libc).
+# `jitsu`, the monitor and the shim linked statically (the image has no libc).
 STATIC=target/x86_64-unknown-linux-gnu/release
 CARGO_PROFILE_RELEASE_STRIP=debuginfo RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet \
-  --target x86_64-unknown-linux-gnu --bin jitsu --bin containerd-shim-jitsu-v1
+  --target x86_64-unknown-linux-gnu --bin jitsu --bin jitsu-monitor --bin containerd-shim-jitsu-v1
 "$JITSU" pack-installer --bin-dir "$STATIC" -o "$OUT/installer.tar"

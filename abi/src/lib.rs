@@ -1,6 +1,6 @@
 //! The Jitsu guest ABI, version 1: the single source of the constants and
 //! structures shared by the monitor (`jitsu-runtime`) and the guest SDK
-//! (`guest/sdk`). `runtime/ABI.md` describes the same contract in prose.
+//! (`guest/sdk`). `runtime/kvm/ABI.md` describes the same contract in prose.
 //!
 //! Every structure here is `#[repr(C)]`, made only of fixed-width integers and
 //! byte arrays, so that host and guest agree on its layout without padding

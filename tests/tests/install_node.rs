@@ -24,15 +24,15 @@ fn install(root: &Path) -> String {
 
 fn installed_twice(root: &Path, config: &Path) -> String {
     let first = install(root);
-    assert_eq!(first.matches("updated:").count(), 3, "{first}");
-    for bin in ["jitsu", "containerd-shim-jitsu-v1"] {
+    assert_eq!(first.matches("updated:").count(), 4, "{first}");
+    for bin in ["jitsu", "jitsu-monitor", "containerd-shim-jitsu-v1"] {
         let copied = std::fs::read(root.join("usr/local/bin").join(bin)).unwrap();
         let built = std::fs::read(jitsu_bin().with_file_name(bin)).unwrap();
         assert!(copied == built, "{bin} differs from the build");
     }
     let text = std::fs::read_to_string(config).unwrap();
     let second = install(root);
-    assert_eq!(second.matches("unchanged:").count(), 3, "{second}");
+    assert_eq!(second.matches("unchanged:").count(), 4, "{second}");
     assert_eq!(std::fs::read_to_string(config).unwrap(), text);
     text
 }

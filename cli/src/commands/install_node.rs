@@ -10,6 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 const SHIM: &str = "containerd-shim-jitsu-v1";
+/// What a node needs of ours: the tool, the monitor it and the shim exec,
+/// and the shim.
+pub const NODE_BINARIES: [&str; 3] = ["jitsu", "jitsu-monitor", SHIM];
 const K3S_CONTAINERD: &str = "var/lib/rancher/k3s/agent/etc/containerd";
 /// The runtime's table in containerd's config, version 2 (containerd 1.x)
 /// and version 3 (containerd 2.x).
@@ -35,7 +38,7 @@ pub fn run(args: InstallNodeArgs) -> Result<u8> {
         .join(args.bin_dir.strip_prefix("/").unwrap_or(&args.bin_dir));
     let me = std::env::current_exe().context("finding this binary")?;
     let from = me.parent().context("this binary's folder")?;
-    for name in ["jitsu", SHIM] {
+    for name in NODE_BINARIES {
         let changed = install_file(&from.join(name), &bin_dir.join(name))?;
         report(changed, &bin_dir.join(name));
     }

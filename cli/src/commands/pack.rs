@@ -81,10 +81,10 @@ pub fn run(args: PackArgs) -> Result<u8> {
 }
 
 /// `jitsu pack-installer`: the node installer's image, made of the static
-/// `jitsu` and shim in `--bin-dir` and nothing else.
+/// `jitsu`, monitor and shim in `--bin-dir` and nothing else.
 #[derive(Args)]
 pub struct PackInstallerArgs {
-    /// Where the statically linked `jitsu` and `containerd-shim-jitsu-v1` are.
+    /// Where the statically linked `jitsu`, `jitsu-monitor` and `containerd-shim-jitsu-v1` are.
     #[arg(long)]
     bin_dir: PathBuf,
     /// Image name.
@@ -96,7 +96,7 @@ pub struct PackInstallerArgs {
 }
 
 pub fn run_installer(args: PackInstallerArgs) -> Result<u8> {
-    let names = ["jitsu", "containerd-shim-jitsu-v1"];
+    let names = super::install_node::NODE_BINARIES;
     let mut binaries = Vec::new();
     for name in names {
         let path = args.bin_dir.join(name);
