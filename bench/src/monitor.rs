@@ -169,8 +169,7 @@ fn get(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Exec to first HTTP 200 against a request to an already running guest,
-/// and the monitor's resident memory against a sleeping process's.
+/// Exec to first HTTP 200 against a request to an already running guest.
 fn hello_http_rows(n: usize) -> Result<Vec<Row>> {
     let ns = NetNs::with_tap();
     let addr = SocketAddr::from((ns.guest_ip, 80));
@@ -183,46 +182,19 @@ fn hello_http_rows(n: usize) -> Result<Vec<Row>> {
             cold.push(t.elapsed());
             drop(hello);
         }
-        let hello = Hello::start(&ns)?;
+        let _running = Hello::start(&ns)?;
         let mut warm = Samples::new();
         for _ in 0..n.max(100) {
             let t = Instant::now();
             get(addr)?;
             warm.push(t.elapsed());
         }
-        let mut rss = Samples::new();
-        rss.push_value(rss_kib(hello.child.id())?);
-        let mut sleeper = Command::new("sleep").arg("30").spawn()?;
-        std::thread::sleep(Duration::from_millis(50));
-        let mut sleep_rss = Samples::new();
-        sleep_rss.push_value(rss_kib(sleeper.id())?);
-        let _ = sleeper.kill();
-        let _ = sleeper.wait();
-        Ok(vec![
-            Row {
-                name: "exec `jitsu run hello-http` to first HTTP 200".into(),
-                samples: cold,
-                baseline_name: "GET from a running hello-http".into(),
-                baseline: warm,
-                unit: Unit::Time,
-            },
-            Row {
-                name: "monitor RSS, hello-http serving".into(),
-                samples: rss,
-                baseline_name: "RSS of sleep(1)".into(),
-                baseline: sleep_rss,
-                unit: Unit::Memory,
-            },
-        ])
+        Ok(vec![Row {
+            name: "exec `jitsu run hello-http` to first HTTP 200".into(),
+            samples: cold,
+            baseline_name: "GET from a running hello-http".into(),
+            baseline: warm,
+            unit: Unit::Time,
+        }])
     })
-}
-
-fn rss_kib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
-    Ok(kib)
 }

@@ -11,25 +11,85 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use jitsu_e2e::containerd::Containerd;
 use jitsu_e2e::fleet::Fleet;
+use jitsu_e2e::lazy::LazyHello;
 use jitsu_e2e::process::Guarded;
+use std::net::SocketAddr;
 
 use crate::stats::{Row, Samples, Unit};
 
 pub fn rows(quick: bool) -> Result<Vec<Row>> {
     let (monitors, tasks) = if quick { (20, 10) } else { (200, 100) };
     let sleeps = sleeping(monitors)?;
-    let mut rows = parked_monitors(monitors, &sleeps)?;
+    let mut rows = one_monitor(&sleeps)?;
+    rows.extend(parked_monitors(monitors, &sleeps)?);
     rows.push(parked_tasks(tasks, &sleeps)?);
     Ok(rows)
 }
 
-/// Per-process cgroup usage and PSS of `n` sleeping processes.
+/// One monitor's RSS and PSS, parked and then serving (after a request).
+fn one_monitor(sleeps: &Baseline) -> Result<Vec<Row>> {
+    let server = LazyHello::start(&[]);
+    let pid = server.monitor.pid();
+    let parked = (rss_of(pid)?, pss_of(std::iter::once(pid)));
+    let addr = SocketAddr::from((server.ns.guest_ip, 80));
+    server.ns.run_in(|| crate::lazy::first_byte(addr))?;
+    let serving = (rss_of(pid)?, pss_of(std::iter::once(pid)));
+    let row = |name: &str, samples: Samples, baseline_name: &str, baseline: &Samples| Row {
+        name: name.into(),
+        samples,
+        baseline_name: baseline_name.into(),
+        baseline: baseline.clone(),
+        unit: Unit::Memory,
+    };
+    Ok(vec![
+        row("monitor RSS, parked", parked.0, "RSS of sleep", &sleeps.rss),
+        row(
+            "monitor PSS, parked",
+            parked.1,
+            "PSS of sleep",
+            &sleeps.pss_alone,
+        ),
+        row(
+            "monitor RSS, serving",
+            serving.0,
+            "RSS of sleep",
+            &sleeps.rss,
+        ),
+        row(
+            "monitor PSS, serving",
+            serving.1,
+            "PSS of sleep",
+            &sleeps.pss,
+        ),
+    ])
+}
+
+fn rss_of(pid: u32) -> Result<Samples> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")?;
+    let mut samples = Samples::new();
+    samples.push_value(kib);
+    Ok(samples)
+}
+
+/// A sleeping process: alone (RSS, PSS), and `n` at once (cgroup usage and
+/// PSS per process).
 struct Baseline {
+    rss: Samples,
+    pss_alone: Samples,
     per_process: Samples,
     pss: Samples,
 }
 
 fn sleeping(n: usize) -> Result<Baseline> {
+    let alone = Guarded::spawn(Command::new("sleep").arg("1000").stdout(Stdio::null()));
+    std::thread::sleep(Duration::from_millis(100));
+    let (rss, pss_alone) = (rss_of(alone.pid())?, pss_of(std::iter::once(alone.pid())));
+    drop(alone);
     let cgroup = MemoryCgroup::create("sleep")?;
     let before = cgroup.usage()?;
     let sleepers: Vec<Guarded> = (0..n)
@@ -44,7 +104,12 @@ fn sleeping(n: usize) -> Result<Baseline> {
     let per_process = per_member(&cgroup, before, n)?;
     let pss = pss_of(sleepers.iter().map(Guarded::pid));
     drop(sleepers);
-    Ok(Baseline { per_process, pss })
+    Ok(Baseline {
+        rss,
+        pss_alone,
+        per_process,
+        pss,
+    })
 }
 
 /// `n` parked `jitsu-monitor --lazy` of hello-http on one bridge.
@@ -66,7 +131,7 @@ fn parked_monitors(n: usize, sleeps: &Baseline) -> Result<Vec<Row>> {
         Row {
             name: format!("parked monitor, PSS (N = {n})"),
             samples: pss,
-            baseline_name: "PSS of sleep".into(),
+            baseline_name: "PSS of sleep (N at once)".into(),
             baseline: sleeps.pss.clone(),
             unit: Unit::Memory,
         },
