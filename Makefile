@@ -5,6 +5,10 @@ GUEST_DIR := guest/target/x86_64-unknown-linux-gnu/release
 
 export JITSU_BIN := $(CURDIR)/target/release/jitsu
 export JITSU_GUESTS := $(CURDIR)/$(GUEST_DIR)
+# The monitor, linked statically: no dynamic loader on every monitor's start
+# (exec to main 0.7 ms instead of 1.2 here) and ~50 KiB less private memory
+# per parked service. `jitsu run` and the shim find it through this variable.
+export JITSU_MONITOR := $(CURDIR)/target/x86_64-unknown-linux-gnu/release/jitsu-monitor
 
 .PHONY: all deps guests build images lint test demo bench clean
 
@@ -22,6 +26,7 @@ guests:
 ## (and its static native server, the runc baseline).
 build: deps guests
 	$(CARGO) build --release --workspace
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu -p jitsu-monitor
 	cd bench/native-http && RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu
 
 ## The example OCI images (oci-images/), in build/images/.
