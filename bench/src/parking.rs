@@ -59,7 +59,7 @@ fn one_monitor(sleeps: &Baseline) -> Result<Vec<Row>> {
             "monitor PSS, serving",
             serving.1,
             "PSS of sleep",
-            &sleeps.pss,
+            &sleeps.pss_alone,
         ),
     ])
 }
