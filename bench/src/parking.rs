@@ -23,6 +23,10 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
     let mut rows = one_monitor(&sleeps)?;
     rows.extend(parked_monitors(monitors, &sleeps)?);
     rows.push(parked_tasks(tasks, &sleeps)?);
+    if !quick {
+        // The aim: a thousand parked tasks in 1 GiB.
+        rows.push(parked_tasks(1000, &sleeps)?);
+    }
     Ok(rows)
 }
 
@@ -155,8 +159,9 @@ fn parked_tasks(n: usize, sleeps: &Baseline) -> Result<Row> {
     std::thread::sleep(Duration::from_millis(300));
     let per_task = per_member(&cgroup, before, n)?;
     drop(containerd);
+    let total_mib = per_task.median() * n as f64 / 1024.0;
     Ok(Row {
-        name: format!("parked ctr task with its shim (cgroup, N = {n})"),
+        name: format!("parked ctr task, all in (N = {n}: {total_mib:.0} MiB)"),
         samples: per_task,
         baseline_name: "a sleep process (same)".into(),
         baseline: sleeps.per_process.clone(),

@@ -464,3 +464,37 @@ fn only_frames_for_the_guest_reach_the_monitor() {
     );
     assert_eq!(after["boots"], 0, "nor booted anything");
 }
+
+/// A parked VM's code and read-only data are the image file's own pages
+/// (mapped read-only, shared with every VM of the image), not copies.
+#[test]
+fn a_parked_vm_maps_its_code_from_the_image_file() {
+    let server = LazyHello::start(&[]);
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", server.monitor.pid())).unwrap();
+    let kernel = jitsu_e2e::guest("hello-http").canonicalize().unwrap();
+    let mut mappings = 0;
+    let mut lines = smaps.lines();
+    while let Some(line) = lines.next() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let is_header = fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'));
+        if !is_header || fields.get(5).map(std::path::Path::new) != Some(kernel.as_path()) {
+            continue;
+        }
+        assert_eq!(fields[1], "r--p", "read-only, private: {line}");
+        let anonymous = lines
+            .by_ref()
+            .find_map(|l| l.strip_prefix("Anonymous:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+        assert_eq!(anonymous, Some(0), "no private copy: {line}");
+        mappings += 1;
+    }
+    // Code and read-only data lie next to each other, in the file and in the
+    // guest: the kernel may merge them into one mapping.
+    assert!(
+        mappings >= 1,
+        "code and read-only data are mapped from {}",
+        kernel.display()
+    );
+}

@@ -64,6 +64,19 @@ impl Segment {
     pub fn end(&self) -> u64 {
         self.gpa + self.mem_len
     }
+
+    /// Read-only, all of it in the file, and page-aligned in both the file
+    /// and the guest: it can be the file's own pages. (The tail of its last
+    /// page then shows the file's next bytes, as a process's mapping of an
+    /// ELF does; they belong to the same image.)
+    fn can_be_mapped(&self) -> bool {
+        let page = layout::PAGE_SIZE;
+        !self.perms.write
+            && self.file_len == self.mem_len
+            && self.file_len > 0
+            && self.gpa % page == 0
+            && self.file_offset % page == 0
+    }
 }
 
 /// A checked kernel: what to load where, and where to start.
@@ -121,12 +134,24 @@ impl KernelImage {
         end.next_multiple_of(layout::PAGE_SIZE)
     }
 
-    /// Copies the segments into guest memory (which starts zeroed, so the
-    /// part of each segment past its file bytes is already clear).
-    pub fn load(&self, bytes: &[u8], mem: &mut GuestMemory) -> Result<(), MemoryError> {
+    /// Puts the segments into guest memory (which starts zeroed, so the part
+    /// of each segment past its file bytes is already clear). With the
+    /// kernel `file`, segments nobody writes are mapped from it, shared with
+    /// every VM of the image; the others are copied.
+    pub fn load(
+        &self,
+        bytes: &[u8],
+        file: Option<std::os::fd::BorrowedFd<'_>>,
+        mem: &mut GuestMemory,
+    ) -> Result<(), MemoryError> {
         for s in &self.segments {
-            let src = &bytes[s.file_offset as usize..(s.file_offset + s.file_len) as usize];
-            mem.slice_mut(s.gpa, s.file_len)?.copy_from_slice(src);
+            match file.filter(|_| s.can_be_mapped()) {
+                Some(fd) => mem.map_file(s.gpa, s.file_len, fd, s.file_offset)?,
+                None => {
+                    let src = &bytes[s.file_offset as usize..(s.file_offset + s.file_len) as usize];
+                    mem.slice_mut(s.gpa, s.file_len)?.copy_from_slice(src);
+                }
+            }
         }
         Ok(())
     }
@@ -317,7 +342,7 @@ mod tests {
         assert_eq!(image.entry, 0x10_0000);
         assert_eq!(image.end(), 0x10_3000);
         let mut mem = GuestMemory::new(MEM).unwrap();
-        image.load(&bytes, &mut mem).unwrap();
+        image.load(&bytes, None, &mut mem).unwrap();
         assert_eq!(mem.slice(0x10_0000, 2).unwrap(), &[0xc3, 0xc3]);
         assert_eq!(
             mem.slice(0x10_1007, 2).unwrap(),
@@ -407,7 +432,7 @@ mod tests {
         }
         assert!(image.segments.windows(2).all(|w| w[0].end() <= w[1].gpa));
         let mut mem = GuestMemory::new(MEM).unwrap();
-        image.load(bytes, &mut mem).unwrap();
+        image.load(bytes, None, &mut mem).unwrap();
     }
 
     proptest! {

@@ -49,7 +49,7 @@ impl KernelFile {
     }
 
     /// The file's bytes, read-only, until the mapping is dropped.
-    pub fn map(&self) -> Result<Mapping, KernelFileError> {
+    pub fn map(&self) -> Result<Mapping<'_>, KernelFileError> {
         let len = std::num::NonZeroUsize::new(self.len).ok_or(KernelFileError::Empty)?;
         // SAFETY: a fresh private read-only mapping of our own open file;
         // nothing else in this process aliases it.
@@ -67,17 +67,26 @@ impl KernelFile {
         Ok(Mapping {
             ptr: ptr.cast(),
             len: self.len,
+            file: self.file.as_fd(),
         })
     }
 }
 
 /// A read-only view of a kernel file.
-pub struct Mapping {
+pub struct Mapping<'a> {
     ptr: NonNull<u8>,
     len: usize,
+    file: std::os::fd::BorrowedFd<'a>,
 }
 
-impl std::ops::Deref for Mapping {
+impl Mapping<'_> {
+    /// The file itself, to map parts of it into a guest.
+    pub fn file(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file
+    }
+}
+
+impl std::ops::Deref for Mapping<'_> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
@@ -87,7 +96,7 @@ impl std::ops::Deref for Mapping {
     }
 }
 
-impl Drop for Mapping {
+impl Drop for Mapping<'_> {
     fn drop(&mut self) {
         // SAFETY: the region is the one `map` made, and no slice of it
         // outlives `self` (they borrow it).

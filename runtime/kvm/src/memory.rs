@@ -1,4 +1,7 @@
-//! Guest memory: one anonymous mapping, guest-physical address 0 at its start.
+//! Guest memory: one anonymous mapping, guest-physical address 0 at its
+//! start, in which the image's read-only segments may be mapped from the
+//! kernel file instead (so every VM of an image shares them with the page
+//! cache, and they cost a VM nothing of its own).
 //!
 //! Soundness rests on one rule: the monitor touches guest memory only while
 //! the (single) vCPU is not running guest code, that is before the first
@@ -16,6 +19,8 @@ pub enum MemoryError {
     Map { size: u64, source: nix::Error },
     #[error("guest range {gpa:#x}+{len:#x} lies outside guest memory ({size:#x} bytes)")]
     OutOfRange { gpa: u64, len: u64, size: u64 },
+    #[error("cannot map the kernel file at {gpa:#x}: {source}")]
+    MapFile { gpa: u64, source: nix::Error },
 }
 
 pub struct GuestMemory {
@@ -54,6 +59,44 @@ impl GuestMemory {
 
     pub fn size(&self) -> u64 {
         self.size as u64
+    }
+
+    /// Maps `len` bytes of `file` from `offset` read-only over guest pages
+    /// from `gpa` (both page-aligned, `len` rounded up to a page): the guest
+    /// reads the page cache's pages, shared with every other mapping of the
+    /// file. Only for what neither the guest nor the monitor ever writes.
+    pub fn map_file(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        file: std::os::fd::BorrowedFd<'_>,
+        offset: u64,
+    ) -> Result<(), MemoryError> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let page = jitsu_abi::layout::PAGE_SIZE;
+        let len = len.next_multiple_of(page);
+        let start = self.check(gpa, len)?;
+        let bad = |source| MemoryError::MapFile { gpa, source };
+        if gpa % page != 0 || offset % page != 0 {
+            return Err(bad(nix::Error::EINVAL));
+        }
+        let length = std::num::NonZeroUsize::new(len as usize).ok_or(bad(nix::Error::EINVAL))?;
+        let address = std::num::NonZeroUsize::new(self.base.as_ptr() as usize + start);
+        // SAFETY: the range lies inside our own guest mapping (checked), so
+        // MAP_FIXED replaces only pages of ours; no slice of them is alive
+        // (we hold `&mut self`), and they are mapped read-only.
+        unsafe {
+            mmap(
+                address,
+                length,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED,
+                file,
+                offset as libc::off_t,
+            )
+        }
+        .map_err(bad)?;
+        Ok(())
     }
 
     /// Host address of guest-physical 0, for KVM_SET_USER_MEMORY_REGION.

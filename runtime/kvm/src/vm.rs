@@ -21,6 +21,7 @@ use crate::devices::console::Console;
 use crate::devices::net::NetDevice;
 use crate::elf::{ElfError, KernelImage};
 use crate::hypercall::Devices;
+use crate::kernel_file::Mapping;
 use crate::layout::{self, LayoutError};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::report::{RunReport, Timings};
@@ -99,7 +100,7 @@ pub struct Vm {
 impl Vm {
     /// Validates the kernel, creates the VM, loads the image and opens the
     /// devices. No guest instruction runs.
-    pub fn create(kernel: &[u8], config: &VmConfig, start: Instant) -> Result<Vm, VmError> {
+    pub fn create(kernel: &Mapping<'_>, config: &VmConfig, start: Instant) -> Result<Vm, VmError> {
         let mut timings = Timings::new(start);
         let mem_size = config.mem_size;
         let limits = jitsu_abi::layout::MEM_MIN..=jitsu_abi::layout::MEM_MAX;
@@ -132,7 +133,7 @@ impl Vm {
 
         let t = Instant::now();
         let tap = config.net.as_ref().map(|n| n.tap.clone());
-        image.load(kernel, &mut mem)?;
+        image.load(kernel, Some(kernel.file()), &mut mem)?;
         let access = layout::build(&mut mem, &image)?;
         let net = config
             .net
