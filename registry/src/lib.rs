@@ -11,6 +11,13 @@
 //!                       /stats/boots, /stats/last_boot_us, /stats/last_packet_ms
 //! ```
 //!
+//! A name belongs to its `owner`: whoever claims it first (the shim, for a
+//! container, before its monitor starts; else the monitor). Claiming,
+//! publishing, updating and removing all read `owner` in the same
+//! transaction as they write, so a second claimant is refused rather than
+//! taking the name over, and removing one service never deletes another's
+//! entry.
+//!
 //! A boot request names the parking it was made for, not a time: the
 //! monitor boots only for its current generation, so a request that arrives
 //! late (after the service ran and was parked again) is recognised without
@@ -18,7 +25,16 @@
 
 use std::net::Ipv4Addr;
 
-use jitsu_xenstore::{Client, ClientError, XsError};
+use jitsu_xenstore::{Client, ClientError, Transaction, XsError};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("the name {name:?} is registered by {owner} already")]
+    Taken { name: String, owner: String },
+    #[error(transparent)]
+    Xs(#[from] ClientError),
+}
 
 pub const ROOT: &str = "/jitsu/services";
 
@@ -74,27 +90,78 @@ impl Service {
     }
 }
 
-/// Writes the whole entry (creating it) in one transaction.
-pub async fn publish(client: &Client, service: &Service) -> Result<(), ClientError> {
-    let base = service_path(&service.name);
-    client
+/// Who owns `base` as this transaction sees it (`None`: nobody).
+async fn owner_in(tx: &Transaction, base: &str) -> Result<Option<String>, ClientError> {
+    match tx.read(&format!("{base}/owner")).await {
+        Ok(owner) => Ok(Some(String::from_utf8_lossy(&owner).into_owned())),
+        Err(ClientError::Xs(XsError::NoEnt)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `write` in a transaction if `name` is unowned or owned by `owner`;
+/// else ends it unwritten and says who owns it.
+async fn as_owner<W, F>(
+    client: &Client,
+    name: &str,
+    owner: &str,
+    write: W,
+) -> Result<(), RegistryError>
+where
+    W: Fn(Transaction, String) -> F + Clone,
+    F: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let base = service_path(name);
+    let holder = client
         .transact(|tx| {
-            let (base, entries) = (base.clone(), service.entries());
+            let (base, write) = (base.clone(), write.clone());
             async move {
-                tx.mkdir(&base).await?;
-                for (key, value) in entries {
-                    tx.write(&format!("{base}/{key}"), value).await?;
+                match owner_in(&tx, &base).await? {
+                    Some(holder) if holder != owner => Ok(Some(holder)),
+                    _ => write(tx, base).await.map(|()| None),
                 }
-                Ok(())
             }
         })
-        .await
+        .await?;
+    match holder {
+        None => Ok(()),
+        Some(owner) => Err(RegistryError::Taken {
+            name: name.to_string(),
+            owner,
+        }),
+    }
+}
+
+/// Claims `name` for `owner` (an entry with only its owner, which DNS does
+/// not answer for yet); refused if someone else holds it.
+pub async fn claim(client: &Client, name: &str, owner: &str) -> Result<(), RegistryError> {
+    as_owner(client, name, owner, |tx, base| async move {
+        tx.mkdir(&base).await?;
+        tx.write(&format!("{base}/owner"), owner).await
+    })
+    .await
+}
+
+/// Writes the whole entry (creating it) in one transaction, if the name is
+/// free or the service's owner's.
+pub async fn publish(client: &Client, service: &Service) -> Result<(), RegistryError> {
+    as_owner(client, &service.name, &service.owner, |tx, base| {
+        let entries = service.entries();
+        async move {
+            tx.mkdir(&base).await?;
+            for (key, value) in entries {
+                tx.write(&format!("{base}/{key}"), value).await?;
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Writes what changed since `old`, in one transaction: a reader sees a
-/// state together with the generation it belongs to.
-pub async fn update(client: &Client, old: &Service, new: &Service) -> Result<(), ClientError> {
-    let base = service_path(&new.name);
+/// state together with the generation it belongs to. Refused if the name
+/// has changed hands meanwhile.
+pub async fn update(client: &Client, old: &Service, new: &Service) -> Result<(), RegistryError> {
     let changed: Vec<(&'static str, String)> = old
         .entries()
         .into_iter()
@@ -105,21 +172,32 @@ pub async fn update(client: &Client, old: &Service, new: &Service) -> Result<(),
     if changed.is_empty() {
         return Ok(());
     }
-    client
-        .transact(|tx| {
-            let (base, changed) = (base.clone(), changed.clone());
-            async move {
-                for (key, value) in changed {
-                    tx.write(&format!("{base}/{key}"), value).await?;
-                }
-                Ok(())
+    as_owner(client, &new.name, &new.owner, |tx, base| {
+        let changed = changed.clone();
+        async move {
+            if owner_in(&tx, &base).await?.is_none() {
+                // Removed under us: writing would recreate it half-empty.
+                return Err(ClientError::Xs(XsError::NoEnt));
             }
-        })
-        .await
+            for (key, value) in changed {
+                tx.write(&format!("{base}/{key}"), value).await?;
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
-pub async fn remove(client: &Client, name: &str) -> Result<(), ClientError> {
-    client.rm(&service_path(name)).await
+/// Removes `name` if `owner` holds it; another owner's entry stays (and is
+/// reported as [`RegistryError::Taken`]); a missing one is no error.
+pub async fn remove(client: &Client, name: &str, owner: &str) -> Result<(), RegistryError> {
+    as_owner(client, name, owner, |tx, base| async move {
+        match tx.rm(&base).await {
+            Err(ClientError::Xs(XsError::NoEnt)) => Ok(()),
+            done => done,
+        }
+    })
+    .await
 }
 
 async fn read_opt(client: &Client, path: &str) -> Result<Option<String>, ClientError> {

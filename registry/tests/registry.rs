@@ -80,3 +80,75 @@ fn a_boot_is_requested_once_per_generation() {
         assert_eq!((read.state.as_str(), read.generation), ("parked", 2));
     });
 }
+
+/// A name belongs to whoever claimed it: another owner can neither claim,
+/// publish, update nor remove it, and the owner's own removal frees it.
+#[test]
+fn a_name_belongs_to_its_owner() {
+    let d = Daemon::start();
+    d.runtime.block_on(async {
+        let c = Client::connect(&d.socket).await.unwrap();
+        let first = Service {
+            name: "web".into(),
+            ip: Some("10.77.0.2".parse().unwrap()),
+            state: "parked".into(),
+            generation: 1,
+            owner: "default/a".into(),
+            ..Default::default()
+        };
+        registry::claim(&c, "web", "default/a").await.unwrap();
+        registry::claim(&c, "web", "default/a")
+            .await
+            .expect("again, by its owner");
+        registry::publish(&c, &first).await.unwrap();
+        let second = Service {
+            ip: Some("10.77.0.3".parse().unwrap()),
+            owner: "default/b".into(),
+            ..first.clone()
+        };
+        let taken = |r: Result<(), registry::RegistryError>| match r {
+            Err(registry::RegistryError::Taken { owner, .. }) => owner,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            taken(registry::claim(&c, "web", "default/b").await),
+            "default/a"
+        );
+        assert_eq!(taken(registry::publish(&c, &second).await), "default/a");
+        let moved = Service {
+            state: "running".into(),
+            ..second.clone()
+        };
+        assert_eq!(
+            taken(registry::update(&c, &second, &moved).await),
+            "default/a"
+        );
+        assert_eq!(
+            taken(registry::remove(&c, "web", "default/b").await),
+            "default/a"
+        );
+        let read = registry::read(&c, "web").await.unwrap().unwrap();
+        assert_eq!((read.ip, read.owner.as_str()), (first.ip, "default/a"));
+
+        // Claims racing for a free name: exactly one wins.
+        let racers = (0..16).map(|i| {
+            let c = c.clone();
+            async move { registry::claim(&c, "api", &format!("r{i}")).await.is_ok() }
+        });
+        let won = futures_util::future::join_all(racers).await;
+        assert_eq!(won.iter().filter(|&&w| w).count(), 1, "{won:?}");
+
+        registry::remove(&c, "web", "default/a").await.unwrap();
+        assert_eq!(registry::read(&c, "web").await.unwrap(), None);
+        registry::remove(&c, "web", "default/a")
+            .await
+            .expect("a missing entry is no error");
+        registry::claim(&c, "web", "default/b")
+            .await
+            .expect("free again");
+        // An update of an entry removed under its owner does not recreate it.
+        registry::remove(&c, "web", "default/b").await.unwrap();
+        assert!(registry::update(&c, &second, &moved).await.is_err());
+        assert!(c.read("/jitsu/services/web").await.is_err());
+    });
+}

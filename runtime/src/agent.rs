@@ -106,7 +106,7 @@ async fn agent(
     wake: Waker,
     shutdown: Arc<Notify>,
 ) {
-    let name = current.name.clone();
+    let (name, owner) = (current.name.clone(), current.owner.clone());
     tokio::select! {
         biased;
         () = shutdown.notified() => {}
@@ -114,7 +114,7 @@ async fn agent(
     }
     let removed = tokio::time::timeout(REMOVE_DEADLINE, async {
         let client = Client::connect(&socket).await?;
-        registry::remove(&client, &name).await
+        registry::remove(&client, &name, &owner).await
     });
     match removed.await {
         Ok(Ok(())) => {}
@@ -152,6 +152,30 @@ async fn keep_registered(
                 tracing::info!("XenStore connection lost; registering again");
                 tokio::time::sleep(RETRY).await;
             }
+            Served::Taken(holder) => {
+                tracing::warn!(
+                    name = %current.name, %holder,
+                    "the name is registered by another service; waiting until it is free"
+                );
+                // Meanwhile the service runs on: keep its latest state.
+                let name = current.name.clone();
+                let changed = owner_changes(&client, &name);
+                tokio::pin!(changed);
+                loop {
+                    tokio::select! {
+                        watched = &mut changed => {
+                            if !watched {
+                                tokio::time::sleep(RETRY).await;
+                            }
+                            break;
+                        }
+                        service = rx.recv() => match service {
+                            Some(s) => current = s,
+                            None => return,
+                        },
+                    }
+                }
+            }
         }
     }
 }
@@ -159,6 +183,19 @@ async fn keep_registered(
 enum Served {
     Shutdown,
     Lost,
+    /// Another owner holds the name.
+    Taken(String),
+}
+
+/// Waits for the name's owner to change (or its entry to go); false if the
+/// watch could not be set or broke.
+async fn owner_changes(client: &Client, name: &str) -> bool {
+    let path = format!("{}/owner", registry::service_path(name));
+    let Ok(mut watch) = client.watch(&path).await else {
+        return false;
+    };
+    // A watch fires once when it is set.
+    watch.next().await.is_some() && watch.next().await.is_some()
 }
 
 /// Registers and serves one connection until it breaks or the monitor ends.
@@ -169,8 +206,13 @@ async fn serve(
     wake: &Waker,
 ) -> Served {
     let boot_path = format!("{}/boot", registry::service_path(&current.name));
+    match registry::publish(client, current).await {
+        Ok(()) => {}
+        Err(registry::RegistryError::Taken { owner, .. }) => return Served::Taken(owner),
+        Err(_) => return Served::Lost,
+    }
     // A boot key left from before this registration is not a request.
-    if registry::publish(client, current).await.is_err() || client.rm(&boot_path).await.is_err() {
+    if client.rm(&boot_path).await.is_err() {
         return Served::Lost;
     }
     let mut published = current.clone();

@@ -9,7 +9,9 @@ use std::process::Stdio;
 
 use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
 use containerd_shim::monitor::{Subject, Topic};
-use jitsu_spec::{BootPolicy, Metadata, UnikernelSpec, METADATA_FILE};
+use jitsu_spec::{BootPolicy, UnikernelSpec};
+
+use crate::image::Unikernel;
 use tokio::sync::watch;
 
 use crate::network::bridge::{GATEWAY, PREFIX};
@@ -40,26 +42,6 @@ pub struct Container {
     pub stderr: String,
     pub exit: watch::Receiver<Exit>,
     pub control: PathBuf,
-}
-
-/// Reads the image metadata from the rootfs and applies the container's
-/// `org.jitsu.*` annotations.
-pub fn read_spec(
-    bundle: &Path,
-    annotations: &std::collections::BTreeMap<String, String>,
-) -> Result<UnikernelSpec, String> {
-    let metadata_path = bundle.join("rootfs").join(METADATA_FILE);
-    let json = std::fs::read(&metadata_path).map_err(|e| {
-        format!(
-            "{}: {e} (is this a Jitsu image? build it with `jitsu pack`)",
-            metadata_path.display()
-        )
-    })?;
-    let mut metadata = Metadata::parse(&json).map_err(|e| e.to_string())?;
-    metadata
-        .apply_annotations(annotations)
-        .map_err(|e| e.to_string())?;
-    metadata.validate().map_err(|e| e.to_string())
 }
 
 /// A binary of ours: `$<var>`, else next to the shim, else `name` on PATH.
@@ -99,11 +81,12 @@ fn stdio(path: &str) -> Result<Stdio, String> {
 }
 
 /// `jitsu-monitor --lazy ...` for the unikernel of `record`; it reports on
-/// `ready` (the write end of a pipe, inherited) once parked.
+/// `ready` (the write end of a pipe, inherited) once parked. It inherits
+/// the kernel, already opened in the image, as `kernel`.
 fn monitor_command(
     spec: &UnikernelSpec,
     record: &Record,
-    bundle: &Path,
+    kernel: BorrowedFd<'_>,
     ready: BorrowedFd<'_>,
 ) -> std::process::Command {
     let control = record.key.control_path();
@@ -115,6 +98,8 @@ fn monitor_command(
         .arg("--ready-fd")
         .arg(ready.as_raw_fd().to_string());
     inherit(&mut cmd, ready.as_raw_fd());
+    cmd.arg("--kernel-fd").arg(kernel.as_raw_fd().to_string());
+    inherit(&mut cmd, kernel.as_raw_fd());
     match &record.network {
         Network::Bridge { tap, ip } => {
             cmd.args(["--net", tap, "--ip", &format!("{ip}/{PREFIX}")])
@@ -140,9 +125,10 @@ fn monitor_command(
             .arg(format!("{}ms", t.as_millis()));
     }
     if let Some(name) = &spec.dns_name {
-        cmd.args(["--name", name]);
+        cmd.args(["--name", name, "--owner", &record.key.describe()]);
     }
-    cmd.arg(bundle.join("rootfs").join(&spec.kernel));
+    // A name for its messages only: the monitor reads the descriptor.
+    cmd.arg(Path::new("/").join(&spec.kernel));
     if !spec.cmdline.is_empty() {
         cmd.arg("--").args(spec.cmdline.split_whitespace());
     }
@@ -172,7 +158,7 @@ impl Container {
     pub async fn create(
         key: ContainerKey,
         bundle: &Path,
-        spec: UnikernelSpec,
+        unikernel: Unikernel,
         rootfs_mounted: bool,
         netns: Option<PathBuf>,
         stdio: (&str, &str),
@@ -183,9 +169,16 @@ impl Container {
             rootfs_mounted,
             network: Network::Sandbox { netns: None },
             process: None,
-            dns_name: spec.dns_name.clone(),
+            dns_name: unikernel.spec.dns_name.clone(),
         };
         claim(&record).await?;
+        if let Some(name) = &record.dns_name {
+            let claimed = crate::state::claim_registry_entry(name, &record.key.describe()).await;
+            if let Err(e) = claimed {
+                record.clean_up().await;
+                return Err(e);
+            }
+        }
         match Network::plug(&record.key, netns).await {
             Ok(network) => record.network = network,
             Err(e) => {
@@ -204,9 +197,11 @@ impl Container {
                 return Err(format!("a pipe for the monitor: {e}"));
             }
         };
-        let cmd = monitor_command(&spec, &record, bundle, ready_tx.as_fd());
+        let spec = &unikernel.spec;
+        let cmd = monitor_command(spec, &record, unikernel.kernel.as_fd(), ready_tx.as_fd());
         let spawned = Container::spawn(record, cmd, stdio).await;
         drop(ready_tx);
+        drop(unikernel.kernel);
         let mut c = spawned?;
         c.eager = spec.boot == BootPolicy::Eager;
         if let Err(e) = c.wait_until_parked(ready).await {

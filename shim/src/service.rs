@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 
 use crate::bundle::{self, BundleSpec, Role};
 use crate::container::{self, Container, Status};
+use crate::image;
 use crate::state::{ContainerKey, Record};
 
 #[derive(Clone)]
@@ -154,13 +155,13 @@ impl Service {
                 .map_err(|e| status(Code::INTERNAL, format!("mounting the rootfs: {e}")))?;
             mounted = true;
         }
-        let unikernel = match container::read_spec(bundle, &spec.annotations) {
+        let unikernel = match image::open(&rootfs, &spec.annotations) {
             Ok(mut unikernel) => {
                 // A pod's replicas share their image, and with it its DNS
                 // name; in Kubernetes a name is the pod's own choice.
                 if spec.sandbox_id.is_some() && !spec.annotations.contains_key(DNS_NAME_ANNOTATION)
                 {
-                    unikernel.dns_name = None;
+                    unikernel.spec.dns_name = None;
                 }
                 unikernel
             }

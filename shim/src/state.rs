@@ -137,7 +137,7 @@ impl Record {
         }
         self.unmount_rootfs();
         if let Some(name) = &self.dns_name {
-            remove_registry_entry(name).await;
+            remove_registry_entry(name, &self.key.describe()).await;
         }
         if network.is_ok() {
             remove_dir(&self.key.dir());
@@ -154,14 +154,48 @@ impl Record {
     }
 }
 
-/// A monitor killed outright could not remove its own entry.
-async fn remove_registry_entry(name: &str) {
-    const DEADLINE: Duration = Duration::from_millis(500);
+/// How long the shim waits for XenStore at create and cleanup.
+const REGISTRY_DEADLINE: Duration = Duration::from_millis(500);
+
+async fn registry_client() -> Option<jitsu_xenstore::Client> {
     let socket = jitsu_xenstore::server::default_socket_path();
-    let removed = tokio::time::timeout(DEADLINE, async {
-        let client = jitsu_xenstore::Client::connect(&socket).await?;
-        jitsu_registry::remove(&client.with_deadline(DEADLINE), name).await
-    });
+    let connect = tokio::time::timeout(REGISTRY_DEADLINE, jitsu_xenstore::Client::connect(&socket));
+    match connect.await {
+        Ok(Ok(client)) => Some(client.with_deadline(REGISTRY_DEADLINE)),
+        _ => None,
+    }
+}
+
+/// Claims the container's DNS name for it before its monitor starts, so
+/// that a name another container holds fails Create with the reason.
+/// Without a XenStore daemon there is nothing to claim yet: the monitor
+/// claims the name when one appears, and waits if it is taken.
+pub async fn claim_registry_entry(name: &str, owner: &str) -> Result<(), String> {
+    let Some(client) = registry_client().await else {
+        return Ok(());
+    };
+    match jitsu_registry::claim(&client, name, owner).await {
+        Err(jitsu_registry::RegistryError::Taken { owner, .. }) => Err(format!(
+            "the DNS name {name:?} belongs to {owner}; choose another (org.jitsu.dns-name)"
+        )),
+        Err(e) => {
+            tracing::warn!(%e, name, "claiming the DNS name; the monitor will try again");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// A monitor killed outright could not remove its own entry. Only the
+/// container's own entry goes: a name someone else holds stays theirs.
+async fn remove_registry_entry(name: &str, owner: &str) {
+    let Some(client) = registry_client().await else {
+        return;
+    };
+    let removed = tokio::time::timeout(
+        REGISTRY_DEADLINE,
+        jitsu_registry::remove(&client, name, owner),
+    );
     if let Ok(Err(e)) = removed.await {
         tracing::debug!(%e, name, "removing the registry entry");
     }

@@ -16,10 +16,36 @@ use oci_spec::image::{
 use sha2::{Digest as _, Sha256};
 
 /// A file of the image's filesystem.
+#[derive(Clone, Copy)]
 pub struct File<'a> {
     pub path: &'a str,
     pub mode: u32,
     pub data: &'a [u8],
+}
+
+/// Any entry of a layer. `jitsu pack` writes only files; the others are for
+/// the hostile images the tests make (an image need not come from us).
+#[derive(Clone, Copy)]
+pub enum Entry<'a> {
+    File(File<'a>),
+    Symlink {
+        path: &'a str,
+        target: &'a str,
+    },
+    Fifo {
+        path: &'a str,
+    },
+    CharDevice {
+        path: &'a str,
+        major: u32,
+        minor: u32,
+    },
+    /// A regular file of `size` zero bytes, stored as one hole (PAX sparse
+    /// format 1.0), so that a huge file costs the archive nothing.
+    Hole {
+        path: &'a str,
+        size: u64,
+    },
 }
 
 /// JSON with object keys sorted (oci-spec keeps annotations and labels in
@@ -32,19 +58,56 @@ fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// A tar of `files` with fixed owners and times, so the same inputs give the
-/// same layer digest.
-fn layer_tar(files: &[File]) -> Result<Vec<u8>> {
+/// A tar of `entries` with fixed owners and times, so the same inputs give
+/// the same layer digest.
+fn layer_tar(entries: &[Entry]) -> Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
-    for f in files {
+    for entry in entries {
         let mut header = tar::Header::new_gnu();
-        header.set_size(f.data.len() as u64);
-        header.set_mode(f.mode);
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, f.path, f.data)?;
+        header.set_size(0);
+        header.set_mode(0o644);
+        match entry {
+            Entry::File(f) => {
+                header.set_size(f.data.len() as u64);
+                header.set_mode(f.mode);
+                header.set_entry_type(tar::EntryType::Regular);
+                builder.append_data(&mut header, f.path, f.data)?;
+            }
+            Entry::Symlink { path, target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                builder.append_link(&mut header, path, target)?;
+            }
+            Entry::Fifo { path } => {
+                header.set_entry_type(tar::EntryType::Fifo);
+                builder.append_data(&mut header, path, io::empty())?;
+            }
+            Entry::CharDevice { path, major, minor } => {
+                header.set_entry_type(tar::EntryType::Char);
+                header.set_device_major(*major)?;
+                header.set_device_minor(*minor)?;
+                builder.append_data(&mut header, path, io::empty())?;
+            }
+            Entry::Hole { path, size } => {
+                let size = size.to_string();
+                builder.append_pax_extensions([
+                    ("GNU.sparse.major", "1".as_bytes()),
+                    ("GNU.sparse.minor", b"0"),
+                    ("GNU.sparse.name", path.as_bytes()),
+                    ("GNU.sparse.realsize", size.as_bytes()),
+                ])?;
+                // The data starts with the sparse map (no regions: all
+                // hole), padded to a block; no region data follows.
+                let mut map = b"0\n".to_vec();
+                map.resize(512, 0);
+                header.set_size(map.len() as u64);
+                header.set_entry_type(tar::EntryType::Regular);
+                builder.append_data(&mut header, format!("GNUSparseFile.0/{path}"), &map[..])?;
+            }
+        }
     }
     Ok(builder.into_inner()?)
 }
@@ -78,7 +141,18 @@ pub fn image_archive(
     entrypoint: &str,
     reference: &str,
 ) -> Result<Vec<u8>> {
-    let tar = layer_tar(files)?;
+    let entries: Vec<Entry> = files.iter().copied().map(Entry::File).collect();
+    image_archive_of(&entries, labels, entrypoint, reference)
+}
+
+/// [`image_archive`] of any entries.
+pub fn image_archive_of(
+    entries: &[Entry],
+    labels: BTreeMap<String, String>,
+    entrypoint: &str,
+    reference: &str,
+) -> Result<Vec<u8>> {
+    let tar = layer_tar(entries)?;
     let layer = gzip(&tar)?;
     let config = ImageConfigurationBuilder::default()
         .architecture(Arch::Amd64)

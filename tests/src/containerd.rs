@@ -220,6 +220,37 @@ impl Containerd {
         self.import("default", &path);
     }
 
+    /// Imports an image whose layer holds `entries` (files, symlinks,
+    /// FIFOs, devices, holes) and `jitsu.json` naming `kernel`, as `name`.
+    pub fn import_entries(&self, name: &str, kernel: &str, entries: &[jitsu_spec::archive::Entry]) {
+        use jitsu_spec::archive::{self, Entry};
+        use jitsu_spec::{Metadata, METADATA_FILE};
+        let metadata = Metadata::new(kernel);
+        let json = metadata.to_json();
+        let mut all = entries.to_vec();
+        let has_metadata = entries.iter().any(|e| match e {
+            Entry::File(f) => f.path == METADATA_FILE,
+            Entry::Symlink { path, .. }
+            | Entry::Fifo { path }
+            | Entry::CharDevice { path, .. }
+            | Entry::Hole { path, .. } => *path == METADATA_FILE,
+        });
+        let json_entry = Entry::File(archive::File {
+            path: METADATA_FILE,
+            mode: 0o644,
+            data: json.as_bytes(),
+        });
+        if !has_metadata {
+            all.push(json_entry);
+        }
+        let reference = archive::normalize_reference(name);
+        let bytes = archive::image_archive_of(&all, Default::default(), kernel, &reference)
+            .expect("an image archive");
+        let path = self.dir.path().join("entries.tar");
+        std::fs::write(&path, bytes).unwrap();
+        self.import("default", &path);
+    }
+
     /// `ctr images import` of an OCI archive into `namespace`.
     pub fn import(&self, namespace: &str, archive: &Path) {
         let out = self.ctr_in(namespace, &["images", "import", archive.to_str().unwrap()]);

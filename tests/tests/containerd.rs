@@ -270,3 +270,115 @@ fn tasks_survive_a_containerd_restart_and_still_clean_up() {
     c.remove("running", "SIGKILL");
     assert_clean(&c);
 }
+
+/// Images are hostile input: names in them are resolved inside the image,
+/// only regular files of bounded size are read, and a refusal harms neither
+/// the shim (one per namespace) nor the tasks it already runs.
+#[test]
+fn hostile_images_fail_create_with_the_reason_and_harm_no_one() {
+    use jitsu_spec::archive::{Entry, File};
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    c.run_jitsu_ok(IMAGE, "good", &[]);
+    assert_eq!(curl(&c, "http://10.77.0.2/"), "200");
+    let shim = c.shim_pid("good");
+
+    let host_elf = std::fs::canonicalize(jitsu_e2e::guest("hello-http")).unwrap();
+    let host_elf = host_elf.to_str().unwrap();
+    let host_dir = std::path::Path::new(host_elf)
+        .parent()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let elf = std::fs::read(host_elf).unwrap();
+    let kernel = |path| {
+        Entry::File(File {
+            path,
+            mode: 0o755,
+            data: &elf,
+        })
+    };
+    let cases: &[(&str, &str, Vec<Entry>, &str)] = &[
+        (
+            "host-link",
+            "/unikernel.elf",
+            vec![Entry::Symlink {
+                path: "unikernel.elf",
+                target: host_elf,
+            }],
+            "unikernel.elf: not in the image",
+        ),
+        (
+            "host-dir",
+            "/boot/hello-http",
+            vec![Entry::Symlink {
+                path: "boot",
+                target: host_dir,
+            }],
+            "boot/hello-http: not in the image",
+        ),
+        (
+            "climb",
+            "/unikernel.elf",
+            vec![Entry::Symlink {
+                path: "unikernel.elf",
+                target: "../../../../../../../../../../../..",
+            }],
+            "unikernel.elf: is a directory, not a regular file",
+        ),
+        (
+            "zero-metadata",
+            "/unikernel.elf",
+            vec![
+                kernel("unikernel.elf"),
+                Entry::Symlink {
+                    path: "jitsu.json",
+                    target: "/dev/zero",
+                },
+                Entry::CharDevice {
+                    path: "dev/zero",
+                    major: 1,
+                    minor: 5,
+                },
+            ],
+            "jitsu.json: is a character device, not a regular file",
+        ),
+        (
+            "fifo-kernel",
+            "/unikernel.elf",
+            vec![Entry::Fifo {
+                path: "unikernel.elf",
+            }],
+            "unikernel.elf: is a FIFO, not a regular file",
+        ),
+        (
+            "huge-kernel",
+            "/unikernel.elf",
+            vec![Entry::Hole {
+                path: "unikernel.elf",
+                size: 1 << 30,
+            }],
+            "unikernel.elf: is 1073741824 bytes, more than the 67108864 bytes allowed",
+        ),
+        (
+            "dotdot",
+            "/boot/../../unikernel.elf",
+            vec![kernel("unikernel.elf")],
+            "must stay inside the image",
+        ),
+    ];
+    for (name, kernel_path, entries, reason) in cases {
+        let image = format!("jitsu/{name}:latest");
+        c.import_entries(&image, kernel_path, entries);
+        let out = c.run_jitsu(&format!("docker.io/{image}"), name, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: created");
+        assert!(err.contains(reason), "{name}: {err}");
+        assert_eq!(c.task_status(name), None, "{name}: no task");
+        let _ = c.ctr(&["container", "delete", name]);
+        assert_eq!(curl(&c, "http://10.77.0.2/"), "200", "after {name}");
+        assert_eq!(c.shim_pid("good"), shim, "after {name}: the same shim");
+    }
+    c.remove("good", "SIGTERM");
+    assert_clean(&c);
+}

@@ -318,3 +318,54 @@ fn a_pods_next_unikernel_takes_over_from_one_that_ended() {
         .expect("StopPodSandbox, RemovePodSandbox");
     assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
 }
+
+/// A DNS name belongs to the pod that took it first: a second pod asking
+/// for it is refused with the reason, and deleting the second leaves the
+/// first's name resolving.
+#[test]
+fn a_dns_name_belongs_to_the_first_pod_that_asks() {
+    let mut node = node_with_hello();
+    let _daemon = node.containerd.start_daemon();
+    let web = [("org.jitsu.dns-name", "web")];
+    let first_sandbox = CriNode::pod_config("first", &web);
+    let first = node.run_pod(&first_sandbox, "jitsu").unwrap();
+    let c = node
+        .create_container(&first, &first_sandbox, "first", HELLO, &[])
+        .unwrap();
+    node.start_container(&c).unwrap();
+    wait_until("the registration", || {
+        node.containerd.ps()[0]["state"] == "parked"
+    });
+    let first_ip = node.pod_ip(&first);
+    let dig = |node: &CriNode| {
+        let mut dig = node.ns().command("dig");
+        dig.args(["@127.0.0.1", "+short", "web.jitsu.internal"]);
+        let answer = run_with_timeout(&mut dig, Duration::from_secs(10));
+        String::from_utf8_lossy(&answer.stdout).trim().to_string()
+    };
+    assert_eq!(dig(&node), first_ip);
+
+    let second_sandbox = CriNode::pod_config("second", &web);
+    let second = node.run_pod(&second_sandbox, "jitsu").unwrap();
+    let c2 = node
+        .create_container(&second, &second_sandbox, "second", HELLO, &[])
+        .unwrap();
+    let err = node.start_container(&c2).unwrap_err();
+    assert!(
+        err.message()
+            .contains("the DNS name \"web\" belongs to k8s.io/"),
+        "{err:?}"
+    );
+    assert!(err.message().contains(&c), "names the owner: {err:?}");
+    assert_eq!(dig(&node), first_ip, "the first keeps its name");
+
+    node.remove_pod(&second).unwrap();
+    assert_eq!(dig(&node), first_ip, "deleting the second left it alone");
+    let ps = node.containerd.ps();
+    assert_eq!(ps.as_array().unwrap().len(), 1, "{ps}");
+    assert!(ps[0]["owner"].as_str().unwrap().contains(&c), "{ps}");
+    assert_eq!(node.ns().curl_status(&format!("http://{first_ip}/")), "200");
+    node.remove_pod(&first).unwrap();
+    assert_eq!(node.containerd.ps(), serde_json::json!([]));
+    assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}

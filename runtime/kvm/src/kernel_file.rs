@@ -31,9 +31,21 @@ pub struct KernelFile {
 }
 
 impl KernelFile {
-    /// Opens `path`: a regular file no larger than the largest guest.
+    /// Opens `path`: a regular file no larger than the largest guest. A
+    /// FIFO is refused rather than waited on (opened non-blocking).
     pub fn open(path: &Path) -> Result<KernelFile, KernelFileError> {
-        let file = File::open(path).map_err(KernelFileError::Open)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(KernelFileError::Open)?;
+        KernelFile::from_file(file)
+    }
+
+    /// A kernel already open (handed over by the shim, which resolved it
+    /// inside the image): checked like one opened here.
+    pub fn from_file(file: File) -> Result<KernelFile, KernelFileError> {
         let meta = file.metadata().map_err(KernelFileError::Open)?;
         if !meta.is_file() {
             return Err(KernelFileError::NotRegular);

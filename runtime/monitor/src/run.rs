@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// The XenStore daemon is $XENSTORED_PATH, else /var/run/xenstored/socket.
     #[arg(long, requires = "lazy")]
     name: Option<String>,
+    /// With --name: who owns the name (default: `pid:` and the monitor's
+    /// pid). An entry another owner holds is never overwritten or removed.
+    #[arg(long, requires = "name")]
+    owner: Option<String>,
     /// End (as on SIGTERM) when the parent process dies: for monitors
     /// started by the containerd shim.
     #[arg(long)]
@@ -76,6 +80,10 @@ pub struct RunArgs {
     /// close it: how the shim knows a task is ready, or why it is not.
     #[arg(long, value_name = "FD", requires = "lazy")]
     ready_fd: Option<i32>,
+    /// Read the unikernel ELF from this inherited descriptor (opened by the
+    /// shim inside the image); KERNEL is then only its name in messages.
+    #[arg(long, value_name = "FD")]
+    kernel_fd: Option<i32>,
     /// The unikernel ELF.
     kernel: PathBuf,
     /// Command line handed to the guest.
@@ -92,19 +100,32 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
     result
 }
 
+/// Takes ownership of an inherited descriptor named by `option`, marking
+/// it close-on-exec again.
+fn adopt_fd(fd: i32, option: &str) -> Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // Only a descriptor that is open, and not one of the standard three.
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+    anyhow::ensure!(open, "{option} {fd} is not an open descriptor");
+    // SAFETY: the descriptor is open, and nothing else in this process
+    // owns it: it was inherited for this one purpose (and is adopted once:
+    // each option names its own).
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .with_context(|| format!("{option} {fd}"))?;
+    Ok(file)
+}
+
 /// The parent's end of `--ready-fd`: told once, then closed.
 struct Ready(std::fs::File);
 
 impl Ready {
     fn adopt(fd: i32) -> Result<Ready> {
-        use std::os::fd::FromRawFd;
-        // Only a descriptor that is open, and not one of the standard three.
-        // SAFETY: F_GETFD only reads the descriptor's flags.
-        let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-        anyhow::ensure!(open, "--ready-fd {fd} is not an open descriptor");
-        // SAFETY: the descriptor is open, and nothing else in this process
-        // owns it: it was inherited for this one purpose.
-        Ok(Ready(unsafe { std::fs::File::from_raw_fd(fd) }))
+        adopt_fd(fd, "--ready-fd").map(Ready)
     }
 
     fn report(mut self, line: &str) {
@@ -127,8 +148,11 @@ fn run_monitor(
         jitsu_runtime::netns::enter(netns)
             .with_context(|| format!("entering network namespace {}", netns.display()))?;
     }
-    let kernel =
-        KernelFile::open(&args.kernel).with_context(|| format!("{}", args.kernel.display()))?;
+    let kernel = match args.kernel_fd {
+        Some(fd) => KernelFile::from_file(adopt_fd(fd, "--kernel-fd")?),
+        None => KernelFile::open(&args.kernel),
+    }
+    .with_context(|| format!("{}", args.kernel.display()))?;
     let net = match &args.net {
         Some(tap) => {
             let Some((ipv4, prefix_len)) = args.ip else {
@@ -175,7 +199,10 @@ fn run_monitor(
                 Some(name) => Some(RegistryConfig {
                     name: name.clone(),
                     socket: jitsu_xenstore::server::default_socket_path(),
-                    owner: format!("pid:{}", std::process::id()),
+                    owner: args
+                        .owner
+                        .clone()
+                        .unwrap_or_else(|| format!("pid:{}", std::process::id())),
                 }),
             },
         };
