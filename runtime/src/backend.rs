@@ -52,6 +52,12 @@ pub trait Backend {
     fn console_dropped_bytes(&self) -> u64 {
         0
     }
+
+    /// Frames the guest sent as someone else, refused (see
+    /// [`crate::egress`]), over the monitor's life.
+    fn frames_refused(&self) -> u64 {
+        0
+    }
 }
 
 /// A unikernel ready to run its first instruction.

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod backend;
 pub mod clock;
 pub mod control;
+pub mod egress;
 pub mod netns;
 pub mod supervisor;
 pub mod tap;

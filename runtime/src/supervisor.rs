@@ -100,6 +100,8 @@ pub struct Status {
     pub resets: u64,
     /// Console bytes dropped because nobody read the monitor's stdout.
     pub console_dropped_bytes: u64,
+    /// Frames the guest sent with another's address, refused.
+    pub refused_frames: u64,
     /// Which parking this is: 1 at the first, one more at each re-park.
     pub generation: u64,
     /// Boot requests through the registry that were for another parking.
@@ -492,6 +494,7 @@ impl<B: Backend> Supervisor<B> {
             arp_replies: stats.arp_replies,
             resets: stats.resets,
             console_dropped_bytes: self.backend.console_dropped_bytes(),
+            refused_frames: self.backend.frames_refused(),
             generation: self.generation,
             boot_requests_ignored: self.boot_requests_ignored,
             last_packet_unix_ms: (last_packet != 0).then(|| clock::unix_ms(last_packet)),

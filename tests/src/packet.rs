@@ -120,6 +120,47 @@ impl PacketSocket {
     }
 }
 
+impl PacketSocket {
+    /// The next frame that came *in* on the interface (from the guest's
+    /// side of a TAP; frames the host sends out are skipped), or `None`
+    /// after `timeout` without one.
+    pub fn recv_incoming(&self, timeout: std::time::Duration) -> Option<Vec<u8>> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as u32).ok()?;
+            if poll(&mut fds, ms).ok()? == 0 {
+                return None;
+            }
+            let mut buf = vec![0u8; 2048];
+            // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut addr_len = size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: the buffer and address are valid for the lengths given.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut addr as *mut libc::sockaddr_ll).cast(),
+                    &mut addr_len,
+                )
+            };
+            if n < 0 {
+                continue;
+            }
+            if addr.sll_ifindex == self.ifindex && addr.sll_pkttype != libc::PACKET_OUTGOING {
+                buf.truncate(n as usize);
+                return Some(buf);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

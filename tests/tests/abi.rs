@@ -298,3 +298,72 @@ fn sigterm_stops_a_guest_in_guest_code_or_in_poll() {
         );
     }
 }
+
+/// A guest sends only as itself: frames with another source MAC or IPv4
+/// address, ARP speaking for another, IPv6 or VLAN-tagged frames never
+/// reach the link, and the monitor counts them; its own frames pass.
+#[test]
+fn a_guest_can_send_only_with_its_own_addresses() {
+    use jitsu_e2e::netns::NetNs;
+    use jitsu_e2e::packet::PacketSocket;
+    let ns = NetNs::with_tap();
+    let guest_mac = [0x02, 0x4a, 10, 77, 0, 2];
+    let (out, frames) = ns.run_in(|| {
+        let socket = PacketSocket::bind("jtap0").expect("packet socket");
+        let mut cmd = ns.command(jitsu_bin());
+        cmd.arg("run")
+            .args(ns.jitsu_net_args())
+            .arg(guest("abi-test"))
+            .args(["--", "spoof"]);
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(20));
+        // The guest's last frame is its own UDP datagram: once it is here,
+        // everything sent before it has been delivered or refused.
+        let mut frames = Vec::new();
+        while let Some(frame) = socket.recv_incoming(Duration::from_secs(5)) {
+            let last = frame.len() > 30
+                && frame[6..12] == guest_mac
+                && frame[12..14] == [0x08, 0x00]
+                && frame[26..30] == [10, 77, 0, 2]
+                && frame.ends_with(b"jitsu-egress-ok");
+            frames.push(frame);
+            if last {
+                break;
+            }
+        }
+        (out, frames)
+    });
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("spoof: ret=0 frames=7"),
+        "{}",
+        stdout(&out)
+    );
+    let from_guest: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| f.len() >= 14 && (f[6..12] == guest_mac || f[6..12] == [2, 0, 0, 0, 0, 0x99]))
+        .collect();
+    let describe = |f: &Vec<u8>| format!("{:02x?}", &f[..f.len().min(42)]);
+    let arps: Vec<_> = from_guest
+        .iter()
+        .filter(|f| f[12..14] == [0x08, 0x06])
+        .collect();
+    let ipv4: Vec<_> = from_guest
+        .iter()
+        .filter(|f| f[12..14] == [0x08, 0x00])
+        .collect();
+    assert_eq!(
+        (arps.len(), ipv4.len(), from_guest.len()),
+        (1, 1, 2),
+        "only the guest's own ARP and UDP pass: {:?}",
+        from_guest.iter().map(|f| describe(f)).collect::<Vec<_>>()
+    );
+    assert_eq!(arps[0][6..12], guest_mac);
+    assert_eq!(arps[0][28..32], [10, 77, 0, 2], "ARP for its own address");
+    assert_eq!(ipv4[0][6..12], guest_mac);
+    assert_eq!(ipv4[0][26..30], [10, 77, 0, 2], "from its own address");
+    assert!(
+        stderr(&out).contains("refused 5 frames the guest sent with another's address"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -62,6 +62,7 @@ fn main(boot: &Boot) -> i32 {
             hypercall::raw(hc::COUNT, 0x2000);
             0
         }
+        "spoof" => spoof(boot),
         "write-code" => write_code(),
         "read-pagetables" => read_monitor_page(),
         "exec-data" => exec_data(),
@@ -131,6 +132,82 @@ fn hypercalls(n: usize) -> i32 {
     let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
     println!("hypercalls n={n} median_ns={median} p99_ns={p99}");
     0
+}
+
+/// Sends one batch of frames: two as itself (an ARP request for the
+/// gateway, then a UDP datagram to it, last, carrying `jitsu-egress-ok`),
+/// and five posing as someone else or speaking other protocols, which the
+/// monitor must refuse.
+fn spoof(boot: &Boot) -> i32 {
+    let Some(net) = boot.net() else {
+        println!("spoof: no NIC");
+        return 1;
+    };
+    let (mac, ip, gw) = (net.mac, net.ipv4, net.gateway);
+    let mut other_ip = ip;
+    other_ip[3] = other_ip[3].wrapping_add(100);
+    let other_mac = [0x02, 0, 0, 0, 0, 0x99];
+    let mut batch = [0u8; 1024];
+    let mut at = 0;
+    let mut push = |frame: &[u8]| {
+        batch[at..at + 2].copy_from_slice(&(frame.len() as u16).to_le_bytes());
+        batch[at + 2..at + 2 + frame.len()].copy_from_slice(frame);
+        at += 2 + frame.len();
+    };
+    push(&arp(mac, mac, ip, gw));
+    push(&arp(mac, mac, other_ip, gw));
+    push(&udp(mac, other_ip, gw, 0x0800));
+    push(&udp(other_mac, ip, gw, 0x0800));
+    push(&udp(mac, ip, gw, 0x86dd));
+    push(&udp(mac, ip, gw, 0x8100));
+    push(&udp(mac, ip, gw, 0x0800));
+    let sent = hypercall::net_write(&batch[..at]);
+    println!("spoof: ret={} frames={}", sent.ret, sent.frames);
+    0
+}
+
+fn arp(eth_src: [u8; 6], sender_mac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&eth_src);
+    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&sender_mac);
+    f[28..32].copy_from_slice(&sender);
+    f[38..42].copy_from_slice(&target);
+    f
+}
+
+const MARK: &[u8] = b"jitsu-egress-ok";
+
+/// A UDP datagram to port 9 carrying [`MARK`], under `ethertype`.
+fn udp(eth_src: [u8; 6], src: [u8; 4], dst: [u8; 4], ethertype: u16) -> [u8; 57] {
+    let mut f = [0u8; 57];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&eth_src);
+    f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(20u16 + 8 + MARK.len() as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let mut sum = 0u32;
+    for pair in ip.chunks(2) {
+        sum += u16::from_be_bytes([pair[0], pair[1]]) as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let sum = !(sum as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let udp = &mut f[34..42];
+    udp[0..2].copy_from_slice(&9u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&(8u16 + MARK.len() as u16).to_be_bytes());
+    f[42..].copy_from_slice(MARK);
+    f
 }
 
 fn crash() -> i32 {

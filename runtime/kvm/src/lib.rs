@@ -72,4 +72,9 @@ impl Backend for KvmBackend {
     fn console_dropped_bytes(&self) -> u64 {
         devices::console::Console::stdout().dropped_bytes()
     }
+
+    fn frames_refused(&self) -> u64 {
+        let net = self.config.net.as_ref();
+        net.map_or(0, |n| n.refused.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }

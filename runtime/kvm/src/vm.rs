@@ -29,6 +29,7 @@ use crate::seccomp::{self, SeccompError, VcpuFds};
 use crate::stop::{self, StopSignal};
 use crate::vcpu::{vcpu_loop, VcpuState};
 use jitsu_runtime::clock;
+use jitsu_runtime::egress::EgressFilter;
 use jitsu_runtime::tap::{Tap, TapError};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -82,6 +83,9 @@ pub struct NetSetup {
     pub ipv4: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// Frames refused from the guest (see [`jitsu_runtime::egress`]), over
+    /// every VM of this setup.
+    pub refused: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -162,10 +166,18 @@ impl Vm {
 
         let stop = Arc::new(StopSignal::new().map_err(VmError::Thread)?);
         let activity = Arc::new(AtomicU64::new(clock::now_ns()));
-        let guest_mac = config.net.as_ref().map_or([0; 6], |n| n.mac);
+        let egress = config.net.as_ref().map(|n| {
+            let filter = EgressFilter {
+                mac: n.mac,
+                ipv4: n.ipv4,
+            };
+            (filter, n.refused.clone())
+        });
         let devices = Devices {
             console: Console::stdout(),
-            net: tap.map(|tap| NetDevice::new(tap, guest_mac, activity.clone())),
+            net: tap.zip(egress).map(|(tap, (filter, refused))| {
+                NetDevice::new(tap, filter, refused, activity.clone())
+            }),
             stop,
         };
         let state = VcpuState {

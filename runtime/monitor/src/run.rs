@@ -167,6 +167,7 @@ fn run_monitor(
                 ipv4,
                 prefix_len,
                 gateway: args.gw,
+                refused: Arc::default(),
             })
         }
         None => None,
@@ -216,6 +217,12 @@ fn run_monitor(
     let (report, signal) =
         run_until_signal(vm).with_context(|| format!("{}", args.kernel.display()))?;
     describe_end(&args.kernel, &report);
+    if let Some(refused) = report.net.map(|n| n.tx_refused).filter(|&n| n > 0) {
+        eprintln!(
+            "jitsu: {}: refused {refused} frames the guest sent with another's address",
+            args.kernel.display()
+        );
+    }
     if args.timings {
         print_timings(&report, start_monotonic);
     }

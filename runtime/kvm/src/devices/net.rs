@@ -9,6 +9,7 @@ use std::sync::Arc;
 use jitsu_abi::hypercall::FRAME_HEADER_LEN;
 use jitsu_abi::ETHERNET_HEADER_LEN;
 
+use jitsu_runtime::egress::EgressFilter;
 use jitsu_runtime::tap::Tap;
 
 pub struct NetDevice {
@@ -22,6 +23,10 @@ pub struct NetDevice {
     /// broadcast and multicast chatter on the link must not keep it awake.
     activity: Arc<AtomicU64>,
     mac: [u8; 6],
+    /// What the guest may send (its own addresses only).
+    egress: EgressFilter,
+    /// The count of refused frames that outlives this VM.
+    refused: Arc<AtomicU64>,
     pub stats: NetStats,
 }
 
@@ -31,6 +36,9 @@ pub struct NetStats {
     pub tx_frames: u64,
     /// Frames the TAP would not take (queue full) and were dropped.
     pub tx_dropped: u64,
+    /// Frames the guest sent as someone else (or in a protocol it has no
+    /// business with), dropped (see [`jitsu_runtime::egress`]).
+    pub tx_refused: u64,
 }
 
 /// A batch from the guest that does not follow the ABI.
@@ -41,14 +49,21 @@ pub struct MalformedBatch {
 }
 
 impl NetDevice {
-    pub fn new(tap: Arc<Tap>, mac: [u8; 6], activity: Arc<AtomicU64>) -> NetDevice {
+    pub fn new(
+        tap: Arc<Tap>,
+        egress: EgressFilter,
+        refused: Arc<AtomicU64>,
+        activity: Arc<AtomicU64>,
+    ) -> NetDevice {
         let max_frame = tap.mtu().min(jitsu_abi::MTU_MAX) as usize + ETHERNET_HEADER_LEN;
         NetDevice {
             tap,
             max_frame,
             pending: VecDeque::new(),
             activity,
-            mac,
+            mac: egress.mac,
+            egress,
+            refused,
             stats: NetStats::default(),
         }
     }
@@ -129,21 +144,32 @@ impl NetDevice {
     /// dropped and counted, as a full NIC queue would drop them.
     pub fn write_batch(&mut self, batch: &[u8]) -> Result<u64, MalformedBatch> {
         let mut frames = 0;
+        let mut passed = 0;
         for frame in Frames::new(batch, self.max_frame) {
             let frame = frame.map_err(|offset| MalformedBatch {
                 offset,
                 frames_sent: frames,
             })?;
+            frames += 1;
+            if let Err(why) = self.egress.check(frame) {
+                self.stats.tx_refused += 1;
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?why, "refused a frame from the guest");
+                continue;
+            }
+            passed += 1;
+            // A TAP takes a frame whole or not at all.
             match self.tap.file().write(frame) {
-                Ok(_) => self.stats.tx_frames += 1,
+                Ok(n) if n == frame.len() => self.stats.tx_frames += 1,
+                Ok(_) => self.stats.tx_dropped += 1,
                 Err(e) => {
                     self.stats.tx_dropped += 1;
                     tracing::trace!(%e, "tap write dropped a frame");
                 }
             }
-            frames += 1;
         }
-        if frames > 0 {
+        // Refused frames do not keep a guest awake.
+        if passed > 0 {
             self.touch();
         }
         Ok(frames)
