@@ -41,11 +41,23 @@ lint:
 
 ## Every test: unit, property and end to end (needs root and /dev/kvm).
 ## cargo-nextest when present (one summary line at the end), else cargo test.
+## Then the containerd and CRI suites again against containerd 2.x (Debian
+## unstable's, fetched into a cache, never installed: see the script).
+CONTAINERD_SUITES := containerd cri lifecycle install_node
 test: deps build lint
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --release --workspace --no-fail-fast; \
 	else \
 	  $(CARGO) test --release --workspace --lib --bins --tests --no-fail-fast; \
+	fi
+	dir=$$(scripts/fetch-containerd2.sh) && \
+	echo "== the containerd suites against $$($$dir/containerd --version)" && \
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  JITSU_CONTAINERD_DIR=$$dir $(CARGO) nextest run --release -p jitsu-e2e --no-fail-fast \
+	    -E '$(foreach s,$(CONTAINERD_SUITES),binary($(s)) |) none()'; \
+	else \
+	  JITSU_CONTAINERD_DIR=$$dir $(CARGO) test --release -p jitsu-e2e --no-fail-fast \
+	    $(foreach s,$(CONTAINERD_SUITES),--test $(s)); \
 	fi
 
 ## Boot hello-http in a private network namespace and fetch a page, narrated.

@@ -1,4 +1,4 @@
-//! A private containerd (Debian's 1.6) in a namespace of its own, with
+//! A private containerd (Debian 12's 1.6, or 2.x from `$JITSU_CONTAINERD_DIR`) in a namespace of its own, with
 //! private root, state and socket, and our shim on its PATH.
 
 use std::path::{Path, PathBuf};
@@ -131,7 +131,7 @@ impl Containerd {
 
     /// ctr in the containerd namespace `namespace` (CRI's is `k8s.io`).
     pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(containerd_tool("ctr"));
         cmd.arg("--address")
             .arg(&self.socket)
             .args(["--namespace", namespace])
@@ -466,7 +466,7 @@ fn containerd_command(
     // so the cgroup mounts runc needs stay visible.
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", ns.name()))
-        .arg("containerd")
+        .arg(containerd_tool("containerd"))
         .arg("--root")
         .arg(dir.join("root"))
         .arg("--state")
@@ -486,6 +486,34 @@ fn containerd_command(
             Stdio::null()
         });
     cmd
+}
+
+/// `containerd` or `ctr` of the containerd under test: from
+/// `$JITSU_CONTAINERD_DIR` (containerd 2.x, unpacked by
+/// `scripts/fetch-containerd2.sh`), else the system's (Debian 12's 1.6).
+pub fn containerd_tool(name: &str) -> PathBuf {
+    match std::env::var_os("JITSU_CONTAINERD_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+/// The major version of the containerd under test (1 or 2).
+pub fn containerd_major() -> u32 {
+    static MAJOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let out = Command::new(containerd_tool("containerd"))
+            .arg("--version")
+            .output()
+            .expect("containerd --version");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "containerd github.com/containerd/containerd/v2 2.1.9 ..." or
+        // "containerd github.com/containerd/containerd 1.6.20~ds1 ...".
+        text.split_whitespace()
+            .nth(2)
+            .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("cannot tell containerd's version from {text:?}"))
+    })
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {

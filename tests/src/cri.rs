@@ -43,7 +43,18 @@ pub fn native_binary(name: &str) -> PathBuf {
     path
 }
 
+/// containerd's config for the CRI plugin with the `jitsu` handler, in the
+/// format of the containerd under test (version 2 for 1.6, 3 for 2.x).
 fn config_toml(dir: &Path) -> String {
+    let net = dir.join("net.d");
+    if crate::containerd::containerd_major() >= 2 {
+        config_v3(&net)
+    } else {
+        config_v2(&net)
+    }
+}
+
+fn config_v2(net: &Path) -> String {
     format!(
         r#"version = 2
 [plugins."io.containerd.grpc.v1.cri"]
@@ -65,7 +76,38 @@ fn config_toml(dir: &Path) -> String {
       pod_annotations = ["org.jitsu.*"]
       container_annotations = ["org.jitsu.*"]
 "#,
-        net = dir.join("net.d").display()
+        net = net.display()
+    )
+}
+
+/// containerd 2.x: the CRI plugin is split into images, runtime and the
+/// gRPC service.
+fn config_v3(net: &Path) -> String {
+    format!(
+        r#"version = 3
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+[plugins."io.containerd.cri.v1.runtime"]
+  disable_apparmor = true
+  # This machine may not lower oom_score_adj (runc pods fail otherwise).
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "{net}"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.jitsu]
+      runtime_type = "io.containerd.jitsu.v1"
+      pod_annotations = ["org.jitsu.*"]
+      container_annotations = ["org.jitsu.*"]
+"#,
+        net = net.display()
     )
 }
 

@@ -94,3 +94,45 @@ fn the_installer_image_refuses_binaries_that_need_a_libc() {
     assert!(err.contains("dynamically linked"), "{err}");
     assert!(!out_dir.path().join("installer.tar").exists());
 }
+
+/// The config the containerd under test writes by default (version 2 for
+/// 1.6, version 3 for 2.x), with the runtime installed, is one that
+/// containerd itself reads back with the `jitsu` runtime in its CRI plugin.
+#[test]
+fn the_containerd_under_test_reads_the_runtime_from_its_own_default_config() {
+    use jitsu_e2e::containerd::{containerd_major, containerd_tool};
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("etc/containerd/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let default = Command::new(containerd_tool("containerd"))
+        .args(["config", "default"])
+        .output()
+        .unwrap();
+    assert!(default.status.success());
+    std::fs::write(&config, &default.stdout).unwrap();
+    installed_twice(root.path(), &config);
+    let dump = Command::new(containerd_tool("containerd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["config", "dump"])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout).replace('\'', "\"");
+    let plugin = if containerd_major() >= 2 {
+        "io.containerd.cri.v1.runtime"
+    } else {
+        "io.containerd.grpc.v1.cri"
+    };
+    let table = format!("[plugins.\"{plugin}\".containerd.runtimes.jitsu]");
+    let at = dump
+        .find(&table)
+        .unwrap_or_else(|| panic!("no {table} in:\n{dump}"));
+    let body = &dump[at + table.len()..];
+    let body = &body[..body.find("\n[").map_or(body.len(), |n| n)];
+    let body = body.split("\n      [").next().unwrap_or(body);
+    assert!(
+        body.contains("runtime_type = \"io.containerd.jitsu.v1\""),
+        "{table}{body}"
+    );
+    assert!(body.contains("org.jitsu.*"), "{table}{body}");
+}
