@@ -1,7 +1,6 @@
 //! Serving a query: from the zone (booting a parked service on the way), by
 //! forwarding, or refused.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,14 +10,18 @@ use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use jitsu_registry as registry;
 
+use crate::allow::Allow;
 use crate::directory::Directory;
-use crate::forward;
+use crate::forward::{Forwarded, Forwarder};
 use crate::zone::{self, Answer, Zone};
 
 pub struct Handler {
     pub zone: Zone,
     pub directory: Directory,
-    pub forward: Option<SocketAddr>,
+    pub forward: Option<Forwarder>,
+    /// Who may ask at all; others get no answer (not even REFUSED: a
+    /// spoofed source must not make this daemon send anything).
+    pub allow: Allow,
     /// Hold answers for parked services until they run, at most this long.
     pub wait_ready: Option<Duration>,
 }
@@ -50,6 +53,12 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        if !self.allow.admits(request.src().ip()) {
+            tracing::debug!(src = %request.src(), "ignored a query from outside the allowed ranges");
+            let mut header = Header::response_from_request(request.header());
+            header.set_response_code(ResponseCode::Refused);
+            return header.into();
+        }
         let reply =
             if request.message_type() != MessageType::Query || request.op_code() != OpCode::Query {
                 Reply::code(ResponseCode::NotImp)
@@ -115,20 +124,22 @@ impl Handler {
             Answer::NxDomain => {
                 authoritative(ResponseCode::NXDomain, Vec::new(), vec![self.zone.soa()])
             }
-            Answer::Elsewhere => match self.forward {
+            Answer::Elsewhere => match &self.forward {
                 None => Reply::code(ResponseCode::Refused),
-                Some(upstream) => {
-                    match forward::forward(upstream, Name::from(name.clone()), qtype).await {
-                        Some(mut m) => Reply {
-                            code: m.response_code(),
-                            answers: m.take_answers(),
-                            authority: m.take_name_servers(),
-                            additionals: m.take_additionals(),
-                            authoritative: false,
-                        },
-                        None => Reply::code(ResponseCode::ServFail),
-                    }
-                }
+                Some(forwarder) => match forwarder.forward(Name::from(name.clone()), qtype).await {
+                    Forwarded::Answer {
+                        code,
+                        answers,
+                        authority,
+                    } => Reply {
+                        code,
+                        answers,
+                        authority,
+                        additionals: Vec::new(),
+                        authoritative: false,
+                    },
+                    Forwarded::Busy | Forwarded::Failed => Reply::code(ResponseCode::ServFail),
+                },
             },
         }
     }

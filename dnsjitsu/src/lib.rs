@@ -3,8 +3,10 @@
 //! XenStore registry, follows the registry live, and asks for a parked
 //! service's boot as it answers for it, so that the unikernel is coming up
 //! by the time the client connects. Names outside the zone are forwarded to
-//! an upstream server, or refused.
+//! an upstream server, or refused; sources outside the allowed ranges (the
+//! node's own, by default) get no answer at all.
 
+pub mod allow;
 pub mod directory;
 pub mod forward;
 pub mod handler;
@@ -41,6 +43,10 @@ pub struct DnsConfig {
     pub zone: String,
     pub ttl: Duration,
     pub forward: Option<SocketAddr>,
+    /// Forwards in flight at most (beyond: SERVFAIL at once).
+    pub forward_limit: usize,
+    /// Sources answered; `None`: the node's own ranges.
+    pub allow: Option<Vec<allow::Cidr>>,
     pub wait_ready: Option<Duration>,
     /// The XenStore daemon holding the registry.
     pub xenstore: PathBuf,
@@ -70,7 +76,13 @@ pub async fn serve(config: DnsConfig) -> Result<(), DnsError> {
     let handler = handler::Handler {
         zone,
         directory,
-        forward: config.forward,
+        forward: config
+            .forward
+            .map(|upstream| forward::Forwarder::new(upstream, config.forward_limit)),
+        allow: match &config.allow {
+            Some(ranges) => allow::Allow::only(ranges.clone()),
+            None => allow::Allow::node_ranges(),
+        },
         wait_ready: config.wait_ready,
     };
     let listen = |source| DnsError::Listen {

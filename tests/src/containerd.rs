@@ -1,5 +1,6 @@
-//! A private containerd (Debian 12's 1.6, or 2.x from `$JITSU_CONTAINERD_DIR`) in a namespace of its own, with
-//! private root, state and socket, and our shim on its PATH.
+//! A private containerd (Debian 12's 1.6, or 2.x from `$JITSU_CONTAINERD_DIR`)
+//! in a namespace of its own, with private root, state and socket, and our
+//! shim on its PATH.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -398,3 +398,210 @@ fn a_lookup_boots_once_after_any_parking() {
         );
     }
 }
+
+/// A hand-made upstream for `far.test` on 127.0.0.2:53 (UDP and TCP) that
+/// misbehaves on purpose, by name:
+/// - `spoofed.far.test`: first an answer from another port (6.6.6.6), one
+///   with the wrong id (6.6.6.7), one for another question (6.6.6.8), and
+///   only then the true answer, 10.1.2.3;
+/// - `big.far.test`: over UDP only a truncated answer; 10.1.2.4 over TCP;
+/// - `slow-*.far.test`: never an answer (the names asked are kept).
+struct FakeUpstream {
+    asked_slow: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    tcp_used: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The question's name and where the question section ends.
+fn question(q: &[u8]) -> Option<(String, usize)> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(at)? as usize;
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(at..at + len)?).to_lowercase());
+        at += len;
+    }
+    Some((labels.join("."), at + 4))
+}
+
+fn encode_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.split('.') {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// An answer to query `q`: its id (or `id`), its question (or for `name`),
+/// one A record `ip` unless `truncated`.
+fn reply(q: &[u8], id: Option<u16>, name: Option<&str>, ip: [u8; 4], truncated: bool) -> Vec<u8> {
+    let (_, end) = question(q).expect("a question");
+    let mut r = id.map_or_else(|| q[0..2].to_vec(), |id| id.to_be_bytes().to_vec());
+    let flags: u16 = 0x8180 | if truncated { 0x0200 } else { 0 };
+    r.extend_from_slice(&flags.to_be_bytes());
+    r.extend_from_slice(&[0, 1, 0, if truncated { 0 } else { 1 }, 0, 0, 0, 0]);
+    match name {
+        Some(name) => {
+            r.extend(encode_name(name));
+            r.extend_from_slice(&[0, 1, 0, 1]);
+        }
+        None => r.extend_from_slice(&q[12..end]),
+    }
+    if !truncated {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        r.extend_from_slice(&ip);
+    }
+    r
+}
+
+impl FakeUpstream {
+    fn start(ns: &jitsu_e2e::netns::NetNs) -> FakeUpstream {
+        let (udp, decoy, tcp) = ns.run_in(|| {
+            (
+                UdpSocket::bind("127.0.0.2:53").unwrap(),
+                UdpSocket::bind("127.0.0.2:5353").unwrap(),
+                std::net::TcpListener::bind("127.0.0.2:53").unwrap(),
+            )
+        });
+        let fake = FakeUpstream {
+            asked_slow: Default::default(),
+            tcp_used: Default::default(),
+        };
+        let asked = fake.asked_slow.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let q = &buf[..n];
+                let Some((name, _)) = question(q) else {
+                    continue;
+                };
+                if name == "spoofed.far.test" {
+                    let id = u16::from_be_bytes([q[0], q[1]]);
+                    let _ = decoy.send_to(&reply(q, None, None, [6, 6, 6, 6], false), from);
+                    let _ = udp.send_to(&reply(q, Some(id ^ 1), None, [6, 6, 6, 7], false), from);
+                    let other = reply(q, None, Some("other.far.test"), [6, 6, 6, 8], false);
+                    let _ = udp.send_to(&other, from);
+                    let _ = udp.send_to(&reply(q, None, None, [10, 1, 2, 3], false), from);
+                } else if name == "big.far.test" {
+                    let _ = udp.send_to(&reply(q, None, None, [0; 4], true), from);
+                } else if name.starts_with("slow-") {
+                    asked.lock().unwrap().insert(name);
+                }
+            }
+        });
+        let tcp_used = fake.tcp_used.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            for mut stream in tcp.incoming().flatten() {
+                let mut len = [0u8; 2];
+                if stream.read_exact(&mut len).is_err() {
+                    continue;
+                }
+                let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                if stream.read_exact(&mut q).is_err() {
+                    continue;
+                }
+                if question(&q).is_some_and(|(name, _)| name == "big.far.test") {
+                    tcp_used.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let r = reply(&q, None, None, [10, 1, 2, 4], false);
+                    let _ = stream.write_all(&(r.len() as u16).to_be_bytes());
+                    let _ = stream.write_all(&r);
+                }
+            }
+        });
+        fake
+    }
+}
+
+/// Forwarded answers are the upstream's own: one from another port, with
+/// another id or for another question is ignored, and a truncated one is
+/// asked again over TCP.
+#[test]
+fn forwarded_answers_are_checked_and_truncation_goes_to_tcp() {
+    let node = Node::start(false, &["--forward", "127.0.0.2:53"]);
+    let upstream = FakeUpstream::start(&node.ns);
+    let spoofed = node.dig("spoofed.far.test", "A", &["+time=5"]);
+    assert_eq!(
+        (status(&spoofed), answers(&spoofed)),
+        ("NOERROR", 1),
+        "{spoofed}"
+    );
+    assert!(spoofed.contains("10.1.2.3"), "{spoofed}");
+    assert!(!spoofed.contains("6.6.6."), "{spoofed}");
+    let big = node.dig("big.far.test", "A", &["+time=5"]);
+    assert_eq!((status(&big), answers(&big)), ("NOERROR", 1), "{big}");
+    assert!(big.contains("10.1.2.4"), "{big}");
+    assert!(upstream.tcp_used.load(std::sync::atomic::Ordering::SeqCst));
+}
+
+/// However many names a flood asks about, at most `--forward-limit`
+/// forwards are in flight; the rest are answered SERVFAIL at once.
+#[test]
+fn a_flood_of_forwards_is_bounded() {
+    const LIMIT: usize = 8;
+    const FLOOD: usize = 200;
+    let limit = LIMIT.to_string();
+    let node = Node::start(
+        false,
+        &["--forward", "127.0.0.2:53", "--forward-limit", &limit],
+    );
+    let upstream = FakeUpstream::start(&node.ns);
+    let client = node.ns.run_in(|| UdpSocket::bind("127.0.0.1:0").unwrap());
+    for i in 0..FLOOD {
+        client
+            .send_to(
+                &query(i as u16, &format!("slow-{i}.far.test")),
+                "127.0.0.1:53",
+            )
+            .unwrap();
+    }
+    // The upstream never answers: every SERVFAIL that comes back within
+    // its timeout is a forward the daemon refused to start.
+    client
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut servfail = 0;
+    let mut buf = [0u8; 512];
+    while servfail < FLOOD - LIMIT {
+        let Ok(n) = client.recv(&mut buf) else { break };
+        if n >= 4 && buf[3] & 0x0f == 2 {
+            servfail += 1;
+        }
+    }
+    let asked = upstream.asked_slow.lock().unwrap().len();
+    assert_eq!(
+        servfail,
+        FLOOD - LIMIT,
+        "the queries beyond the limit fail at once"
+    );
+    assert!(
+        (1..=LIMIT).contains(&asked),
+        "{asked} names reached the upstream"
+    );
+}
+
+/// With `--allow`, a source outside the ranges gets no answer at all (not
+/// even REFUSED); one inside is served.
+#[test]
+fn only_allowed_sources_are_answered() {
+    let node = Node::start(false, &["--allow", "10.99.0.0/16"]);
+    let mut add = node.ns.command("ip");
+    add.args(["addr", "add", "10.99.0.5/32", "dev", "lo"]);
+    assert!(add.status().unwrap().success());
+    let outside = node.dig("hello.jitsu.internal", "A", &["+time=1"]);
+    assert!(
+        outside.contains("timed out") && !outside.contains("status:"),
+        "{outside}"
+    );
+    let inside = node.dig("hello.jitsu.internal", "A", &["-b", "10.99.0.5"]);
+    assert_eq!(
+        (status(&inside), answers(&inside)),
+        ("NOERROR", 1),
+        "{inside}"
+    );
+}

@@ -32,6 +32,13 @@ pub struct DaemonArgs {
     /// Forward names outside the zone to this server (otherwise: REFUSED).
     #[arg(long, value_name = "ADDR:PORT")]
     forward: Option<SocketAddr>,
+    /// With --forward: forwards in flight at most; queries beyond get SERVFAIL at once.
+    #[arg(long, default_value_t = dnsjitsu::forward::DEFAULT_LIMIT, requires = "forward")]
+    forward_limit: usize,
+    /// Answer only sources in this range (repeatable) [default: the networks
+    /// of the node's own interfaces].
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<dnsjitsu::allow::Cidr>,
     /// Answer for a parked service only once it runs (at most this long).
     #[arg(long, value_name = "TIMEOUT", value_parser = args::parse_duration, num_args = 0..=1, default_missing_value = "2s")]
     wait_ready: Option<Duration>,
@@ -70,6 +77,8 @@ pub fn run(args: DaemonArgs) -> Result<u8> {
             zone: args.zone,
             ttl: args.ttl,
             forward: args.forward,
+            forward_limit: args.forward_limit,
+            allow: (!args.allow.is_empty()).then(|| args.allow.clone()),
             wait_ready: args.wait_ready,
             xenstore: socket.clone(),
         };
