@@ -38,6 +38,38 @@ pub enum RegistryError {
 
 pub const ROOT: &str = "/jitsu/services";
 
+/// Who a jailed monitor is: the shim runs each container's monitor as its
+/// own uid, `MONITOR_UID_BASE + slot`, and Jitsu's XenStore daemon takes a
+/// client of that uid for domain `slot + 1`, which may write only the
+/// entries it owns. Far above the uids of users and of user namespaces'
+/// usual subordinate ranges.
+pub mod identity {
+    pub const MONITOR_UID_BASE: u32 = 0x5a00_0000;
+    /// Slots, and so domains: domain ids stay below Xen's reserved range.
+    pub const MONITOR_SLOTS: u32 = 0x7f00;
+
+    pub fn monitor_uid(slot: u32) -> u32 {
+        MONITOR_UID_BASE + slot
+    }
+
+    /// The XenStore domain of the monitor in `slot`.
+    pub fn domid_of_slot(slot: u32) -> u32 {
+        slot + 1
+    }
+
+    /// The XenStore domain of a client running as `uid`: dom0 for root, a
+    /// monitor's own domain for a monitor's uid, none for anyone else.
+    pub fn domid_of_uid(uid: u32) -> Option<u32> {
+        match uid {
+            0 => Some(0),
+            u if (MONITOR_UID_BASE..MONITOR_UID_BASE + MONITOR_SLOTS).contains(&u) => {
+                Some(domid_of_slot(u - MONITOR_UID_BASE))
+            }
+            _ => None,
+        }
+    }
+}
+
 pub fn service_path(name: &str) -> String {
     format!("{ROOT}/{name}")
 }
@@ -132,11 +164,46 @@ where
     }
 }
 
+/// Makes the registry's root, owned by dom0, where any domain may create
+/// an entry (its own) but none may list or read what others wrote unless
+/// the entry says so. Run by the XenStore daemon that holds the registry.
+pub async fn prepare_root(client: &Client) -> Result<(), ClientError> {
+    client.mkdir(ROOT).await?;
+    client.set_perms(ROOT, &["w0"]).await
+}
+
+/// Leaves `base` readable by everyone and writable by `domain` alone (the
+/// entry's owner, or whoever just created it); XenStore gives the nodes
+/// made below it the same.
+async fn seal(tx: &Transaction, base: &str, domain: Option<u32>) -> Result<(), ClientError> {
+    let perms = tx.get_perms(base).await?;
+    let owner = match domain {
+        Some(d) => d,
+        None => perms
+            .first()
+            .and_then(|p| p.get(1..)?.parse().ok())
+            .ok_or_else(|| ClientError::BadReply(format!("permissions of {base}")))?,
+    };
+    let sealed = format!("r{owner}");
+    if perms != [sealed.as_str()] {
+        tx.set_perms(base, &[&sealed]).await?;
+    }
+    Ok(())
+}
+
 /// Claims `name` for `owner` (an entry with only its owner, which DNS does
-/// not answer for yet); refused if someone else holds it.
-pub async fn claim(client: &Client, name: &str, owner: &str) -> Result<(), RegistryError> {
+/// not answer for yet); refused if someone else holds it. With `domain`,
+/// the entry is that XenStore domain's to write (a jailed monitor's),
+/// else its creator's.
+pub async fn claim(
+    client: &Client,
+    name: &str,
+    owner: &str,
+    domain: Option<u32>,
+) -> Result<(), RegistryError> {
     as_owner(client, name, owner, |tx, base| async move {
         tx.mkdir(&base).await?;
+        seal(&tx, &base, domain).await?;
         tx.write(&format!("{base}/owner"), owner).await
     })
     .await
@@ -149,6 +216,7 @@ pub async fn publish(client: &Client, service: &Service) -> Result<(), RegistryE
         let entries = service.entries();
         async move {
             tx.mkdir(&base).await?;
+            seal(&tx, &base, None).await?;
             for (key, value) in entries {
                 tx.write(&format!("{base}/{key}"), value).await?;
             }

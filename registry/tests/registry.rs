@@ -96,8 +96,8 @@ fn a_name_belongs_to_its_owner() {
             owner: "default/a".into(),
             ..Default::default()
         };
-        registry::claim(&c, "web", "default/a").await.unwrap();
-        registry::claim(&c, "web", "default/a")
+        registry::claim(&c, "web", "default/a", None).await.unwrap();
+        registry::claim(&c, "web", "default/a", None)
             .await
             .expect("again, by its owner");
         registry::publish(&c, &first).await.unwrap();
@@ -111,7 +111,7 @@ fn a_name_belongs_to_its_owner() {
             other => panic!("not refused: {other:?}"),
         };
         assert_eq!(
-            taken(registry::claim(&c, "web", "default/b").await),
+            taken(registry::claim(&c, "web", "default/b", None).await),
             "default/a"
         );
         assert_eq!(taken(registry::publish(&c, &second).await), "default/a");
@@ -133,7 +133,11 @@ fn a_name_belongs_to_its_owner() {
         // Claims racing for a free name: exactly one wins.
         let racers = (0..16).map(|i| {
             let c = c.clone();
-            async move { registry::claim(&c, "api", &format!("r{i}")).await.is_ok() }
+            async move {
+                registry::claim(&c, "api", &format!("r{i}"), None)
+                    .await
+                    .is_ok()
+            }
         });
         let won = futures_util::future::join_all(racers).await;
         assert_eq!(won.iter().filter(|&&w| w).count(), 1, "{won:?}");
@@ -143,7 +147,7 @@ fn a_name_belongs_to_its_owner() {
         registry::remove(&c, "web", "default/a")
             .await
             .expect("a missing entry is no error");
-        registry::claim(&c, "web", "default/b")
+        registry::claim(&c, "web", "default/b", None)
             .await
             .expect("free again");
         // An update of an entry removed under its owner does not recreate it.

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod clock;
 pub mod control;
 pub mod egress;
+pub mod jail;
 pub mod netns;
 pub mod supervisor;
 pub mod tap;

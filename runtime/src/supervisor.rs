@@ -49,7 +49,9 @@ pub struct LazyConfig {
     pub address: ServiceAddress,
     /// Park again after this long without a frame either way.
     pub idle_timeout: Option<Duration>,
-    pub control: Option<PathBuf>,
+    /// The control socket, bound by the caller (before it gave up the
+    /// right to create files); served once the first VM is parked.
+    pub control: Option<ControlServer>,
     /// Hold packets that arrive before the guest runs (off: drop them, as a
     /// lazy start without Synjitsu would).
     pub hold: bool,
@@ -136,7 +138,8 @@ pub type Error<B> = LazyError<<B as Backend>::Error>;
 impl<B: Backend> Supervisor<B> {
     /// Parks the first VM, then listens for commands and registers the
     /// service: whoever reaches either finds a parked VM.
-    pub fn new(config: LazyConfig, backend: B) -> Result<Supervisor<B>, Error<B>> {
+    pub fn new(mut config: LazyConfig, backend: B) -> Result<Supervisor<B>, Error<B>> {
+        let control = config.control.take();
         let mut synjitsu_config = synjitsu::Config::new(config.address.ipv4, config.address.mac);
         synjitsu_config.hold = config.hold;
         let frame_buffer = vec![0; backend.frames().max_frame()].into_boxed_slice();
@@ -156,14 +159,8 @@ impl<B: Backend> Supervisor<B> {
             config,
         };
         supervisor.park()?;
-        // Bound only now: a client that reaches the socket finds a parked VM.
-        if let Some(path) = &supervisor.config.control {
-            let control = ControlServer::bind(path).map_err(|source| LazyError::Control {
-                path: path.display().to_string(),
-                source,
-            })?;
-            supervisor.control = Some(control);
-        }
+        // Served only now: a client finds a parked VM.
+        supervisor.control = control;
         if let Some(reg) = &supervisor.config.registry {
             let agent = RegistryAgent::start(reg.socket.clone(), supervisor.service()).map_err(
                 |source| LazyError::Control {

@@ -98,6 +98,17 @@ fn monitor_command(
         .arg("--ready-fd")
         .arg(ready.as_raw_fd().to_string());
     inherit(&mut cmd, ready.as_raw_fd());
+    if let Some(slot) = record.uid_slot {
+        let (uid, gid) = crate::identity::ids(slot);
+        cmd.args([
+            "--jail-uid",
+            &uid.to_string(),
+            "--jail-gid",
+            &gid.to_string(),
+        ])
+        .arg("--jail-root")
+        .arg(record.key.jail_root());
+    }
     cmd.arg("--kernel-fd").arg(kernel.as_raw_fd().to_string());
     inherit(&mut cmd, kernel.as_raw_fd());
     match &record.network {
@@ -170,10 +181,17 @@ impl Container {
             network: Network::Sandbox { netns: None },
             process: None,
             dns_name: unikernel.spec.dns_name.clone(),
+            uid_slot: None,
         };
         claim(&record).await?;
+        if let Err(e) = record.prepare_jail() {
+            record.clean_up().await;
+            return Err(e);
+        }
         if let Some(name) = &record.dns_name {
-            let claimed = crate::state::claim_registry_entry(name, &record.key.describe()).await;
+            let domain = record.uid_slot.map(jitsu_registry::identity::domid_of_slot);
+            let claimed =
+                crate::state::claim_registry_entry(name, &record.key.describe(), domain).await;
             if let Err(e) = claimed {
                 record.clean_up().await;
                 return Err(e);
@@ -271,6 +289,7 @@ impl Container {
             },
             process: None,
             dns_name: None,
+            uid_slot: None,
         };
         claim(&record).await?;
         let mut cmd = std::process::Command::new(jitsu_bin());

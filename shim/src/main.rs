@@ -5,6 +5,7 @@
 
 mod bundle;
 mod container;
+mod identity;
 mod image;
 mod network;
 mod process;

@@ -54,6 +54,11 @@ impl ContainerKey {
         self.dir().join("control.sock")
     }
 
+    /// The empty directory the monitor's jail makes its root.
+    pub fn jail_root(&self) -> PathBuf {
+        self.dir().join("root")
+    }
+
     /// How logs and leases name it.
     pub fn describe(&self) -> String {
         format!("{}/{} ({})", self.namespace, self.id, self.containerd)
@@ -70,6 +75,9 @@ pub struct Record {
     /// The container's process (its monitor, or a sandbox's pause).
     pub process: Option<Process>,
     pub dns_name: Option<String>,
+    /// The monitor's uid slot (see [`crate::identity`]), while leased.
+    #[serde(default)]
+    pub uid_slot: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +111,16 @@ impl Record {
             }
             Err(e) => Err(io(e)),
         }
+    }
+
+    /// Leases the monitor's uid and makes its jail's root (an empty
+    /// directory), and saves the record that says so.
+    pub fn prepare_jail(&mut self) -> Result<(), String> {
+        let slot = crate::identity::lease(&self.key.describe())?;
+        self.uid_slot = Some(slot);
+        let root = self.key.jail_root();
+        std::fs::create_dir(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        self.save().map_err(|e| format!("saving state: {e}"))
     }
 
     /// Replaces the record atomically: a reader (a later `shim delete`)
@@ -139,6 +157,9 @@ impl Record {
         if let Some(name) = &self.dns_name {
             remove_registry_entry(name, &self.key.describe()).await;
         }
+        if let Some(slot) = self.uid_slot {
+            crate::identity::release(slot);
+        }
         if network.is_ok() {
             remove_dir(&self.key.dir());
         }
@@ -170,11 +191,15 @@ async fn registry_client() -> Option<jitsu_xenstore::Client> {
 /// that a name another container holds fails Create with the reason.
 /// Without a XenStore daemon there is nothing to claim yet: the monitor
 /// claims the name when one appears, and waits if it is taken.
-pub async fn claim_registry_entry(name: &str, owner: &str) -> Result<(), String> {
+pub async fn claim_registry_entry(
+    name: &str,
+    owner: &str,
+    domain: Option<u32>,
+) -> Result<(), String> {
     let Some(client) = registry_client().await else {
         return Ok(());
     };
-    match jitsu_registry::claim(&client, name, owner).await {
+    match jitsu_registry::claim(&client, name, owner, domain).await {
         Err(jitsu_registry::RegistryError::Taken { owner, .. }) => Err(format!(
             "the DNS name {name:?} belongs to {owner}; choose another (org.jitsu.dns-name)"
         )),

@@ -34,7 +34,8 @@ impl Containerd {
         let ns = Arc::new(NetNs::empty());
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("jitsu");
-        let xenstore = dir.path().join("xenstored.sock");
+        // In a folder of its own: a jailed monitor sees the folder.
+        let xenstore = dir.path().join("xenstore").join("socket");
         Containerd::launch(ns, dir, state, xenstore, config, |_| {})
     }
 
@@ -44,7 +45,8 @@ impl Containerd {
         let ns = Arc::new(NetNs::empty());
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("jitsu");
-        let xenstore = dir.path().join("xenstored.sock");
+        // In a folder of its own: a jailed monitor sees the folder.
+        let xenstore = dir.path().join("xenstore").join("socket");
         Containerd::launch(ns, dir, state, xenstore, |_| None, prepare)
     }
 
@@ -443,7 +445,9 @@ impl Containerd {
     pub fn leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         walk(&self.state, &mut out);
-        out.retain(|p| p != &self.state.join("ipam") && p != &self.state.join("containers"));
+        // The lease folders stay; their leases must not.
+        let folders = ["ipam", "containers", "uids"].map(|f| self.state.join(f));
+        out.retain(|p| !folders.contains(p));
         out
     }
 }

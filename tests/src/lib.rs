@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod cri;
 pub mod fleet;
 pub mod http;
+pub mod jail;
 pub mod lazy;
 pub mod netns;
 pub mod node;

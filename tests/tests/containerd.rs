@@ -382,3 +382,48 @@ fn hostile_images_fail_create_with_the_reason_and_harm_no_one() {
     c.remove("good", "SIGTERM");
     assert_clean(&c);
 }
+
+/// The monitor of a task runs jailed: every thread under seccomp, with
+/// no_new_privs, no capabilities, its own uid (another task's differs), and
+/// a root of its own; and it still serves.
+#[test]
+fn a_tasks_monitor_runs_jailed() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    let _daemon = c.start_daemon();
+    c.run_jitsu_ok(IMAGE, "j1", &[]);
+    // With a name: its registry thread too, and its entry in XenStore.
+    c.run_jitsu_ok(IMAGE, "j2", &["--annotation", "org.jitsu.dns-name=jailed"]);
+    let pid = |id: &str| {
+        let (_, record) = c.record("default", id).expect("a record");
+        record["process"]["pid"].as_i64().expect("a monitor") as i32
+    };
+    assert_eq!(curl(&c, "http://10.77.0.2/"), "200", "jailed, it serves");
+    let uid = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_string()
+    };
+    for id in ["j1", "j2"] {
+        jitsu_e2e::jail::assert_jailed(pid(id));
+    }
+    assert_ne!(uid(pid("j1")), uid(pid("j2")), "one uid per container");
+    let names = jitsu_e2e::jail::threads(pid("j2"))
+        .into_iter()
+        .map(|t| t.thread)
+        .collect::<Vec<_>>();
+    assert!(names.iter().any(|n| n == "vcpu0"), "{names:?}");
+    assert!(names.iter().any(|n| n == "registry"), "{names:?}");
+    wait_until("the jailed monitor's registration", || {
+        c.ps().as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == "jailed" && s["state"] == "parked")
+        })
+    });
+    c.remove("j1", "SIGTERM");
+    c.remove("j2", "SIGTERM");
+    assert_clean(&c);
+}

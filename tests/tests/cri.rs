@@ -369,3 +369,21 @@ fn a_dns_name_belongs_to_the_first_pod_that_asks() {
     assert_eq!(node.containerd.ps(), serde_json::json!([]));
     assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
 }
+
+/// A pod's unikernel monitor is jailed as a task's is (see the containerd
+/// test), in the pod's network.
+#[test]
+fn a_pods_monitor_runs_jailed() {
+    let mut node = node_with_hello();
+    let (pod, container) = hello_pod(&mut node, "jailed", &[]);
+    let (_, record) = node
+        .containerd
+        .record("k8s.io", &container)
+        .expect("the container's record");
+    let pid = record["process"]["pid"].as_i64().expect("a monitor") as i32;
+    jitsu_e2e::jail::assert_jailed(pid);
+    let url = format!("http://{}/", node.pod_ip(&pod));
+    assert_eq!(node.ns().curl_status(&url), "200");
+    node.remove_pod(&pod).unwrap();
+    assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}

@@ -348,6 +348,24 @@ impl Transaction {
         directory(&self.client, self.id, path).await
     }
 
+    pub async fn get_perms(&self, path: &str) -> Result<Vec<String>, ClientError> {
+        strings(
+            self.client
+                .request(MsgType::GetPerms, self.id, nul(path))
+                .await?,
+        )
+    }
+
+    pub async fn set_perms(&self, path: &str, perms: &[&str]) -> Result<(), ClientError> {
+        let payload = wire::join_strings(
+            std::iter::once(path.as_bytes()).chain(perms.iter().map(|p| p.as_bytes())),
+        );
+        self.client
+            .request(MsgType::SetPerms, self.id, payload)
+            .await
+            .map(drop)
+    }
+
     /// Commits; EAGAIN (see [`ClientError::is_again`]) if it conflicted.
     pub async fn commit(self) -> Result<(), ClientError> {
         self.client

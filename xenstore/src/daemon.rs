@@ -74,14 +74,19 @@ impl Daemon {
         self.stats
     }
 
-    /// A new socket client; socket clients act as dom0.
+    /// A new socket client acting as dom0.
     pub fn connect(&mut self) -> ConnId {
+        self.connect_as(0)
+    }
+
+    /// A new socket client acting as domain `domid` (unprivileged unless 0).
+    pub fn connect_as(&mut self, domid: u32) -> ConnId {
         let id = self.next_conn;
         self.next_conn += 1;
         self.conns.insert(
             id,
             Conn {
-                domid: 0,
+                domid,
                 watches: Vec::new(),
                 transactions: HashMap::new(),
             },

@@ -33,10 +33,15 @@ struct Shared {
     outboxes: HashMap<ConnId, mpsc::Sender<Vec<u8>>>,
 }
 
+/// Which domain a socket client acts as, by the uid of its process
+/// (`None`: the client is turned away).
+pub type Identity = fn(uid: u32) -> Option<u32>;
+
 #[derive(Clone)]
 pub struct Server {
     shared: Arc<Mutex<Shared>>,
     limits: Limits,
+    identity: Option<Identity>,
 }
 
 impl Server {
@@ -48,7 +53,25 @@ impl Server {
         Server {
             shared: Arc::new(Mutex::new(shared)),
             limits,
+            identity: None,
         }
+    }
+
+    /// Clients act as the domain `identity` gives their uid, instead of all
+    /// as dom0; the socket may then be open to every local user (see
+    /// [`open_to_all`]): who they are decides what they may do.
+    pub fn with_identity(mut self, identity: Identity) -> Server {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The domain of a new client, or `None` to turn it away.
+    fn domain_of(&self, stream: &UnixStream) -> Option<u32> {
+        let Some(identity) = self.identity else {
+            return Some(0);
+        };
+        let uid = stream.peer_cred().ok()?.uid();
+        identity(uid)
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -77,11 +100,15 @@ impl Server {
     }
 
     async fn serve_conn(self, stream: UnixStream) {
+        let Some(domid) = self.domain_of(&stream) else {
+            tracing::debug!("turned away a client of no known identity");
+            return;
+        };
         let (mut reader, mut writer) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(self.limits.outbox_per_conn);
         let id = {
             let mut shared = self.lock();
-            let id = shared.daemon.connect();
+            let id = shared.daemon.connect_as(domid);
             shared.outboxes.insert(id, tx);
             id
         };
@@ -187,6 +214,12 @@ async fn skip(reader: &mut tokio::net::unix::OwnedReadHalf, mut len: u64) -> std
         len -= n as u64;
     }
     Ok(())
+}
+
+/// Lets every local user connect (for a server [`Server::with_identity`]).
+pub fn open_to_all(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
 }
 
 /// Binds the socket, creating its folder and replacing a stale socket file

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use jitsu_xenstore::server::{self, Server};
+use jitsu_xenstore::server;
 use jitsu_xenstore::Limits;
 
 use crate::args;
@@ -57,15 +57,11 @@ pub fn run(args: DaemonArgs) -> Result<u8> {
                 let path = args
                     .xenstore_listen
                     .unwrap_or_else(server::default_socket_path);
-                let listener = server::bind(&path)
+                let store = super::xenstored::start_store(&path, Limits::default(), false)
+                    .await
                     .with_context(|| format!("XenStore socket {}", path.display()))?;
                 eprintln!("jitsu daemon: XenStore on {}", path.display());
-                (
-                    path,
-                    Some(tokio::spawn(
-                        Server::new(Limits::default(), false).serve(listener),
-                    )),
-                )
+                (path, Some(store))
             }
         };
         eprintln!(

@@ -1,10 +1,11 @@
 //! `jitsu xenstored`: a XenStore daemon on a unix socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use jitsu_xenstore::server::{self, Server};
+
 use jitsu_xenstore::Limits;
 
 #[derive(Args)]
@@ -27,6 +28,28 @@ pub struct XenstoredArgs {
     quota_transactions: usize,
 }
 
+/// Jitsu's XenStore on `path`: open to every local user, each client acting
+/// as the domain of its uid (root as dom0, a jailed monitor as its own
+/// domain, anyone else turned away; see `jitsu_registry::identity`), with
+/// the registry's root made. Serves until the task is dropped.
+pub async fn start_store(
+    path: &Path,
+    limits: Limits,
+    strict: bool,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = server::bind(path).with_context(|| format!("{}", path.display()))?;
+    server::open_to_all(path).with_context(|| format!("{}", path.display()))?;
+    let server = Server::new(limits, strict).with_identity(jitsu_registry::identity::domid_of_uid);
+    let serving = tokio::spawn(server.serve(listener));
+    let client = jitsu_xenstore::Client::connect(path)
+        .await
+        .with_context(|| format!("{}", path.display()))?;
+    jitsu_registry::prepare_root(&client)
+        .await
+        .context("making the registry's root")?;
+    Ok(serving)
+}
+
 pub fn run(args: XenstoredArgs) -> Result<u8> {
     let socket = args.socket.unwrap_or_else(server::default_socket_path);
     let limits = Limits {
@@ -40,14 +63,18 @@ pub fn run(args: XenstoredArgs) -> Result<u8> {
         .build()
         .context("tokio runtime")?;
     runtime.block_on(async {
-        let listener = server::bind(&socket).with_context(|| format!("{}", socket.display()))?;
+        let serve = start_store(&socket, limits, args.strict).await?;
         tracing::info!(socket = %socket.display(), strict = args.strict, "serving XenStore");
         eprintln!(
             "jitsu xenstored: serving {}{}",
             socket.display(),
             if args.strict { " (strict)" } else { "" }
         );
-        let serve = Server::new(limits, args.strict).serve(listener);
+        let serve = async {
+            serve
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             served = serve => served.context("serving")?,

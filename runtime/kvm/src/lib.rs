@@ -27,7 +27,7 @@ use jitsu_runtime::{Backend, FramePort};
 use kernel_file::KernelFile;
 
 pub use report::{Outcome, RunReport, Timings};
-pub use vm::{NetSetup, ParkedVm, RunningVm, Vm, VmConfig, VmError};
+pub use vm::{open_kvm, NetSetup, ParkedVm, RunningVm, Vm, VmConfig, VmError};
 
 /// One unikernel ELF, parked again and again in fresh VMs on one TAP.
 pub struct KvmBackend {

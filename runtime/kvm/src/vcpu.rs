@@ -19,7 +19,7 @@ use jitsu_runtime::clock;
 pub(crate) struct VcpuState {
     pub vcpu: VcpuFd,
     pub _vm: VmFd,
-    pub _kvm: Kvm,
+    pub _kvm: std::sync::Arc<Kvm>,
     pub mem: GuestMemory,
     pub access: AccessMap,
     pub devices: Devices,

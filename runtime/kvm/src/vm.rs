@@ -93,6 +93,14 @@ pub struct VmConfig {
     pub mem_size: u64,
     pub cmdline: String,
     pub net: Option<NetSetup>,
+    /// `/dev/kvm`, opened once (before the monitor gives up the right to
+    /// open files): every VM of the monitor is created through it.
+    pub kvm: Arc<Kvm>,
+}
+
+/// Opens `/dev/kvm`.
+pub fn open_kvm() -> Result<Arc<Kvm>, VmError> {
+    Kvm::new().map(Arc::new).map_err(VmError::KvmOpen)
 }
 
 pub struct Vm {
@@ -117,7 +125,7 @@ impl Vm {
         let parse = t.elapsed();
 
         let t = Instant::now();
-        let kvm = Kvm::new().map_err(VmError::KvmOpen)?;
+        let kvm = config.kvm.clone();
         let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
         let mut mem = GuestMemory::new(mem_size)?;
         let region = kvm_userspace_memory_region {

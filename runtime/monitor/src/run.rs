@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use jitsu_kvm::kernel_file::KernelFile;
 use jitsu_kvm::{KvmBackend, NetSetup, RunReport, Vm, VmConfig};
+use jitsu_runtime::control::ControlServer;
 use jitsu_runtime::supervisor::{Ended, LazyConfig, RegistryConfig, ServiceAddress, Supervisor};
 use jitsu_runtime::tap::Tap;
 use jitsu_runtime::{GuestReport, Running};
@@ -53,6 +54,16 @@ pub struct RunArgs {
     /// With --lazy: serve `boot`, `stop`, `status` on this unix socket.
     #[arg(long, value_name = "PATH", requires = "lazy")]
     control: Option<PathBuf>,
+    /// Run as this uid (and --jail-gid), in a mount namespace whose root is
+    /// an empty tmpfs on --jail-root, once everything is open: how the shim
+    /// starts monitors. Not root's.
+    #[arg(long, value_name = "UID", requires_all = ["jail_gid", "jail_root"])]
+    jail_uid: Option<u32>,
+    #[arg(long, value_name = "GID", requires = "jail_uid")]
+    jail_gid: Option<u32>,
+    /// An empty directory to become the jail's root.
+    #[arg(long, value_name = "DIR", requires = "jail_uid")]
+    jail_root: Option<PathBuf>,
     /// With --lazy: register the service in XenStore under this name (a DNS
     /// label), keep its state there, and boot when its `boot` key is written.
     /// The XenStore daemon is $XENSTORED_PATH, else /var/run/xenstored/socket.
@@ -141,13 +152,13 @@ fn run_monitor(
     ready: &mut Option<Ready>,
 ) -> Result<u8> {
     if args.die_with_parent {
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-            .context("PR_SET_PDEATHSIG")?;
+        die_with_parent()?;
     }
     if let Some(netns) = &args.netns {
         jitsu_runtime::netns::enter(netns)
             .with_context(|| format!("entering network namespace {}", netns.display()))?;
     }
+    // Everything the monitor will ever open, it opens now.
     let kernel = match args.kernel_fd {
         Some(fd) => KernelFile::from_file(adopt_fd(fd, "--kernel-fd")?),
         None => KernelFile::open(&args.kernel),
@@ -172,10 +183,36 @@ fn run_monitor(
         }
         None => None,
     };
+    let kvm = jitsu_kvm::open_kvm().with_context(|| format!("{}", args.kernel.display()))?;
+    jitsu_kvm::devices::console::Console::stdout();
+    let control = args
+        .control
+        .as_deref()
+        .map(|path| {
+            ControlServer::bind(path).with_context(|| format!("control socket {}", path.display()))
+        })
+        .transpose()?;
+    let registry_socket = jitsu_xenstore::server::default_socket_path();
+    let registry_socket = match (args.jail_uid, args.jail_gid, &args.jail_root) {
+        (Some(uid), Some(gid), Some(root)) => {
+            let seen_as = jail(uid, gid, root, &registry_socket, args.name.is_some())?;
+            if args.die_with_parent {
+                // A change of credentials clears the parent-death signal.
+                die_with_parent()?;
+            }
+            seen_as
+        }
+        _ => registry_socket,
+    };
+    // From here on, every thread is confined; nothing untrusted was read
+    // before this line.
+    let filters = jitsu_kvm::seccomp::monitor_filter().context("the seccomp filter")?;
+    jitsu_kvm::seccomp::apply_to_process(&filters).context("the seccomp filter")?;
     let config = VmConfig {
         mem_size: args.mem,
         cmdline: args.args.join(" "),
         net,
+        kvm,
     };
     if args.lazy {
         let address = config.net.as_ref().map(|n| ServiceAddress {
@@ -190,7 +227,7 @@ fn run_monitor(
         let lazy = LazyConfig {
             address,
             idle_timeout: args.idle_timeout,
-            control: args.control.clone(),
+            control,
             hold: !args.no_hold,
             registry: match &args.name {
                 None => None,
@@ -199,7 +236,7 @@ fn run_monitor(
                 }
                 Some(name) => Some(RegistryConfig {
                     name: name.clone(),
-                    socket: jitsu_xenstore::server::default_socket_path(),
+                    socket: registry_socket,
                     owner: args
                         .owner
                         .clone()
@@ -230,6 +267,40 @@ fn run_monitor(
         Some(signal) => 128 + signal as u8,
         None => report.exit_code(),
     })
+}
+
+fn die_with_parent() -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("PR_SET_PDEATHSIG")
+}
+
+/// Enters the jail (see [`jitsu_runtime::jail`]); the XenStore daemon's
+/// directory stays visible, read-only, as `/xenstore`. Returns where its
+/// socket is seen from inside.
+fn jail(
+    uid: u32,
+    gid: u32,
+    root: &std::path::Path,
+    registry_socket: &std::path::Path,
+    registered: bool,
+) -> Result<PathBuf> {
+    let mut binds = Vec::new();
+    let mut inside = registry_socket.to_path_buf();
+    if let (true, Some(dir), Some(file)) = (
+        registered,
+        registry_socket.parent(),
+        registry_socket.file_name(),
+    ) {
+        binds.push((dir.to_path_buf(), "xenstore".into()));
+        inside = PathBuf::from("/xenstore").join(file);
+    }
+    let jail = jitsu_runtime::jail::Jail {
+        uid,
+        gid,
+        root: root.to_path_buf(),
+        binds,
+    };
+    jail.enter()?;
+    Ok(inside)
 }
 
 /// Blocks SIGINT and SIGTERM for this thread and the threads it starts
