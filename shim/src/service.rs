@@ -137,6 +137,42 @@ impl Service {
             .or_else(|| spec.netns.clone())
     }
 
+    async fn create_task(
+        &self,
+        req: &api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = BundleSpec::read(&bundle)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("the bundle: {e}")))?;
+        let stdio = (req.stdout.as_str(), req.stderr.as_str());
+        let c = match spec.role {
+            Role::Sandbox => {
+                Container::create_sandbox(self.key(&req.id), &bundle, spec.netns, stdio).await
+            }
+            Role::Unikernel => {
+                let netns = self.pod_netns(&spec).await;
+                self.create_unikernel(&req, &bundle, &spec, netns).await?
+            }
+        }
+        .map_err(|e| status(Code::INTERNAL, e))?;
+        let pid = c.pid;
+        tracing::info!(id = %req.id, ip = ?c.record.network.ip(), pid, "created");
+        self.watch_exit(req.id.clone(), pid, c.exit.clone());
+        self.containers.lock().await.insert(req.id.clone(), c);
+        let event = TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            pid,
+            ..Default::default()
+        };
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
+            .await;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
     /// Mounts the image, reads its unikernel spec and parks the unikernel.
     async fn create_unikernel(
         &self,
@@ -262,36 +298,11 @@ impl Task for Service {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        let bundle = PathBuf::from(&req.bundle);
-        let spec = BundleSpec::read(&bundle)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("the bundle: {e}")))?;
-        let stdio = (req.stdout.as_str(), req.stderr.as_str());
-        let c = match spec.role {
-            Role::Sandbox => {
-                Container::create_sandbox(self.key(&req.id), &bundle, spec.netns, stdio).await
-            }
-            Role::Unikernel => {
-                let netns = self.pod_netns(&spec).await;
-                self.create_unikernel(&req, &bundle, &spec, netns).await?
-            }
+        let created = self.create_task(&req).await;
+        if let Err(e) = &created {
+            tracing::warn!(id = %req.id, error = %e, "create refused");
         }
-        .map_err(|e| status(Code::INTERNAL, e))?;
-        let pid = c.pid;
-        tracing::info!(id = %req.id, ip = ?c.record.network.ip(), pid, "created");
-        self.watch_exit(req.id.clone(), pid, c.exit.clone());
-        self.containers.lock().await.insert(req.id.clone(), c);
-        let event = TaskCreate {
-            container_id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            pid,
-            ..Default::default()
-        };
-        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event))
-            .await;
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
+        created
     }
 
     async fn start(

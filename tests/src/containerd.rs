@@ -265,6 +265,11 @@ impl Containerd {
         );
     }
 
+    /// What containerd has logged so far (its shims' logs included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
     /// `RUNNING`, `STOPPED`, ... or None when the task is gone.
     pub fn task_status(&self, id: &str) -> Option<String> {
         self.task_status_in("default", id)
@@ -488,7 +493,13 @@ fn containerd_command(
         .stderr(if std::env::var_os("JITSU_TEST_VERBOSE").is_some() {
             Stdio::inherit()
         } else {
-            Stdio::null()
+            // containerd's log, where its shims' logs go too.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("containerd.log"))
+                .expect("containerd's log");
+            Stdio::from(log)
         });
     cmd
 }

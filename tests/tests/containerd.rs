@@ -427,3 +427,20 @@ fn a_tasks_monitor_runs_jailed() {
     c.remove("j2", "SIGTERM");
     assert_clean(&c);
 }
+
+/// The shim's own logs reach containerd's log, a refusal with its reason.
+#[test]
+fn the_shims_logs_reach_containerds_log() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    c.run_jitsu_ok(IMAGE, "logged", &[]);
+    let out = c.run_jitsu(IMAGE, "refused", &["--annotation", "org.jitsu.mem=3M"]);
+    assert!(!out.status.success());
+    wait_until("the shim's log lines", || {
+        let log = c.log();
+        log.contains("created") && log.contains("logged") && log.contains("memory 3M is out of range")
+    });
+    let _ = c.ctr(&["container", "delete", "refused"]);
+    c.remove("logged", "SIGTERM");
+    assert_clean(&c);
+}
