@@ -47,6 +47,8 @@ pub struct BundleSpec {
     pub sandbox_id: Option<String>,
     /// `linux.namespaces[type=network].path`, if the container joins one.
     pub netns: Option<PathBuf>,
+    /// `linux.cgroupsPath`: the container's cgroup.
+    pub cgroups_path: Option<String>,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -86,6 +88,11 @@ impl BundleSpec {
             role,
             sandbox_id: annotations.get(SANDBOX_ID).cloned(),
             netns: network_namespace(&spec)?,
+            cgroups_path: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.display().to_string()),
             annotations,
         })
     }

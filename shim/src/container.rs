@@ -146,6 +146,34 @@ fn monitor_command(
     cmd
 }
 
+/// A pod sandbox's `jitsu pause` needs almost nothing.
+const PAUSE_MEMORY_MAX: u64 = 16 << 20;
+
+/// Puts the child in the cgroup whose `cgroup.procs` files are `procs`
+/// before it execs, so that everything it allocates is charged there.
+fn join_cgroup(cmd: &mut std::process::Command, procs: Vec<std::ffi::CString>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; open, write and close
+    // are async-signal-safe, and the paths were made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for file in &procs {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let error = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Lets the child keep `fd` across exec (everything the shim opens is
 /// close-on-exec, so no other child inherits it).
 fn inherit(cmd: &mut std::process::Command, fd: RawFd) {
@@ -172,6 +200,7 @@ impl Container {
         unikernel: Unikernel,
         rootfs_mounted: bool,
         netns: Option<PathBuf>,
+        cgroups_path: Option<&str>,
         stdio: (&str, &str),
     ) -> Result<Container, String> {
         let mut record = Record {
@@ -182,9 +211,14 @@ impl Container {
             process: None,
             dns_name: unikernel.spec.dns_name.clone(),
             uid_slot: None,
+            cgroup: None,
         };
         claim(&record).await?;
-        if let Err(e) = record.prepare_jail() {
+        let memory_max = unikernel.spec.mem + crate::cgroup::MONITOR_OVERHEAD;
+        let prepared = record
+            .prepare_jail()
+            .and_then(|()| record.make_cgroup(cgroups_path, memory_max));
+        if let Err(e) = prepared {
             record.clean_up().await;
             return Err(e);
         }
@@ -278,9 +312,10 @@ impl Container {
         key: ContainerKey,
         bundle: &Path,
         netns: Option<PathBuf>,
+        cgroups_path: Option<&str>,
         stdio: (&str, &str),
     ) -> Result<Container, String> {
-        let record = Record {
+        let mut record = Record {
             key,
             bundle: bundle.into(),
             rootfs_mounted: false,
@@ -290,8 +325,13 @@ impl Container {
             process: None,
             dns_name: None,
             uid_slot: None,
+            cgroup: None,
         };
         claim(&record).await?;
+        if let Err(e) = record.make_cgroup(cgroups_path, PAUSE_MEMORY_MAX) {
+            record.clean_up().await;
+            return Err(e);
+        }
         let mut cmd = std::process::Command::new(jitsu_bin());
         cmd.args(["pause", "--die-with-parent"]);
         if let Some(netns) = &netns {
@@ -316,6 +356,9 @@ impl Container {
                 return Err(format!("subscribing to exits: {e}"));
             }
         };
+        if let Some(cgroup) = &record.cgroup {
+            join_cgroup(&mut cmd, cgroup.procs_files());
+        }
         let spawned = stdio(stdout).and_then(|out| {
             let err = stdio(stderr)?;
             cmd.stdin(Stdio::null())

@@ -4,6 +4,7 @@
 //! containers share one shim, and its sandbox runs no guest.
 
 mod bundle;
+mod cgroup;
 mod container;
 mod identity;
 mod image;

@@ -11,7 +11,7 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::api;
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
@@ -147,11 +147,13 @@ impl Service {
         let stdio = (req.stdout.as_str(), req.stderr.as_str());
         let c = match spec.role {
             Role::Sandbox => {
-                Container::create_sandbox(self.key(&req.id), &bundle, spec.netns, stdio).await
+                let cgroup = spec.cgroups_path.as_deref();
+                Container::create_sandbox(self.key(&req.id), &bundle, spec.netns, cgroup, stdio)
+                    .await
             }
             Role::Unikernel => {
                 let netns = self.pod_netns(&spec).await;
-                self.create_unikernel(&req, &bundle, &spec, netns).await?
+                self.create_unikernel(req, &bundle, &spec, netns).await?
             }
         }
         .map_err(|e| status(Code::INTERNAL, e))?;
@@ -212,7 +214,9 @@ impl Service {
             }
         };
         let stdio = (req.stdout.as_str(), req.stderr.as_str());
-        Ok(Container::create(self.key(&req.id), bundle, unikernel, mounted, netns, stdio).await)
+        let cgroup = spec.cgroups_path.as_deref();
+        let key = self.key(&req.id);
+        Ok(Container::create(key, bundle, unikernel, mounted, netns, cgroup, stdio).await)
     }
 }
 
@@ -469,9 +473,18 @@ impl Task for Service {
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         let containers = self.containers.lock().await;
-        containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        // No cgroup of our own yet: an empty set of metrics.
-        Ok(api::StatsResponse::default())
+        let c = containers.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let Some(cgroup) = &c.record.cgroup else {
+            return Err(status(
+                Code::UNAVAILABLE,
+                "no cgroup on this host: no metrics",
+            ));
+        };
+        let stats = cgroup.metrics().map_err(|e| status(Code::INTERNAL, e))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
     }
 
     async fn connect(

@@ -78,6 +78,9 @@ pub struct Record {
     /// The monitor's uid slot (see [`crate::identity`]), while leased.
     #[serde(default)]
     pub uid_slot: Option<u32>,
+    /// The container's cgroup, once made.
+    #[serde(default)]
+    pub cgroup: Option<crate::cgroup::Cgroup>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +126,30 @@ impl Record {
         self.save().map_err(|e| format!("saving state: {e}"))
     }
 
+    /// Makes the container's cgroup (`cgroups_path`, else one of its own
+    /// under `jitsu/`) with `memory_max`, and saves the record that says so.
+    /// A host with no cgroup hierarchy gets none.
+    pub fn make_cgroup(
+        &mut self,
+        cgroups_path: Option<&str>,
+        memory_max: u64,
+    ) -> Result<(), String> {
+        let path = cgroups_path
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("jitsu/{}", self.key.digest()));
+        let Some(cgroup) = crate::cgroup::Cgroup::named(&path) else {
+            if crate::cgroup::relative_path(&path).is_none() {
+                return Err(format!("linux.cgroupsPath {path:?} is not a cgroup path"));
+            }
+            return Ok(());
+        };
+        self.cgroup = Some(cgroup.clone());
+        self.save().map_err(|e| format!("saving state: {e}"))?;
+        cgroup
+            .create(memory_max)
+            .map_err(|e| format!("the container's cgroup: {e}"))
+    }
+
     /// Replaces the record atomically: a reader (a later `shim delete`)
     /// finds the old one or the new one, never a torn file.
     pub fn save(&self) -> Result<(), StateError> {
@@ -159,6 +186,9 @@ impl Record {
         }
         if let Some(slot) = self.uid_slot {
             crate::identity::release(slot);
+        }
+        if let Some(cgroup) = &self.cgroup {
+            remove_cgroup(cgroup).await;
         }
         if network.is_ok() {
             remove_dir(&self.key.dir());
@@ -224,6 +254,18 @@ async fn remove_registry_entry(name: &str, owner: &str) {
     if let Ok(Err(e)) = removed.await {
         tracing::debug!(%e, name, "removing the registry entry");
     }
+}
+
+/// Removes the cgroup once the killed process has left it (a SIGKILLed
+/// process takes a moment to be gone), waiting at most a second.
+async fn remove_cgroup(cgroup: &crate::cgroup::Cgroup) {
+    for _ in 0..100 {
+        if cgroup.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cgroup.remove();
 }
 
 /// Writes `bytes` beside `path` and renames the file into place.

@@ -292,6 +292,30 @@ impl CriNode {
         self.try_container_state(id).expect("ContainerStatus")
     }
 
+    /// CRI's ContainerStats of `id`: the working set (bytes) and the CPU
+    /// used (nanoseconds), as the kubelet reads them.
+    pub fn container_stats(&mut self, id: &str) -> (u64, u64) {
+        let request = k8s_cri::v1::ContainerStatsRequest {
+            container_id: id.into(),
+        };
+        let stats = self
+            .runtime
+            .block_on(self.client.container_stats(request))
+            .expect("ContainerStats")
+            .into_inner()
+            .stats
+            .expect("stats");
+        let memory = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map_or(0, |v| v.value);
+        let cpu = stats
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map_or(0, |v| v.value);
+        (memory, cpu)
+    }
+
     pub fn try_container_state(
         &mut self,
         id: &str,

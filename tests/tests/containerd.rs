@@ -438,9 +438,63 @@ fn the_shims_logs_reach_containerds_log() {
     assert!(!out.status.success());
     wait_until("the shim's log lines", || {
         let log = c.log();
-        log.contains("created") && log.contains("logged") && log.contains("memory 3M is out of range")
+        log.contains("created")
+            && log.contains("logged")
+            && log.contains("memory 3M is out of range")
     });
     let _ = c.ctr(&["container", "delete", "refused"]);
     c.remove("logged", "SIGTERM");
     assert_clean(&c);
+}
+
+/// The monitor runs in the task's cgroup (`linux.cgroupsPath`), capped at
+/// the guest's memory plus the monitor's overhead, and `ctr task metrics`
+/// reads its memory, CPU and pids; the cgroup goes with the task.
+#[test]
+fn a_tasks_metrics_are_its_monitors_cgroup() {
+    let c = Containerd::start();
+    c.import_hello("jitsu/hello:latest", &[]);
+    c.run_jitsu_ok(IMAGE, "m1", &["--annotation", "org.jitsu.mem=32M"]);
+    assert_eq!(curl(&c, "http://10.77.0.2/"), "200");
+    let (_, record) = c.record("default", "m1").expect("a record");
+    let pid = record["process"]["pid"].as_i64().unwrap();
+    let cgroup = record["cgroup"]["path"]
+        .as_str()
+        .expect("a cgroup")
+        .to_string();
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        membership
+            .lines()
+            .any(|l| l.ends_with(&format!("/{cgroup}"))),
+        "the monitor is in {cgroup}: {membership}"
+    );
+    let metrics = c.ctr_ok(&["task", "metrics", "m1"]);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some(name)).then(|| words.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let (usage, limit) = if metrics.contains("memory.usage_in_bytes") {
+        (
+            value("memory.usage_in_bytes"),
+            value("memory.limit_in_bytes"),
+        )
+    } else {
+        (value("memory.usage"), value("memory.usage_limit"))
+    };
+    assert!(
+        usage > 100 << 10,
+        "a booted guest's memory is charged: {metrics}"
+    );
+    assert_eq!(limit, (32 << 20) + (32 << 20), "{metrics}");
+    c.remove("m1", "SIGTERM");
+    assert_clean(&c);
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory").join(&cgroup);
+    let v2 = std::path::Path::new("/sys/fs/cgroup").join(&cgroup);
+    assert!(!v1.exists() && !v2.exists(), "the cgroup {cgroup} is gone");
 }

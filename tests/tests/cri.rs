@@ -387,3 +387,18 @@ fn a_pods_monitor_runs_jailed() {
     node.remove_pod(&pod).unwrap();
     assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
 }
+
+/// The kubelet's ContainerStats of a pod's unikernel: the memory and CPU
+/// of its monitor's cgroup, with the booted guest in them.
+#[test]
+fn container_stats_show_the_unikernels_memory_and_cpu() {
+    let mut node = node_with_hello();
+    let (pod, container) = hello_pod(&mut node, "stats", &[]);
+    let url = format!("http://{}/", node.pod_ip(&pod));
+    assert_eq!(node.ns().curl_status(&url), "200");
+    let (memory, cpu) = node.container_stats(&container);
+    assert!(memory > 100 << 10, "working set {memory}");
+    assert!(cpu > 0, "cpu {cpu}");
+    node.remove_pod(&pod).unwrap();
+    assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
+}

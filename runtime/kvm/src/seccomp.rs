@@ -75,11 +75,7 @@ const KVM_REQUESTS: [u64; 20] = [
 ];
 /// Other requests on the monitor's descriptors: non-blocking and
 /// close-on-exec flags (tokio, std) and whether stderr is a terminal.
-const OTHER_REQUESTS: [u64; 3] = [
-    libc::FIONBIO,
-    libc::FIOCLEX,
-    libc::TCGETS,
-];
+const OTHER_REQUESTS: [u64; 3] = [libc::FIONBIO, libc::FIOCLEX, libc::TCGETS];
 
 /// The file descriptors the vCPU thread may use.
 pub struct VcpuFds {
