@@ -10,6 +10,7 @@ pub mod allow;
 pub mod directory;
 pub mod forward;
 pub mod handler;
+pub mod metrics;
 pub mod zone;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -50,6 +51,8 @@ pub struct DnsConfig {
     pub wait_ready: Option<Duration>,
     /// The XenStore daemon holding the registry.
     pub xenstore: PathBuf,
+    /// Serve Prometheus metrics here (`GET /metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Serves DNS on UDP and TCP until the future is dropped.
@@ -73,6 +76,13 @@ pub async fn serve(config: DnsConfig) -> Result<(), DnsError> {
         source,
     })?;
     let directory = directory::Directory::follow(config.xenstore.clone());
+    if let Some(addr) = config.metrics {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DnsError::Listen { addr, source })?;
+        tracing::info!(%addr, "serving metrics");
+        tokio::spawn(metrics::serve(listener, directory.clone()));
+    }
     let handler = handler::Handler {
         zone,
         directory,

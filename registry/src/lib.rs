@@ -8,7 +8,8 @@
 //!                       /generation  which parking this is: 1 at the first, +1 at each
 //!                       /boot      a boot request, tagged with the generation it is for
 //!                       /owner     who registered it (monitor pid, container id)
-//!                       /stats/boots, /stats/last_boot_us, /stats/last_packet_ms
+//!                       /stats/boots, /stats/last_boot_us, /stats/last_packet_ms,
+//!                        /stats/held_frames, /stats/dropped_frames, /stats/refused_frames
 //! ```
 //!
 //! A name belongs to its `owner`: whoever claims it first (the shim, for a
@@ -97,6 +98,11 @@ pub struct Service {
     pub boots: u64,
     pub last_boot_us: Option<u64>,
     pub last_packet_ms: Option<u64>,
+    /// Frames Synjitsu held for (or dropped at) a boot, and frames the
+    /// guest sent with another's address, over the monitor's life.
+    pub held_frames: u64,
+    pub dropped_frames: u64,
+    pub refused_frames: u64,
 }
 
 impl Service {
@@ -118,6 +124,9 @@ impl Service {
                     .map(|v| v.to_string())
                     .unwrap_or_default(),
             ),
+            ("stats/held_frames", self.held_frames.to_string()),
+            ("stats/dropped_frames", self.dropped_frames.to_string()),
+            ("stats/refused_frames", self.refused_frames.to_string()),
         ]
     }
 }
@@ -300,7 +309,14 @@ pub async fn read(client: &Client, name: &str) -> Result<Option<Service>, Client
             .and_then(|s| s.parse().ok()),
         last_packet_ms: text(read_opt(client, &format!("{base}/stats/last_packet_ms")).await?)
             .and_then(|s| s.parse().ok()),
+        held_frames: count(read_opt(client, &format!("{base}/stats/held_frames")).await?),
+        dropped_frames: count(read_opt(client, &format!("{base}/stats/dropped_frames")).await?),
+        refused_frames: count(read_opt(client, &format!("{base}/stats/refused_frames")).await?),
     }))
+}
+
+fn count(value: Option<String>) -> u64 {
+    value.and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 /// Every registered service, by name.

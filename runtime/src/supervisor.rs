@@ -309,21 +309,26 @@ impl<B: Backend> Supervisor<B> {
             boots: status.boots,
             last_boot_us: status.last_boot_latency_us,
             last_packet_ms: status.last_packet_unix_ms,
+            held_frames: status.held_frames,
+            dropped_frames: status.dropped_frames,
+            refused_frames: status.refused_frames,
         }
     }
 
-    /// Publishes state changes at once and packet times at most once a second.
+    /// Publishes state changes at once, and packet times and frame counts
+    /// at most once a second (a storm must not become a storm of writes).
     fn sync_registry(&mut self) {
         let Some(agent) = &self.agent else { return };
         let now = self.service();
         let due = match &self.published {
             None => true,
             Some((old, at)) => {
-                let mut old_without_time = old.clone();
-                old_without_time.last_packet_ms = now.last_packet_ms;
-                old_without_time != now
-                    || (old.last_packet_ms != now.last_packet_ms
-                        && at.elapsed() >= Duration::from_secs(1))
+                let mut old_but_counts = old.clone();
+                old_but_counts.last_packet_ms = now.last_packet_ms;
+                old_but_counts.held_frames = now.held_frames;
+                old_but_counts.dropped_frames = now.dropped_frames;
+                old_but_counts.refused_frames = now.refused_frames;
+                old_but_counts != now || (*old != now && at.elapsed() >= Duration::from_secs(1))
             }
         };
         if due {

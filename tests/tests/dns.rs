@@ -605,3 +605,51 @@ fn only_allowed_sources_are_answered() {
         "{inside}"
     );
 }
+
+/// `jitsu daemon --metrics`: per service its boots, a boot latency
+/// histogram, its state and the frames held for it, in Prometheus' text
+/// format, following the registry.
+#[test]
+fn metrics_follow_the_services() {
+    let node = Node::start(false, &["--metrics", "127.0.0.1:9100"]);
+    let scrape = |path: &str| {
+        let mut cmd = node.ns.command("curl");
+        cmd.args(["-s", &format!("http://127.0.0.1:9100{path}")]);
+        let out = jitsu_e2e::process::run_with_timeout(&mut cmd, Duration::from_secs(10));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let has = |text: &str, line: &str| text.lines().any(|l| l == line);
+    jitsu_e2e::wait_until("the parked service in the metrics", || {
+        let m = scrape("/metrics");
+        has(&m, r#"jitsu_service_boots_total{service="hello"} 0"#)
+            && has(
+                &m,
+                r#"jitsu_service_state{service="hello",state="parked"} 1"#,
+            )
+    });
+    assert_eq!(node.ns.curl_status("http://10.77.0.2/"), "200");
+    let booted = |m: &str| {
+        has(m, r#"jitsu_service_boots_total{service="hello"} 1"#)
+            && has(
+                m,
+                r#"jitsu_service_boot_latency_seconds_count{service="hello"} 1"#,
+            )
+            && has(
+                m,
+                r#"jitsu_service_state{service="hello",state="running"} 1"#,
+            )
+            && m.lines().any(|l| {
+                l.strip_prefix(r#"jitsu_service_held_frames_total{service="hello"} "#)
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n >= 1)
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = scrape("/metrics");
+    while !booted(&last) {
+        assert!(Instant::now() < deadline, "the boot never showed:\n{last}");
+        std::thread::sleep(Duration::from_millis(20));
+        last = scrape("/metrics");
+    }
+    assert!(scrape("/elsewhere").contains("only GET /metrics"));
+}

@@ -39,6 +39,10 @@ pub struct DaemonArgs {
     /// of the node's own interfaces].
     #[arg(long, value_name = "CIDR")]
     allow: Vec<dnsjitsu::allow::Cidr>,
+    /// Serve Prometheus metrics of the node's services on this address
+    /// (`GET /metrics`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
     /// Answer for a parked service only once it runs (at most this long).
     #[arg(long, value_name = "TIMEOUT", value_parser = args::parse_duration, num_args = 0..=1, default_missing_value = "2s")]
     wait_ready: Option<Duration>,
@@ -77,6 +81,7 @@ pub fn run(args: DaemonArgs) -> Result<u8> {
             allow: (!args.allow.is_empty()).then(|| args.allow.clone()),
             wait_ready: args.wait_ready,
             xenstore: socket.clone(),
+            metrics: args.metrics,
         };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let result = tokio::select! {
