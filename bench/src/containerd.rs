@@ -94,25 +94,41 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
     )?;
     let runc = ctr_run_to_first_byte(&c, &["--net-host", NATIVE_IMAGE], native_addr, n)?;
 
-    // A parked task's cold request: re-park with `stop` before each.
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.jitsu.v1",
-        "docker.io/jitsu/hello:latest",
-        "parked",
-    ]);
-    let control = c.control("parked");
-    let mut cold = Samples::new();
-    for _ in 0..n * 4 {
-        let reply = try_request(&control, "stop")?;
-        ensure!(reply.contains("\"parked\""), "{reply}");
-        let t = Instant::now();
-        c.ns.run_in(|| first_byte(unikernel_addr, Instant::now() + Duration::from_secs(10)))?;
-        cold.push(t.elapsed());
-    }
-    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", "parked"]);
+    let cold = cold_connects(&c, unikernel_addr, n * 4)?;
+
+    // The same with monitors unjailed (seccomp stays on): the jail's cost.
+    drop(c);
+    let unjailed = Containerd::start_with_pre_exec(|cmd| {
+        cmd.env("JITSU_BENCH_UNJAILED", "1");
+    });
+    unjailed.import_hello("jitsu/hello:latest", &[]);
+    let jitsu_unjailed = ctr_run_to_first_byte(
+        &unjailed,
+        &[
+            "--runtime",
+            "io.containerd.jitsu.v1",
+            "docker.io/jitsu/hello:latest",
+        ],
+        unikernel_addr,
+        n,
+    )?;
+    let cold_unjailed = cold_connects(&unjailed, unikernel_addr, n * 4)?;
+    let jail_rows = [
+        Row {
+            name: "ctr run to first byte, jailed monitor".into(),
+            samples: jitsu.clone(),
+            baseline_name: "the same, monitor not jailed".into(),
+            baseline: jitsu_unjailed,
+            unit: Unit::Time,
+        },
+        Row {
+            name: "parked task cold connect, jailed monitor".into(),
+            samples: cold.clone(),
+            baseline_name: "the same, monitor not jailed".into(),
+            baseline: cold_unjailed,
+            unit: Unit::Time,
+        },
+    ];
     Ok(vec![
         Row {
             name: "ctr run to first HTTP byte: unikernel (lazy)".into(),
@@ -128,5 +144,31 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
             baseline: runc,
             unit: Unit::Time,
         },
-    ])
+    ]
+    .into_iter()
+    .chain(jail_rows)
+    .collect())
+}
+
+/// A parked task's cold request, `n` times: re-parked with `stop` before each.
+fn cold_connects(c: &Containerd, addr: SocketAddr, n: usize) -> Result<Samples> {
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.jitsu.v1",
+        "docker.io/jitsu/hello:latest",
+        "parked",
+    ]);
+    let control = c.control("parked");
+    let mut cold = Samples::new();
+    for _ in 0..n {
+        let reply = try_request(&control, "stop")?;
+        ensure!(reply.contains("\"parked\""), "{reply}");
+        let t = Instant::now();
+        c.ns.run_in(|| first_byte(addr, Instant::now() + Duration::from_secs(10)))?;
+        cold.push(t.elapsed());
+    }
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", "parked"]);
+    Ok(cold)
 }

@@ -51,6 +51,15 @@ fn lookup_to_first_byte(id: u16) -> Result<Duration> {
 /// `total` lookups with `window` in flight, from one socket; returns the
 /// per-lookup times and the rate.
 fn load(total: usize, window: usize) -> Result<(Samples, f64)> {
+    load_names(total, window, |_| "hello.jitsu.internal".into())
+}
+
+/// As [`load`], lookup `i` for `name(i)`.
+fn load_names(
+    total: usize,
+    window: usize,
+    name: impl Fn(usize) -> String,
+) -> Result<(Samples, f64)> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut sent_at = vec![None; total];
@@ -60,7 +69,7 @@ fn load(total: usize, window: usize) -> Result<(Samples, f64)> {
     let mut buf = [0u8; 512];
     while received < total {
         while sent < total && sent - received < window {
-            socket.send_to(&query(sent as u16, "hello.jitsu.internal"), "127.0.0.1:53")?;
+            socket.send_to(&query(sent as u16, &name(sent)), "127.0.0.1:53")?;
             sent_at[sent] = Some(Instant::now());
             sent += 1;
         }
@@ -81,8 +90,33 @@ fn load(total: usize, window: usize) -> Result<(Samples, f64)> {
     Ok((samples, total as f64 / started.elapsed().as_secs_f64()))
 }
 
+/// Another directory, for `upstream.test.`, on 127.0.0.2:53 of the node's
+/// namespace: the forwarder's upstream.
+fn start_upstream(node: &Node) -> Result<jitsu_e2e::process::Guarded> {
+    let socket = node.dir.path().join("upstream.sock");
+    let mut cmd = node.ns.command(jitsu_e2e::jitsu_bin());
+    cmd.args([
+        "daemon",
+        "--dns-listen",
+        "127.0.0.2:53",
+        "--zone",
+        "upstream.test.",
+    ])
+    .arg("--xenstore-listen")
+    .arg(&socket)
+    .stderr(std::process::Stdio::null());
+    let upstream = jitsu_e2e::process::Guarded::spawn(&mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        ensure!(Instant::now() < deadline, "the upstream did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(upstream)
+}
+
 pub fn rows(quick: bool) -> Result<Vec<Row>> {
-    let node = Node::start(false, &[]);
+    let node = Node::start(false, &["--forward", "127.0.0.2:53"]);
+    let _upstream = start_upstream(&node)?;
     let cycles = if quick { 10 } else { 60 };
     let (mut parked, mut running) = (Samples::new(), Samples::new());
     for i in 0..cycles {
@@ -96,7 +130,12 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
     }
     let total = if quick { 5_000 } else { 50_000 };
     let (loaded, rate) = node.ns.run_in(|| load(total, 32))?;
+    let loaded_for_forward = loaded.clone();
     let (single, _) = node.ns.run_in(|| load(total / 10, 1))?;
+    // Names the cache has never seen: every one goes to the upstream.
+    let (forwarded, forwarded_rate) = node
+        .ns
+        .run_in(|| load_names(total / 5, 32, |i| format!("n{i}.upstream.test")))?;
     Ok(vec![
         Row {
             name: "lookup to first HTTP byte, parked".into(),
@@ -110,6 +149,16 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
             samples: loaded,
             baseline_name: "one lookup at a time".into(),
             baseline: single,
+            unit: Unit::Time,
+        },
+        Row {
+            name: format!(
+                "DNS forwarded, new names, 32 in flight: {:.0}k/s",
+                forwarded_rate / 1000.0
+            ),
+            samples: forwarded,
+            baseline_name: "answers from the zone, 32 in flight".into(),
+            baseline: loaded_for_forward,
             unit: Unit::Time,
         },
     ])
