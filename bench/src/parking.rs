@@ -148,17 +148,25 @@ fn parked_tasks(n: usize, sleeps: &Baseline) -> Result<Row> {
     let cgroup = MemoryCgroup::create("tasks")?;
     let containerd = Containerd::start_with_pre_exec(|cmd| cgroup.enter_on_exec(cmd));
     containerd.import_hello("jitsu/hello:latest", &[]);
+    // Each monitor runs in its task's cgroup: put those below ours, so
+    // that our usage counts them.
+    let others = TaskCgroups::new(&cgroup);
+    let run = |id: &str| {
+        let path = format!("{}/{id}", cgroup.relative());
+        containerd.run_jitsu_ok("docker.io/jitsu/hello:latest", id, &["--cgroup", &path]);
+    };
     // One task first, so that what every task shares (containerd's own
     // caches, the binaries' pages) is in the baseline, not in the figure.
-    containerd.run_jitsu_ok("docker.io/jitsu/hello:latest", "warm", &[]);
+    run("warm");
     std::thread::sleep(Duration::from_millis(300));
     let before = cgroup.usage()?;
     for i in 0..n {
-        containerd.run_jitsu_ok("docker.io/jitsu/hello:latest", &format!("t{i}"), &[]);
+        run(&format!("t{i}"));
     }
     std::thread::sleep(Duration::from_millis(300));
     let per_task = per_member(&cgroup, before, n)?;
     drop(containerd);
+    drop(others);
     let total_mib = per_task.median() * n as f64 / 1024.0;
     Ok(Row {
         name: format!("parked ctr task, all in (N = {n}: {total_mib:.0} MiB)"),
@@ -191,6 +199,48 @@ fn pss_of(pids: impl Iterator<Item = u32>) -> Samples {
         }
     }
     samples
+}
+
+/// The folders the shim makes for tasks' cgroups in the other v1
+/// hierarchies (cpuacct, pids) along our memory cgroup's path: removed
+/// when dropped, those that did not exist before only.
+struct TaskCgroups {
+    made: Vec<PathBuf>,
+}
+
+impl TaskCgroups {
+    fn new(cgroup: &MemoryCgroup) -> TaskCgroups {
+        let mut made = Vec::new();
+        for controller in ["cpuacct", "pids"] {
+            let mut dir = Path::new("/sys/fs/cgroup").join(controller);
+            if !dir.is_dir() {
+                continue;
+            }
+            for part in Path::new(cgroup.relative().trim_start_matches('/')).components() {
+                dir.push(part);
+                if !dir.exists() {
+                    made.push(dir.clone());
+                }
+            }
+        }
+        TaskCgroups { made }
+    }
+}
+
+impl Drop for TaskCgroups {
+    /// The shim removes its tasks' cgroups as it cleans up after them, a
+    /// moment after containerd is gone: wait for that (at most 5 s).
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for dir in self.made.iter().rev() {
+            while std::fs::remove_dir(dir).is_err()
+                && dir.exists()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
 }
 
 /// A memory cgroup of ours below the one this process is in (cgroup v1's
@@ -229,6 +279,16 @@ impl MemoryCgroup {
             bail!("{} has no memory accounting", cgroup.path.display());
         }
         Ok(cgroup)
+    }
+
+    /// Its path below the hierarchy's root, as `linux.cgroupsPath` names it.
+    pub fn relative(&self) -> String {
+        let root = match self.usage {
+            "memory.usage_in_bytes" => "/sys/fs/cgroup/memory",
+            _ => "/sys/fs/cgroup",
+        };
+        let below = self.path.strip_prefix(root).unwrap_or(&self.path);
+        format!("/{}", below.display())
     }
 
     pub fn usage(&self) -> Result<u64> {
