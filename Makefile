@@ -42,7 +42,8 @@ lint:
 ## Every test: unit, property and end to end (needs root and /dev/kvm).
 ## cargo-nextest when present (one summary line at the end), else cargo test.
 ## Then the containerd and CRI suites again against containerd 2.x (Debian
-## unstable's, fetched into a cache, never installed: see the script).
+## unstable's, fetched into a cache, never installed: see the script),
+## selected from the whole workspace so that nothing is built again.
 CONTAINERD_SUITES := containerd cri lifecycle install_node
 test: deps build lint
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -53,10 +54,10 @@ test: deps build lint
 	dir=$$(scripts/fetch-containerd2.sh) && \
 	echo "== the containerd suites against $$($$dir/containerd --version)" && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  JITSU_CONTAINERD_DIR=$$dir $(CARGO) nextest run --release -p jitsu-e2e --no-fail-fast \
+	  JITSU_CONTAINERD_DIR=$$dir $(CARGO) nextest run --release --workspace --no-fail-fast \
 	    -E '$(foreach s,$(CONTAINERD_SUITES),binary($(s)) |) none()'; \
 	else \
-	  JITSU_CONTAINERD_DIR=$$dir $(CARGO) test --release -p jitsu-e2e --no-fail-fast \
+	  JITSU_CONTAINERD_DIR=$$dir $(CARGO) test --release --workspace --no-fail-fast \
 	    $(foreach s,$(CONTAINERD_SUITES),--test $(s)); \
 	fi
 
