@@ -91,7 +91,8 @@ kill "$MONITOR"; wait "$MONITOR" 2>/dev/null || true; MONITOR=
 say "Now through containerd, as a node would run it (the demo TAP goes; the shim brings its own bridge)."
 ip -n "$NS" link del jtap0
 CTD="$LOG/containerd"; mkdir -p "$CTD"
-export XENSTORED_PATH="$LOG/xenstored.sock"
+# In a folder of its own that others may enter: jailed monitors see only it.
+export XENSTORED_PATH="$LOG/xenstore/socket"
 mkdir -p "/etc/netns/$NS" && echo "nameserver 127.0.0.1" > "/etc/netns/$NS/resolv.conf"
 say "Starting jitsu daemon in the namespace: XenStore on $XENSTORED_PATH, DNS for jitsu.internal on 127.0.0.1:53."
 ip netns exec "$NS" "$JITSU" daemon --dns-listen 127.0.0.1:53 --xenstore-listen "$XENSTORED_PATH" 2>"$LOG/daemon.log" &

@@ -160,3 +160,30 @@ fn each_client_acts_as_the_domain_of_its_uid() {
         .unwrap();
     assert_eq!(read.stdout, b"10.77.0.2\n");
 }
+
+/// A socket in a folder other users may not enter would keep jailed
+/// monitors out of the registry: the daemon says so.
+#[test]
+fn a_socket_in_a_closed_folder_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let log = dir.path().join("stderr");
+    let socket = dir.path().join("socket");
+    let _daemon = Guarded::spawn(
+        Command::new(jitsu_bin())
+            .args(["xenstored", "--socket"])
+            .arg(&socket)
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    wait_for(&socket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        if said.contains("is closed to other users") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warning: {said}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

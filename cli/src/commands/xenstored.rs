@@ -39,6 +39,7 @@ pub async fn start_store(
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let listener = server::bind(path).with_context(|| format!("{}", path.display()))?;
     server::open_to_all(path).with_context(|| format!("{}", path.display()))?;
+    warn_if_closed_folder(path);
     let server = Server::new(limits, strict).with_identity(jitsu_registry::identity::domid_of_uid);
     let serving = tokio::spawn(server.serve(listener));
     let client = jitsu_xenstore::Client::connect(path)
@@ -48,6 +49,22 @@ pub async fn start_store(
         .await
         .context("making the registry's root")?;
     Ok(serving)
+}
+
+/// Jailed monitors see the socket's folder (and only it), as their own
+/// uid: a folder others may not enter keeps them out of the registry.
+fn warn_if_closed_folder(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(folder) = path.parent() else { return };
+    let mode = std::fs::metadata(folder).map_or(0, |m| m.permissions().mode());
+    if mode & 0o001 == 0 {
+        eprintln!(
+            "jitsu: warning: {} is closed to other users ({:o}): monitors, which run as their own users, \
+             cannot reach the registry; put the socket in a folder of its own (as /var/run/xenstored)",
+            folder.display(),
+            mode & 0o777
+        );
+    }
 }
 
 pub fn run(args: XenstoredArgs) -> Result<u8> {
