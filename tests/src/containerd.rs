@@ -74,7 +74,7 @@ impl Containerd {
         prepare: impl Fn(&mut Command),
     ) -> Containerd {
         let socket = dir.path().join("containerd.sock");
-        let config = config(dir.path()).map(|toml| {
+        let config = with_private_paths(config(dir.path())).map(|toml| {
             let path = dir.path().join("config.toml");
             std::fs::write(&path, toml).unwrap();
             path
@@ -502,6 +502,20 @@ fn containerd_command(
             Stdio::from(log)
         });
     cmd
+}
+
+/// containerd 2.x serves NRI on one socket for the whole machine
+/// (`/var/run/nri/nri.sock`): tests' containerds side by side would fight
+/// over it, so theirs is off (1.6 has none).
+fn with_private_paths(config: Option<String>) -> Option<String> {
+    if containerd_major() < 2 {
+        return config;
+    }
+    let nri_off = "[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = true\n";
+    Some(match config {
+        Some(toml) => format!("{toml}{nri_off}"),
+        None => format!("version = 3\n{nri_off}"),
+    })
 }
 
 /// `containerd` or `ctr` of the containerd under test: from
