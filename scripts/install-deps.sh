@@ -22,6 +22,10 @@ declare -A want_file=(
   [/usr/lib/cni/bridge]=containernetworking-plugins
   [/usr/lib/cni/host-local]=containernetworking-plugins
   [/usr/sbin/runc]=runc
+  [/usr/include/libxl.h]=libxen-dev
+  [/bin/busybox]=busybox-static
+  [/usr/bin/mmdebstrap]=mmdebstrap
+  [/usr/bin/cpio]=cpio
 )
 
 missing=()

@@ -20,8 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a unikernel ELF directly on KVM, or park it (--lazy): `jitsu-monitor`'s own
-    /// options follow (`jitsu run --help`).
+    /// Boot a unikernel on KVM, or park it (--lazy), or as a Xen domain on a
+    /// dom0 (`--hypervisor kvm|xen|auto` first): the monitor's own options
+    /// follow (`jitsu run --help`).
     #[command(disable_help_flag = true)]
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -6,11 +6,13 @@
 //! together is `runtime/monitor` (`jitsu-monitor`).
 
 pub mod agent;
+pub mod args;
 pub mod backend;
 pub mod clock;
 pub mod control;
 pub mod egress;
 pub mod jail;
+pub mod logging;
 pub mod netns;
 pub mod supervisor;
 pub mod tap;

@@ -1,9 +1,9 @@
-//! `print!` and `println!` on the monitor's console (the task's stdout).
+//! `print!` and `println!` on the platform's console (the task's stdout).
 
 use core::fmt::{self, Write};
 
-/// Formats into a small buffer and hands it to the monitor a chunk at a time:
-/// one exit per chunk rather than one per `write_str`.
+/// Formats into a small buffer and hands it to the platform a chunk at a
+/// time: one exit (or ring notification) per chunk, not one per `write_str`.
 pub struct Console {
     buf: [u8; 512],
     len: usize,
@@ -19,7 +19,7 @@ impl Console {
 
     pub fn flush(&mut self) {
         if self.len > 0 {
-            crate::hypercall::console_write(&self.buf[..self.len]);
+            crate::platform::console_write(&self.buf[..self.len]);
             self.len = 0;
         }
     }

@@ -1,19 +1,18 @@
 //! A bump heap for buffers that live as long as the unikernel: socket
 //! buffers, packet batches. Nothing is ever freed, so there is no allocator
-//! state to corrupt; the region runs from the end of the image to the stack.
+//! state to corrupt; the region runs from the end of the image to the stack
+//! (or, where the stack lives in the image, to the end of memory).
 
 use core::mem::{align_of, size_of};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Bytes kept free for the stack at the top of guest memory.
-pub const STACK_RESERVE: u64 = 1 << 20;
-
 static NEXT: AtomicU64 = AtomicU64::new(0);
 static END: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) fn init(image_end: u64, mem_size: u64) {
-    NEXT.store(image_end, Ordering::Relaxed);
-    END.store(mem_size.saturating_sub(STACK_RESERVE), Ordering::Relaxed);
+/// Hands out `[start, end)`, which the platform has mapped read-write.
+pub(crate) fn init(start: u64, end: u64) {
+    NEXT.store(start, Ordering::Relaxed);
+    END.store(end, Ordering::Relaxed);
 }
 
 /// Bytes still free on the heap.
@@ -38,9 +37,18 @@ fn reserve(len: u64, align: u64) -> Option<u64> {
 /// A zeroed byte buffer that lives forever, or `None` when the heap is full.
 pub fn bytes(len: usize) -> Option<&'static mut [u8]> {
     let start = reserve(len as u64, 16)?;
-    // SAFETY: [start, start + len) lies inside guest memory between the image
-    // and the stack reserve, is mapped read-write, and was reserved for this
-    // call alone, so no other reference to it exists.
+    // SAFETY: [start, start + len) lies inside the region the platform gave
+    // `init`, which is guest memory mapped read-write that nothing else uses,
+    // and was reserved for this call alone, so no other reference to it exists.
+    Some(unsafe { core::slice::from_raw_parts_mut(start as *mut u8, len) })
+}
+
+/// `count` zeroed, page-aligned pages that live forever (for memory shared
+/// with a hypervisor or another domain), or `None` when the heap is full.
+pub fn pages(count: usize) -> Option<&'static mut [u8]> {
+    let len = count.checked_mul(4096)?;
+    let start = reserve(len as u64, 4096)?;
+    // SAFETY: as in `bytes`.
     Some(unsafe { core::slice::from_raw_parts_mut(start as *mut u8, len) })
 }
 

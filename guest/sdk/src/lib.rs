@@ -3,10 +3,13 @@
 //! A guest is a `#![no_std] #![no_main]` binary that names its main function
 //! with [`entry!`]. The SDK gives it the boot information, a console, a
 //! monotonic clock, a bump heap for long-lived buffers, and a smoltcp network
-//! stack driven by an event loop that blocks in the monitor between events.
+//! stack driven by an event loop that blocks between events.
 //!
-//! All `unsafe` code lives in [`start`], [`hypercall`] (the `out` instruction)
-//! and [`heap`]; everything else is safe Rust on top of them.
+//! What differs between hypervisors lives in one folder per platform, with
+//! the same few parts in each (start, console, clock, net device, halt):
+//! `kvm_x86_64/` for Jitsu's own KVM monitor (the default) and `xen_pvh/` for
+//! Xen PVH domains (feature `xen-pvh`). Everything in this folder is shared.
+//! `unsafe` code lives in the platform folders, [`heap`] and [`libc`].
 
 #![no_std]
 
@@ -14,13 +17,26 @@ pub mod boot;
 pub mod clock;
 pub mod console;
 pub mod heap;
-pub mod hypercall;
+mod libc;
 pub mod net;
-mod start;
+
+#[cfg(not(feature = "xen-pvh"))]
+#[path = "kvm_x86_64/mod.rs"]
+mod platform;
+#[cfg(feature = "xen-pvh")]
+#[path = "xen_pvh/mod.rs"]
+mod platform;
+
+/// The KVM monitor's hypercalls, for guests that test the monitor itself.
+#[cfg(not(feature = "xen-pvh"))]
+pub use platform::hypercall;
 
 pub use boot::Boot;
 pub use jitsu_abi as abi;
 pub use smoltcp;
+
+/// The platform this guest was built for: `"kvm"` or `"xen-pvh"`.
+pub const PLATFORM: &str = platform::NAME;
 
 /// Names the guest's main function: `fn(&Boot) -> i32`. Its return value is
 /// the exit status of the unikernel.
@@ -35,7 +51,26 @@ macro_rules! entry {
     };
 }
 
-/// Ends the unikernel with `status` as the monitor's exit status.
+extern "Rust" {
+    /// Defined by the guest through `jitsu_sdk::entry!`.
+    fn __jitsu_main(boot: &Boot) -> i32;
+}
+
+/// Runs the guest's main function and ends the unikernel with its status;
+/// each platform's start code calls this once the machine is set up.
+pub(crate) fn run_main(boot: Boot) -> ! {
+    // SAFETY: `entry!` defines this symbol with exactly this signature.
+    let status = unsafe { __jitsu_main(&boot) };
+    exit(status)
+}
+
+/// Ends the unikernel with `status` (its low 8 bits) as the exit status.
 pub fn exit(status: i32) -> ! {
-    hypercall::halt(status as u8 as u64)
+    platform::halt(status as u8)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!("panic: {info}");
+    platform::halt(101)
 }

@@ -3,7 +3,6 @@
 //! DNS server, XenStore daemon, image writer or other commands, so that
 //! every parked service costs as little as it can.
 
-mod args;
 mod run;
 
 use std::process::ExitCode;
@@ -26,8 +25,8 @@ struct Monitor {
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let start_monotonic = args::monotonic_nanos();
-    init_logging();
+    let start_monotonic = jitsu_runtime::args::monotonic_nanos();
+    jitsu_runtime::logging::init_monitor_logging();
     let monitor = Monitor::parse();
     match run::run(monitor.args, start, start_monotonic) {
         Ok(code) => ExitCode::from(code),
@@ -36,21 +35,4 @@ fn main() -> ExitCode {
             ExitCode::from(jitsu_runtime::EXIT_SETUP_FAILED as u8)
         }
     }
-}
-
-/// Logs to stderr at `JITSU_LOG` (`debug`, or per target as in
-/// `jitsu_runtime=debug,warn`; warnings by default). A `Targets` filter, not
-/// an `EnvFilter`: no regular expressions, whose tables would cost every
-/// monitor resident memory.
-fn init_logging() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    let filter = std::env::var("JITSU_LOG")
-        .ok()
-        .and_then(|f| f.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::WARN));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
 }

@@ -1,5 +1,5 @@
-//! Parsers for what the monitor's users type: sizes, durations, MAC
-//! addresses, IPv4 prefixes.
+//! Parsers for what monitors' users type, whatever the hypervisor: sizes,
+//! durations, MAC addresses, IPv4 prefixes.
 
 use std::net::Ipv4Addr;
 

@@ -1,0 +1,57 @@
+//! Xen PVH domains (x86-64): the guest runs in long mode it sets up itself
+//! (`start.rs`), calls Xen through the hypercall page, and talks to dom0
+//! through shared rings: console, XenStore, netfront (grant tables and event
+//! channels underneath).
+
+mod console;
+mod defs;
+mod events;
+mod grant;
+mod hypercall;
+pub(crate) mod net;
+mod netconfig;
+mod page;
+mod start;
+pub(crate) mod xenstore;
+
+use defs::*;
+
+pub(crate) const NAME: &str = "xen-pvh";
+
+pub(crate) fn console_write(bytes: &[u8]) {
+    console::write(bytes);
+}
+
+/// Reads one of this domain's HVM parameters (where Xen put the console
+/// and XenStore pages, and their event channels).
+fn hvm_param(index: u32) -> Result<u64, i64> {
+    let mut param = HvmParam {
+        domid: DOMID_SELF,
+        pad: 0,
+        index,
+        value: 0,
+    };
+    match hypercall::hvm_op(HVMOP_GET_PARAM, &mut param) {
+        0 => Ok(param.value),
+        rc => Err(rc),
+    }
+}
+
+/// Ends the domain. Xen's shutdown carries a reason, not a status, so the
+/// status goes to `data/exit-status` first (the one part of its home a
+/// domain may write), where the Jitsu backend reads it; a stock toolstack
+/// sees a power-off.
+pub(crate) fn halt(status: u8) -> ! {
+    let mut text = xenstore::Text::<4>::new();
+    let _ = core::fmt::Write::write_fmt(&mut text, format_args!("{status}"));
+    let _ = xenstore::write("data/exit-status", text.as_str());
+    console::drain();
+    shutdown(SHUTDOWN_POWEROFF)
+}
+
+fn shutdown(reason: u32) -> ! {
+    let mut arg = SchedShutdown { reason };
+    loop {
+        hypercall::sched_op(SCHEDOP_SHUTDOWN, &mut arg);
+    }
+}

@@ -1,0 +1,381 @@
+//! netfront: the domain's vif as a smoltcp `Device`. Two page rings shared
+//! with netback in dom0 (granted to it), one event channel, and packet
+//! buffers granted once for good: netback copies received frames into our
+//! rx pages (`request-rx-copy`) and copies sent frames out of our tx pages.
+
+use core::sync::atomic::{fence, Ordering};
+
+use jitsu_abi::{NetConfig, ETHERNET_HEADER_LEN};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+use super::defs::*;
+use super::netconfig::VIF;
+use super::{events, grant, xenstore};
+use crate::heap;
+use crate::net::NetError;
+use crate::xs_path;
+
+/// Two frames per tx page; a frame must not cross its page.
+const TX_SLOT: usize = 2048;
+/// How long netback may take to connect (software-emulated test beds are slow).
+const CONNECT_NANOS: u64 = 60_000_000_000;
+
+/// One shared ring: a page with the header, then `SIZE` entries of `E`
+/// bytes each (requests and responses share the slots).
+struct Ring<const SIZE: usize, const E: usize> {
+    page: *mut u8,
+    /// Requests written but not yet published.
+    req_prod_pvt: u32,
+    /// Responses consumed.
+    rsp_cons: u32,
+}
+
+impl<const SIZE: usize, const E: usize> Ring<SIZE, E> {
+    fn new(page: &'static mut [u8]) -> Ring<SIZE, E> {
+        let ring = Ring {
+            page: page.as_mut_ptr(),
+            req_prod_pvt: 0,
+            rsp_cons: 0,
+        };
+        // Notify on the first request and the first response.
+        ring.header_write(|h| {
+            h.req_event = 1;
+            h.rsp_event = 1;
+        });
+        ring
+    }
+
+    fn header(&self) -> *mut SringHeader {
+        self.page as *mut SringHeader
+    }
+
+    fn header_write(&self, f: impl FnOnce(&mut SringHeader)) {
+        // SAFETY: the page is ours for good (granted to netback, which
+        // writes only rsp_prod and req_event; we write the rest).
+        unsafe { f(&mut *self.header()) }
+    }
+
+    fn slot<T: Copy>(&self, index: u32) -> *mut T {
+        debug_assert!(core::mem::size_of::<T>() <= E);
+        // SAFETY: the offset stays inside the ring page.
+        unsafe { self.page.add(64 + (index as usize % SIZE) * E) as *mut T }
+    }
+
+    fn put_request<T: Copy>(&mut self, request: T) {
+        // SAFETY: the slot is in our page; it is free, because requests
+        // outstanding never exceed SIZE (callers check `free_slots`).
+        unsafe { self.slot::<T>(self.req_prod_pvt).write_volatile(request) };
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+    }
+
+    /// Publishes the requests written; true if netback must be told.
+    fn push(&mut self) -> bool {
+        let header = self.header();
+        // SAFETY: volatile accesses to the shared header, ordered by fences
+        // as Xen's ring protocol requires.
+        unsafe {
+            let old = core::ptr::addr_of!((*header).req_prod).read_volatile();
+            if old == self.req_prod_pvt {
+                return false;
+            }
+            fence(Ordering::Release);
+            core::ptr::addr_of_mut!((*header).req_prod).write_volatile(self.req_prod_pvt);
+            fence(Ordering::SeqCst);
+            let event = core::ptr::addr_of!((*header).req_event).read_volatile();
+            self.req_prod_pvt.wrapping_sub(event) < self.req_prod_pvt.wrapping_sub(old)
+        }
+    }
+
+    fn responses(&self) -> bool {
+        // SAFETY: as in `push`.
+        let prod = unsafe { core::ptr::addr_of!((*self.header()).rsp_prod).read_volatile() };
+        fence(Ordering::Acquire);
+        prod != self.rsp_cons
+    }
+
+    fn take_response<T: Copy>(&mut self) -> Option<T> {
+        if !self.responses() {
+            return None;
+        }
+        // SAFETY: netback wrote this slot before publishing rsp_prod past it.
+        let response = unsafe { self.slot::<T>(self.rsp_cons).read_volatile() };
+        self.rsp_cons = self.rsp_cons.wrapping_add(1);
+        Some(response)
+    }
+
+    /// Asks to be notified of the next response.
+    fn arm(&self) {
+        let next = self.rsp_cons.wrapping_add(1);
+        // SAFETY: as in `push`.
+        unsafe { core::ptr::addr_of_mut!((*self.header()).rsp_event).write_volatile(next) };
+        fence(Ordering::SeqCst);
+    }
+}
+
+struct Rx {
+    ring: Ring<NET_RX_RING_SIZE, 8>,
+    pages: &'static mut [u8],
+    grefs: &'static mut [u32],
+    /// A frame taken from the ring and not yet handed to smoltcp.
+    ready: Option<NetifRxResponse>,
+}
+
+impl Rx {
+    fn post(&mut self, id: u16) {
+        let gref = self.grefs[id as usize];
+        self.ring.put_request(NetifRxRequest { id, pad: 0, gref });
+    }
+
+    /// The next good frame, if one came; bad ones are reposted at once.
+    fn next(&mut self) -> Option<NetifRxResponse> {
+        if self.ready.is_some() {
+            return self.ready;
+        }
+        while let Some(rsp) = self.ring.take_response::<NetifRxResponse>() {
+            let good = rsp.status > 0
+                && (rsp.id as usize) < NET_RX_RING_SIZE
+                && rsp.offset as usize + rsp.status as usize <= 4096
+                && rsp.flags & (NETRXF_MORE_DATA | NETRXF_EXTRA_INFO) == 0;
+            if good {
+                self.ready = Some(rsp);
+                return self.ready;
+            }
+            if (rsp.id as usize) < NET_RX_RING_SIZE {
+                self.post(rsp.id);
+            }
+        }
+        None
+    }
+}
+
+struct Tx {
+    ring: Ring<NET_TX_RING_SIZE, 12>,
+    pages: &'static mut [u8],
+    grefs: &'static mut [u32],
+    free: &'static mut [u16],
+    free_len: usize,
+}
+
+impl Tx {
+    fn reap(&mut self) {
+        while let Some(rsp) = self.ring.take_response::<NetifTxResponse>() {
+            if (rsp.id as usize) < NET_TX_RING_SIZE && self.free_len < self.free.len() {
+                self.free[self.free_len] = rsp.id;
+                self.free_len += 1;
+            }
+        }
+    }
+
+    fn send<R>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.free_len -= 1;
+        let id = self.free[self.free_len];
+        let start = id as usize * TX_SLOT;
+        let result = fill(&mut self.pages[start..start + len]);
+        self.ring.put_request(NetifTxRequest {
+            gref: self.grefs[id as usize / 2],
+            offset: (start % 4096) as u16,
+            flags: 0,
+            id,
+            size: len as u16,
+        });
+        result
+    }
+}
+
+pub struct NetDevice {
+    rx: Rx,
+    tx: Tx,
+    port: u32,
+    mtu: usize,
+}
+
+fn store_err(what: &'static str) -> impl FnOnce(xenstore::Error) -> NetError {
+    move |err| {
+        crate::println!("netfront: {what}: {err}");
+        NetError::Device(what)
+    }
+}
+
+impl NetDevice {
+    pub(crate) fn new(net: &NetConfig) -> Result<NetDevice, NetError> {
+        let mtu = net.mtu as usize;
+        if mtu + ETHERNET_HEADER_LEN > TX_SLOT {
+            return Err(NetError::Device("MTU above 2034 is not supported on Xen"));
+        }
+        let mut buf = [0u8; 128];
+        let backend_id: u16 = xenstore::read(xs_path!("{VIF}/backend-id").as_str(), &mut buf)
+            .map_err(store_err("reading backend-id"))?
+            .parse()
+            .map_err(|_| NetError::Device("backend-id is not a domain id"))?;
+        let mut backend = [0u8; 128];
+        let backend = xenstore::read(xs_path!("{VIF}/backend").as_str(), &mut backend)
+            .map_err(store_err("reading backend"))?;
+
+        let pages = |n| heap::pages(n).ok_or(NetError::OutOfMemory);
+        let tx_ring = pages(1)?;
+        let rx_ring = pages(1)?;
+        let grant = |addr: u64, readonly| {
+            grant::grant(backend_id, addr, readonly).map_err(NetError::Device)
+        };
+        let tx_ring_ref = grant(tx_ring.as_ptr() as u64, false)?;
+        let rx_ring_ref = grant(rx_ring.as_ptr() as u64, false)?;
+        let mut rx = Rx {
+            ring: Ring::new(rx_ring),
+            pages: pages(NET_RX_RING_SIZE)?,
+            grefs: heap::array(NET_RX_RING_SIZE, |_| 0u32).ok_or(NetError::OutOfMemory)?,
+            ready: None,
+        };
+        for i in 0..NET_RX_RING_SIZE {
+            rx.grefs[i] = grant(rx.pages[i * 4096..].as_ptr() as u64, false)?;
+        }
+        let tx_pages = NET_TX_RING_SIZE * TX_SLOT / 4096;
+        let tx = Tx {
+            ring: Ring::new(tx_ring),
+            pages: pages(tx_pages)?,
+            grefs: heap::array(tx_pages, |_| 0u32).ok_or(NetError::OutOfMemory)?,
+            free: heap::array(NET_TX_RING_SIZE, |i| i as u16).ok_or(NetError::OutOfMemory)?,
+            free_len: NET_TX_RING_SIZE,
+        };
+        for i in 0..tx_pages {
+            tx.grefs[i] = grant(tx.pages[i * 4096..].as_ptr() as u64, true)?;
+        }
+        for id in 0..NET_RX_RING_SIZE as u16 {
+            rx.post(id);
+        }
+        rx.ring.push();
+        let port =
+            events::alloc_unbound(backend_id).map_err(|_| NetError::Device("no event channel"))?;
+
+        // The handshake: wait for netback to be ready for us, publish our
+        // rings, say we are connected, wait until netback is too.
+        let backend_state = xs_path!("{backend}/state");
+        xenstore::watch(backend_state.as_str(), "netfront")
+            .map_err(store_err("watching the backend"))?;
+        wait_for_state(backend_state.as_str(), |s| s >= 2)?;
+        let mut text = xenstore::Text::<16>::new();
+        for (key, value) in [
+            ("tx-ring-ref", tx_ring_ref),
+            ("rx-ring-ref", rx_ring_ref),
+            ("event-channel", port),
+            ("request-rx-copy", 1),
+            ("feature-rx-notify", 1),
+            ("feature-no-csum-offload", 1),
+            ("feature-sg", 0),
+            ("feature-gso-tcpv4", 0),
+            ("state", XENBUS_STATE_CONNECTED),
+        ] {
+            text = xenstore::Text::new();
+            let _ = core::fmt::Write::write_fmt(&mut text, format_args!("{value}"));
+            xenstore::write(xs_path!("{VIF}/{key}").as_str(), text.as_str())
+                .map_err(store_err("writing the frontend's keys"))?;
+        }
+        let _ = text;
+        wait_for_state(backend_state.as_str(), |s| s == XENBUS_STATE_CONNECTED)?;
+        events::notify(port);
+        Ok(NetDevice { rx, tx, port, mtu })
+    }
+
+    /// Publishes queued frames (and reposted rx buffers) to netback.
+    pub(crate) fn flush(&mut self) {
+        let rx = self.rx.ring.push();
+        let tx = self.tx.ring.push();
+        if rx || tx {
+            events::notify(self.port);
+        }
+    }
+
+    /// Whether a received frame waits to be consumed.
+    pub(crate) fn pending(&mut self) -> bool {
+        self.rx.next().is_some()
+    }
+
+    /// Blocks until netback has news or `timeout_nanos` passed.
+    pub(crate) fn wait(&mut self, timeout_nanos: u64) {
+        events::take(self.port);
+        self.rx.ring.arm();
+        self.tx.ring.arm();
+        if self.pending() {
+            return;
+        }
+        events::wait(&[self.port], timeout_nanos);
+        events::take(self.port);
+    }
+}
+
+fn wait_for_state(path: &str, ok: impl Fn(u32) -> bool) -> Result<(), NetError> {
+    let deadline = events::system_time_nanos() + CONNECT_NANOS;
+    loop {
+        let mut buf = [0u8; 16];
+        let state = xenstore::read(path, &mut buf)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if ok(state) {
+            return Ok(());
+        }
+        if state >= XENBUS_STATE_CLOSING {
+            return Err(NetError::Device("netback is closing"));
+        }
+        let now = events::system_time_nanos();
+        if now >= deadline {
+            return Err(NetError::Device("netback did not connect"));
+        }
+        xenstore::wait_for_event(deadline - now);
+    }
+}
+
+pub struct RxToken<'a> {
+    rx: &'a mut Rx,
+}
+
+pub struct TxToken<'a> {
+    tx: &'a mut Tx,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let rsp = self
+            .rx
+            .ready
+            .take()
+            .expect("a token is made only for a ready frame");
+        let start = rsp.id as usize * 4096 + rsp.offset as usize;
+        let result = f(&self.rx.pages[start..start + rsp.status as usize]);
+        self.rx.post(rsp.id);
+        result
+    }
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.tx.send(len, f)
+    }
+}
+
+impl phy::Device for NetDevice {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        self.rx.next()?;
+        self.tx.reap();
+        if self.tx.free_len == 0 {
+            return None;
+        }
+        Some((RxToken { rx: &mut self.rx }, TxToken { tx: &mut self.tx }))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+        self.tx.reap();
+        (self.tx.free_len > 0).then_some(TxToken { tx: &mut self.tx })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = self.mtu + ETHERNET_HEADER_LEN;
+        caps.max_burst_size = Some(NET_TX_RING_SIZE);
+        caps
+    }
+}

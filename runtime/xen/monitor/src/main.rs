@@ -1,0 +1,197 @@
+//! `jitsu-xen-monitor`: one unikernel as a Xen domain, from dom0. `jitsu run
+//! --hypervisor xen` (or `jitsu run` on a dom0) execs it with the flags it
+//! would give the KVM monitor: build the domain paused, relay its console to
+//! stdout, unpause, and end with its exit status; SIGINT or SIGTERM destroys
+//! it (status 128 + the signal).
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use jitsu_runtime::args;
+use jitsu_runtime::GuestReport;
+use jitsu_xen::{Domain, DomainConfig, NetConfig, Toolstack};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+#[derive(Parser)]
+#[command(
+    name = "jitsu run --hypervisor xen",
+    version,
+    about = "Boot a unikernel as a Xen PVH domain (run in dom0)."
+)]
+struct Args {
+    /// Guest memory (a multiple of 1M, 4M to 4G).
+    #[arg(long, default_value = "16M", value_parser = args::parse_size)]
+    mem: u64,
+    /// The bridge for the domain's vif (made, and brought up, if missing).
+    #[arg(long, value_name = "BRIDGE")]
+    net: Option<String>,
+    /// The guest's MAC address (default: 02:4a and the four bytes of --ip).
+    #[arg(long, value_parser = args::parse_mac, requires = "net")]
+    mac: Option<[u8; 6]>,
+    /// The guest's IPv4 address and prefix length.
+    #[arg(long, value_name = "ADDR/PREFIX", value_parser = args::parse_cidr, requires = "net")]
+    ip: Option<(Ipv4Addr, u8)>,
+    /// The guest's default gateway (a bridge this monitor makes gets this address).
+    #[arg(long, value_name = "ADDR", requires = "net")]
+    gw: Option<Ipv4Addr>,
+    /// An initial ramdisk, for stock kernels (a Linux PVH kernel).
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// The domain's name in Xen (default: jitsu-<kernel>-<pid>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Print build, unpause and first console byte, in microseconds.
+    #[arg(long)]
+    timings: bool,
+    /// The unikernel (an ELF with Xen's PVH note, or a Linux bzImage).
+    kernel: PathBuf,
+    /// Command line handed to the guest.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    jitsu_runtime::logging::init_monitor_logging();
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("jitsu: error: {err:#}");
+            ExitCode::from(jitsu_runtime::EXIT_SETUP_FAILED as u8)
+        }
+    }
+}
+
+fn config(args: &Args) -> Result<DomainConfig> {
+    let stem = args
+        .kernel
+        .file_stem()
+        .map(|s| {
+            s.to_string_lossy()
+                .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+        })
+        .unwrap_or_else(|| "guest".into());
+    let net = match &args.net {
+        Some(bridge) => {
+            let Some((ipv4, prefix_len)) = args.ip else {
+                bail!("--net {bridge} needs --ip ADDR/PREFIX: the guest has no other way to learn its address");
+            };
+            Some(NetConfig {
+                bridge: bridge.clone(),
+                mac: args.mac.unwrap_or_else(|| args::default_mac(Some(ipv4))),
+                ipv4,
+                prefix_len,
+                gateway: args.gw,
+            })
+        }
+        None => None,
+    };
+    Ok(DomainConfig {
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("jitsu-{stem}-{}", std::process::id())),
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline: args.args.join(" "),
+        memory: args.mem,
+        net,
+    })
+}
+
+fn run(args: Args) -> Result<u8> {
+    let start = Instant::now();
+    let config = config(&args)?;
+    // Blocked before anything else, so that a signal during the build is
+    // seen (and destroys the domain) rather than killing us halfway.
+    let signals = termination_signals()?;
+    let verbosity = std::env::var("JITSU_XEN_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let toolstack = Toolstack::open(verbosity)?;
+    let mut domain = Domain::create_paused(toolstack, &config)
+        .with_context(|| format!("{}", args.kernel.display()))?;
+    let built = start.elapsed();
+    if let Some(signal) = pending_signal(&signals) {
+        drop(domain);
+        return Ok(128 + signal);
+    }
+    domain.unpause()?;
+    let mut stdout = std::io::stdout();
+    let mut stopped_by = None;
+    let watch_fd = domain.watch()?.try_clone_to_owned().context("watch fd")?;
+    loop {
+        let console = domain
+            .console_fd()
+            .map(|fd| fd.try_clone_to_owned())
+            .transpose()?;
+        let mut fds = vec![
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(watch_fd.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(console) = &console {
+            fds.push(PollFd::new(console.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e).context("waiting for the domain"),
+        }
+        let readable = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        if fds.get(2).is_some_and(readable) {
+            domain.relay_console(&mut stdout);
+        }
+        if readable(&fds[0]) {
+            stopped_by = pending_signal(&signals);
+            break;
+        }
+        if readable(&fds[1]) && domain.ended()? {
+            break;
+        }
+    }
+    let report = domain
+        .finish(&mut stdout, stopped_by.is_some())
+        .with_context(|| format!("{}", args.kernel.display()))?;
+    if let Some(what) = report.describe() {
+        eprintln!("jitsu: {}: {what}", args.kernel.display());
+    }
+    if args.timings {
+        let us = |d: Option<std::time::Duration>| {
+            d.map_or("unknown".into(), |d| d.as_micros().to_string())
+        };
+        eprintln!(
+            "jitsu: timings (us): build={} unpaused={} first_console_byte_after_unpause={}",
+            built.as_micros(),
+            us(report.created_to_unpaused),
+            us(report.unpaused_to_console),
+        );
+    }
+    Ok(match stopped_by {
+        Some(signal) => 128 + signal,
+        None => report.exit_code(),
+    })
+}
+
+fn termination_signals() -> Result<SignalFd> {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("blocking SIGINT/SIGTERM")?;
+    SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")
+}
+
+fn pending_signal(signals: &SignalFd) -> Option<u8> {
+    signals
+        .read_signal()
+        .ok()
+        .flatten()
+        .map(|s| s.ssi_signo as u8)
+}

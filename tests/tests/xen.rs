@@ -1,0 +1,150 @@
+//! The Xen backend, on real Xen: boots the Xen test bed (Xen 4.17 and a
+//! Debian dom0 under QEMU's emulation, `scripts/xen-testbed.sh`) once, runs
+//! the Xen suite (`src/bin/jitsu-xen-suite.rs`) in its dom0 against the
+//! freshly built binaries and Xen guests, and checks that every one of its
+//! tests ran and passed. Its output, the suite's per-test lines included,
+//! is printed as it comes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// How many tests the suite has; a suite that ran fewer hid something.
+const SUITE_TESTS: usize = 7;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make build`)", from.display()));
+}
+
+/// Copies a host binary without its line tables: everything in the share
+/// rides in dom0's initramfs, in its memory.
+fn copy_stripped(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(to)
+        .arg(from)
+        .status()
+        .expect("strip");
+    assert!(
+        status.success(),
+        "strip {} (run `make build`)",
+        from.display()
+    );
+}
+
+/// A Linux initramfs whose init prints one line and powers off.
+fn linux_initrd(dir: &Path) -> PathBuf {
+    let tree = dir.join("initrd-tree");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    copy(Path::new("/bin/busybox"), &tree.join("bin/busybox"));
+    std::fs::write(
+        tree.join("init"),
+        "#!/bin/busybox sh\n/bin/busybox echo jitsu-linux-guest-ok\n/bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        tree.join("init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = dir.join("initrd.cpio");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet > \"$0\"")
+        .arg(&out)
+        .current_dir(&tree)
+        .status()
+        .expect("cpio");
+    assert!(status.success(), "building the Linux guest's initramfs");
+    std::fs::remove_dir_all(&tree).unwrap();
+    out
+}
+
+#[test]
+fn the_xen_suite_passes_in_a_xen_dom0() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the Xen test bed needs root (apt, QEMU)"
+    );
+    let image = Command::new(root().join("scripts/xen-testbed/image.sh"))
+        .output()
+        .expect("image.sh");
+    assert!(
+        image.status.success(),
+        "building the test bed image: {}",
+        String::from_utf8_lossy(&image.stderr)
+    );
+    let image = PathBuf::from(String::from_utf8(image.stdout).unwrap().trim());
+
+    let share = tempfile::tempdir().unwrap();
+    let s = share.path();
+    let env_or = |var: &str, default: PathBuf| std::env::var_os(var).map_or(default, PathBuf::from);
+    let target = root().join("target/release");
+    copy_stripped(
+        &env_or("JITSU_BIN", target.join("jitsu")),
+        &s.join("bin/jitsu"),
+    );
+    copy_stripped(
+        &target.join("jitsu-xen-monitor"),
+        &s.join("bin/jitsu-xen-monitor"),
+    );
+    copy_stripped(
+        &target.join("jitsu-xen-suite"),
+        &s.join("bin/jitsu-xen-suite"),
+    );
+    let xen_guests = env_or(
+        "JITSU_XEN_GUESTS",
+        root().join("guest/target/xen/x86_64-unknown-linux-gnu/release"),
+    );
+    let kvm_guests = env_or(
+        "JITSU_GUESTS",
+        root().join("guest/target/x86_64-unknown-linux-gnu/release"),
+    );
+    for guest in ["abi-test", "hello-http"] {
+        copy(&xen_guests.join(guest), &s.join("guests/xen").join(guest));
+    }
+    copy(&kvm_guests.join("abi-test"), &s.join("guests/kvm/abi-test"));
+    copy(&image.join("vmlinuz"), &s.join("linux/vmlinuz"));
+    let initrd = linux_initrd(&s.join("linux"));
+    assert!(initrd.exists());
+
+    let script = "JITSU_BIN=/jitsu/bin/jitsu JITSU_XEN_MONITOR=/jitsu/bin/jitsu-xen-monitor \
+        JITSU_XEN_GUESTS=/jitsu/guests/xen JITSU_KVM_GUESTS=/jitsu/guests/kvm \
+        JITSU_LINUX_KERNEL=/jitsu/linux/vmlinuz JITSU_LINUX_INITRD=/jitsu/linux/initrd.cpio \
+        /jitsu/bin/jitsu-xen-suite --color never";
+    let mut testbed = Command::new(root().join("scripts/xen-testbed.sh"))
+        .args(["run", "--share"])
+        .arg(s)
+        .args(["--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("xen-testbed.sh");
+    let mut passed = None;
+    for line in BufReader::new(testbed.stdout.take().unwrap())
+        .lines()
+        .map_while(|l| l.ok())
+    {
+        println!("dom0| {line}");
+        if let Some(rest) = line.strip_prefix("test result: ok. ") {
+            passed = rest.split(' ').next().and_then(|n| n.parse::<usize>().ok());
+        }
+    }
+    let status = testbed.wait().unwrap();
+    assert!(
+        status.success(),
+        "the Xen suite failed in dom0 ({status}); its output is above"
+    );
+    assert_eq!(
+        passed,
+        Some(SUITE_TESTS),
+        "the suite did not report all {SUITE_TESTS} tests passed"
+    );
+}
