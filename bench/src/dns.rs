@@ -92,31 +92,9 @@ fn load_names(
 
 /// Another directory, for `upstream.test.`, on 127.0.0.2:53 of the node's
 /// namespace: the forwarder's upstream.
-fn start_upstream(node: &Node) -> Result<jitsu_e2e::process::Guarded> {
-    let socket = node.dir.path().join("upstream.sock");
-    let mut cmd = node.ns.command(jitsu_e2e::jitsu_bin());
-    cmd.args([
-        "daemon",
-        "--dns-listen",
-        "127.0.0.2:53",
-        "--zone",
-        "upstream.test.",
-    ])
-    .arg("--xenstore-listen")
-    .arg(&socket)
-    .stderr(std::process::Stdio::null());
-    let upstream = jitsu_e2e::process::Guarded::spawn(&mut cmd);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        ensure!(Instant::now() < deadline, "the upstream did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(upstream)
-}
-
 pub fn rows(quick: bool) -> Result<Vec<Row>> {
     let node = Node::start(false, &["--forward", "127.0.0.2:53"]);
-    let _upstream = start_upstream(&node)?;
+    let (_upstream, _) = node.start_upstream();
     let cycles = if quick { 10 } else { 60 };
     let (mut parked, mut running) = (Samples::new(), Samples::new());
     for i in 0..cycles {

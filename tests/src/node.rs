@@ -104,6 +104,35 @@ impl Node {
     }
 
     /// `dig` in the namespace against the node's DNS; `extra` like `+tcp`.
+    /// A second `jitsu daemon` in the node's namespace, at 127.0.0.2:53,
+    /// serving `upstream.test.` from its own XenStore: what the node's DNS
+    /// forwards to when started with `--forward 127.0.0.2:53`. Returns it
+    /// and its XenStore socket, once that accepts connections.
+    pub fn start_upstream(&self) -> (Guarded, PathBuf) {
+        let socket = self.dir.path().join("upstream.sock");
+        let mut cmd = self.ns.command(jitsu_bin());
+        cmd.args([
+            "daemon",
+            "--dns-listen",
+            "127.0.0.2:53",
+            "--zone",
+            "upstream.test.",
+        ])
+        .arg("--xenstore-listen")
+        .arg(&socket)
+        .stderr(Stdio::null());
+        let upstream = Guarded::spawn(&mut cmd);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (upstream, socket)
+    }
+
     pub fn dig(&self, name: &str, qtype: &str, extra: &[&str]) -> String {
         let mut cmd = self.ns.command("dig");
         cmd.args(["@127.0.0.1", "+time=2", "+tries=1", name, qtype])

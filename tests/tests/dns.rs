@@ -53,24 +53,7 @@ fn record_types_over_udp_and_tcp() {
 fn names_outside_the_zone_are_forwarded() {
     let node = Node::start(false, &["--forward", "127.0.0.2:53"]);
     // The upstream: another directory, for another zone, in the same namespace.
-    let upstream_store = node.dir.path().join("upstream.sock");
-    let mut cmd = node.ns.command(jitsu_bin());
-    cmd.args([
-        "daemon",
-        "--dns-listen",
-        "127.0.0.2:53",
-        "--zone",
-        "upstream.test.",
-        "--xenstore-listen",
-    ])
-    .arg(&upstream_store)
-    .stderr(Stdio::null());
-    let _upstream = Guarded::spawn(&mut cmd);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&upstream_store).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (_upstream, upstream_store) = node.start_upstream();
     for (key, value) in [("ip", "10.1.2.3"), ("state", "running")] {
         assert!(xenstore_write(
             &upstream_store,
