@@ -49,11 +49,13 @@ lint:
 ## cargo-nextest when present (one summary line at the end), else cargo test.
 ## Then the containerd and CRI suites again against containerd 2.x (Debian
 ## unstable's, fetched into a cache, never installed: see the script),
-## selected from the whole workspace so that nothing is built again.
+## selected from the whole workspace so that nothing is built again. Last,
+## the Xen suite in the Xen test bed, alone: its emulated machine takes both
+## cores for a couple of minutes, which would starve the timed KVM tests.
 CONTAINERD_SUITES := containerd cri lifecycle install_node
 test: deps build lint
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --release --workspace --no-fail-fast; \
+	  $(CARGO) nextest run --release --workspace --no-fail-fast -E 'not binary(xen)'; \
 	else \
 	  $(CARGO) test --release --workspace --lib --bins --tests --no-fail-fast; \
 	fi
@@ -65,6 +67,10 @@ test: deps build lint
 	else \
 	  JITSU_CONTAINERD_DIR=$$dir $(CARGO) test --release --workspace --no-fail-fast \
 	    $(foreach s,$(CONTAINERD_SUITES),--test $(s)); \
+	fi
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  echo "== the Xen suite, in a dom0 of the Xen test bed (scripts/xen-testbed.sh)" && \
+	  $(CARGO) nextest run --release --workspace --no-fail-fast -E 'binary(xen)'; \
 	fi
 
 ## Boot hello-http in a private network namespace and fetch a page, narrated.

@@ -10,11 +10,16 @@ mod monitor;
 mod parking;
 mod stats;
 mod timeline;
+mod xen;
 mod xenstore;
 
 fn main() -> anyhow::Result<()> {
-    jitsu_e2e::require_root_and_kvm();
     let quick = std::env::var_os("JITSU_BENCH_QUICK").is_some();
+    // Inside the Xen test bed's dom0 (started by the `xen` section).
+    if std::env::args().nth(1).as_deref() == Some("xen-dom0") {
+        return xen::dom0_rows(quick);
+    }
+    jitsu_e2e::require_root_and_kvm();
     let machine = machine();
     println!("# jitsu bench on {machine}\n");
     // `jitsu-bench [SECTION...]` runs only those sections.
@@ -49,6 +54,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("xenstore") {
         rows.extend(xenstore::rows(quick)?);
+    }
+    if wanted("xen") {
+        rows.extend(xen::rows(quick)?);
     }
     stats::print_table(&rows);
     Ok(())

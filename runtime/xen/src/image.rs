@@ -111,6 +111,27 @@ mod tests {
         assert_eq!(check(&image).unwrap(), KernelKind::BzImage);
     }
 
+    proptest::proptest! {
+        /// Whatever the bytes, the check answers without crashing, and
+        /// refuses them unless they carry a bzImage header.
+        #[test]
+        fn any_bytes_are_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            proptest::prop_assert!(check(&bytes).is_err() || is_bzimage(&bytes));
+        }
+
+        /// A real ELF (without Xen's note) with bytes flipped here and
+        /// there never crashes the check and is never taken for PVH.
+        #[test]
+        fn a_damaged_elf_is_not_taken_for_pvh(flips in proptest::collection::vec((0usize..8192, proptest::num::u8::ANY), 1..32)) {
+            let mut me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+            me.truncate(8192);
+            for (at, byte) in flips {
+                me[at] = byte;
+            }
+            proptest::prop_assert!(!matches!(check(&me), Ok(KernelKind::PvhElf)));
+        }
+    }
+
     #[test]
     fn refuses_an_elf_without_the_pvh_note() {
         // This test binary is an x86-64 ELF without Xen's notes.

@@ -273,7 +273,29 @@ impl NetDevice {
         let _ = text;
         wait_for_state(backend_state.as_str(), |s| s == XENBUS_STATE_CONNECTED)?;
         events::notify(port);
-        Ok(NetDevice { rx, tx, port, mtu })
+        let mut device = NetDevice { rx, tx, port, mtu };
+        device.announce(net);
+        Ok(device)
+    }
+
+    /// Sends a gratuitous ARP for our address: a client in dom0 that asked
+    /// for it while the vif was not yet connected has its question lost,
+    /// and would otherwise wait a second for its own retry.
+    fn announce(&mut self, net: &NetConfig) {
+        let mut frame = [0u8; 42];
+        frame[0..6].copy_from_slice(&[0xff; 6]);
+        frame[6..12].copy_from_slice(&net.mac);
+        frame[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        // Ethernet, IPv4, 6 + 4 byte addresses, request.
+        frame[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        frame[22..28].copy_from_slice(&net.mac);
+        frame[28..32].copy_from_slice(&net.ipv4);
+        frame[38..42].copy_from_slice(&net.ipv4);
+        self.tx.reap();
+        if self.tx.free_len > 0 {
+            self.tx.send(frame.len(), |buf| buf.copy_from_slice(&frame));
+            self.flush();
+        }
     }
 
     /// Publishes queued frames (and reposted rx buffers) to netback.

@@ -1,0 +1,379 @@
+//! Xen rows, measured in the Xen test bed's dom0 (Xen under QEMU's
+//! emulation: only the ratios mean anything). On the host, `rows` boots the
+//! test bed and runs `jitsu-bench xen-dom0` there; that prints one line per
+//! row with its raw samples, which become rows of the host's table.
+//!
+//! - create → first console line: `jitsu run --hypervisor xen abi-test`
+//!   against `xl create -p`, `xl console`, `xl unpause` of the same guest;
+//! - create → first HTTP byte: hello-http through our backend against `xl
+//!   create -p` + the same XenStore keys + `xl unpause`;
+//! - unpause → first HTTP byte of a built, paused hello-http, against a
+//!   request to it once it runs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::stats::{Row, Samples, Unit};
+
+const ROW_TAG: &str = "jitsu-bench-row";
+const EMULATED: &str = " (emulated)";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn strip_into(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to.parent().unwrap())?;
+    let ok = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(to)
+        .arg(from)
+        .status()?
+        .success();
+    if !ok {
+        bail!("strip {}", from.display());
+    }
+    Ok(())
+}
+
+/// Host side: the rows, measured in a dom0 of the test bed.
+pub fn rows(quick: bool) -> Result<Vec<Row>> {
+    let share = tempfile::tempdir()?;
+    let s = share.path();
+    let target = root().join("target/release");
+    strip_into(&std::env::current_exe()?, &s.join("bin/jitsu-bench"))?;
+    strip_into(&target.join("jitsu"), &s.join("bin/jitsu"))?;
+    strip_into(
+        &target.join("jitsu-xen-monitor"),
+        &s.join("bin/jitsu-xen-monitor"),
+    )?;
+    let guests = std::env::var_os("JITSU_XEN_GUESTS").map_or_else(
+        || root().join("guest/target/xen/x86_64-unknown-linux-gnu/release"),
+        PathBuf::from,
+    );
+    for guest in ["abi-test", "hello-http"] {
+        std::fs::create_dir_all(s.join("guests"))?;
+        std::fs::copy(guests.join(guest), s.join("guests").join(guest))
+            .with_context(|| format!("{guest}: run `make guests`"))?;
+    }
+    let script = format!(
+        "JITSU_XEN_MONITOR=/jitsu/bin/jitsu-xen-monitor {} /jitsu/bin/jitsu-bench xen-dom0",
+        if quick { "JITSU_BENCH_QUICK=1" } else { "" }
+    );
+    let out = Command::new(root().join("scripts/xen-testbed.sh"))
+        .args(["run", "--share"])
+        .arg(s)
+        .args(["--", "sh", "-c", &script])
+        .stderr(Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("the Xen bench failed in dom0 ({}):\n{text}", out.status);
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix(ROW_TAG))
+        .map(parse_row)
+        .collect()
+}
+
+fn parse_row(line: &str) -> Result<Row> {
+    let fields: Vec<&str> = line.trim_start_matches('\t').split('\t').collect();
+    let [name, baseline_name, samples, baseline] = fields[..] else {
+        bail!("a malformed row from dom0: {line:?}");
+    };
+    let parse = |s: &str| -> Result<Samples> {
+        let mut samples = Samples::new();
+        for v in s.split(',').filter(|v| !v.is_empty()) {
+            samples.push_value(v.parse()?);
+        }
+        Ok(samples)
+    };
+    Ok(Row {
+        name: format!("{name}{EMULATED}"),
+        samples: parse(samples)?,
+        baseline_name: baseline_name.to_string(),
+        baseline: parse(baseline)?,
+        unit: Unit::Time,
+    })
+}
+
+fn print_row(name: &str, samples: &[f64], baseline_name: &str, baseline: &[f64]) {
+    let join = |v: &[f64]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    println!(
+        "{ROW_TAG}\t{name}\t{baseline_name}\t{}\t{}",
+        join(samples),
+        join(baseline)
+    );
+}
+
+/// Inside dom0: measures and prints the rows.
+pub fn dom0_rows(quick: bool) -> Result<()> {
+    let n = if quick { 3 } else { 10 };
+    let guests = PathBuf::from("/jitsu/guests");
+    let jitsu = PathBuf::from("/jitsu/bin/jitsu");
+    let bridge = "jxbench0";
+    let mut ours_console = Vec::new();
+    let mut xl_console = Vec::new();
+    let mut ours_http = Vec::new();
+    let mut xl_http = Vec::new();
+    for i in 0..n {
+        ours_console.push(ours_to_console(&jitsu, &guests.join("abi-test"), i)?);
+        xl_console.push(xl_to_console(&guests.join("abi-test"), i)?);
+        ours_http.push(ours_to_http(&jitsu, &guests.join("hello-http"), bridge, i)?);
+        xl_http.push(xl_to_http(&guests.join("hello-http"), bridge, i)?);
+    }
+    print_row(
+        "Xen: create → first console line",
+        &ours_console,
+        "xl create -p + console + unpause",
+        &xl_console,
+    );
+    print_row(
+        "Xen: create → first HTTP byte",
+        &ours_http,
+        "xl create -p + keys + unpause",
+        &xl_http,
+    );
+    let (unpause, running) = unpause_to_http(&guests.join("hello-http"), bridge, n)?;
+    print_row(
+        "Xen: unpause → first HTTP byte",
+        &unpause,
+        "a request while it runs",
+        &running,
+    );
+    let _ = Command::new("ip").args(["link", "del", bridge]).status();
+    Ok(())
+}
+
+/// Spawn to the first line containing `needle` on stdout, then waits for the end.
+fn time_to_line(mut cmd: Command, needle: &str) -> Result<f64> {
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen = lines
+        .by_ref()
+        .map_while(|l| l.ok())
+        .any(|l| l.contains(needle));
+    let elapsed = start.elapsed().as_secs_f64();
+    for _ in lines {}
+    child.wait()?;
+    if !seen {
+        bail!("{cmd:?} never printed {needle:?}");
+    }
+    Ok(elapsed)
+}
+
+fn ours_to_console(jitsu: &Path, guest: &Path, i: usize) -> Result<f64> {
+    let mut cmd = Command::new(jitsu);
+    cmd.args([
+        "run",
+        "--hypervisor",
+        "xen",
+        "--mem",
+        "32M",
+        "--name",
+        &format!("jb-ours-{i}"),
+    ])
+    .arg(guest)
+    .args(["--", "hello"]);
+    time_to_line(cmd, "hello from abi-test")
+}
+
+/// `xl` as a user drives it: build paused, attach the console, unpause
+/// (attaching after the start would miss a short guest's output).
+fn xl_to_console(guest: &Path, i: usize) -> Result<f64> {
+    let name = format!("jb-xl-{i}");
+    let cfg = std::env::temp_dir().join(format!("{name}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "type=\"pvh\"\nname=\"{name}\"\nkernel=\"{}\"\nmemory=32\ncmdline=\"hello\"\non_poweroff=\"preserve\"\n",
+            guest.display()
+        ),
+    )?;
+    let start = Instant::now();
+    if !Command::new("xl")
+        .arg("create")
+        .arg("-p")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .status()?
+        .success()
+    {
+        bail!("xl create -p {}", cfg.display());
+    }
+    let mut console = Command::new("xl")
+        .args(["console", &name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Command::new("xl").args(["unpause", &name]).status()?;
+    let lines = BufReader::new(console.stdout.take().unwrap()).lines();
+    let seen = lines
+        .map_while(|l| l.ok())
+        .any(|l| l.contains("hello from abi-test"));
+    let elapsed = start.elapsed().as_secs_f64();
+    Command::new("xl").args(["destroy", &name]).status()?;
+    console.wait()?;
+    if !seen {
+        bail!("xl console {name} never showed the guest's line");
+    }
+    Ok(elapsed)
+}
+
+/// Connects and GETs `/` until a first byte comes back; returns when it did.
+fn first_http_byte(addr: SocketAddr, deadline: Instant) -> Result<Instant> {
+    loop {
+        if Instant::now() > deadline {
+            bail!("{addr} never answered");
+        }
+        let attempt = Instant::now();
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            // Refused or unreachable at once (no ARP answer yet): the only
+            // way to see the guest's first answer is to ask again; not in a
+            // hot loop, which would take the emulated CPUs from the guest.
+            if attempt.elapsed() < Duration::from_millis(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        if stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            continue;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(1) = stream.read(&mut byte) {
+            return Ok(Instant::now());
+        }
+    }
+}
+
+fn guest_addr(i: usize) -> (String, SocketAddr) {
+    let ip = format!("10.93.0.{}", 10 + i);
+    let addr = format!("{ip}:80").parse().unwrap();
+    (ip, addr)
+}
+
+fn ours_to_http(jitsu: &Path, guest: &Path, bridge: &str, i: usize) -> Result<f64> {
+    let (ip, addr) = guest_addr(i);
+    let start = Instant::now();
+    let mut child = Command::new(jitsu)
+        .args([
+            "run",
+            "--hypervisor",
+            "xen",
+            "--mem",
+            "32M",
+            "--name",
+            &format!("jb-http-{i}"),
+            "--net",
+            bridge,
+        ])
+        .args(["--ip", &format!("{ip}/24"), "--gw", "10.93.0.1"])
+        .arg(guest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let answered = first_http_byte(addr, start + Duration::from_secs(120));
+    terminate(&mut child)?;
+    Ok((answered? - start).as_secs_f64())
+}
+
+fn terminate(child: &mut std::process::Child) -> Result<()> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    child.wait()?;
+    Ok(())
+}
+
+fn xl_to_http(guest: &Path, bridge: &str, i: usize) -> Result<f64> {
+    let (ip, addr) = guest_addr(i + 100);
+    let name = format!("jb-xlhttp-{i}");
+    let cfg = std::env::temp_dir().join(format!("{name}.cfg"));
+    let mac = format!("02:4a:0a:5d:00:{:02x}", 110 + i);
+    std::fs::write(
+        &cfg,
+        format!(
+            "type=\"pvh\"\nname=\"{name}\"\nkernel=\"{}\"\nmemory=32\nvif=[\"bridge={bridge},mac={mac}\"]\n",
+            guest.display()
+        ),
+    )?;
+    let start = Instant::now();
+    let ok = Command::new("xl")
+        .arg("create")
+        .arg("-p")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    if !ok {
+        bail!("xl create -p {}", cfg.display());
+    }
+    let domid = String::from_utf8(Command::new("xl").args(["domid", &name]).output()?.stdout)?;
+    let home = format!("/local/domain/{}/jitsu", domid.trim());
+    for (key, value) in [
+        ("ipv4", format!("{ip}/24")),
+        ("gateway", "10.93.0.1".into()),
+    ] {
+        Command::new("xenstore-write")
+            .arg(format!("{home}/{key}"))
+            .arg(value)
+            .status()?;
+    }
+    Command::new("xl").args(["unpause", &name]).status()?;
+    let answered = first_http_byte(addr, start + Duration::from_secs(120));
+    Command::new("xl").args(["destroy", &name]).status()?;
+    Ok((answered? - start).as_secs_f64())
+}
+
+/// A hello-http built and paused through our backend (the library, as the
+/// lazy path will use it), then unpaused; and requests to it once it runs.
+fn unpause_to_http(guest: &Path, bridge: &str, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    use jitsu_xen::{Domain, DomainConfig, NetConfig, Toolstack};
+    let mut unpause = Vec::new();
+    let mut running = Vec::new();
+    for i in 0..n {
+        let (ip, addr) = guest_addr(200 + i % 50);
+        let ipv4: std::net::Ipv4Addr = ip.parse()?;
+        let config = DomainConfig {
+            name: format!("jb-paused-{i}"),
+            kernel: guest.to_path_buf(),
+            initrd: None,
+            cmdline: String::new(),
+            memory: 32 << 20,
+            net: Some(NetConfig {
+                bridge: bridge.into(),
+                mac: jitsu_runtime::args::default_mac(Some(ipv4)),
+                ipv4,
+                prefix_len: 24,
+                gateway: Some("10.93.0.1".parse()?),
+            }),
+        };
+        let mut domain = Domain::create_paused(Toolstack::open(0)?, &config)?;
+        let start = Instant::now();
+        domain.unpause()?;
+        let answered = first_http_byte(addr, start + Duration::from_secs(120))?;
+        unpause.push((answered - start).as_secs_f64());
+        let start = Instant::now();
+        let answered = first_http_byte(addr, start + Duration::from_secs(30))?;
+        running.push((answered - start).as_secs_f64());
+        drop(domain);
+    }
+    Ok((unpause, running))
+}
