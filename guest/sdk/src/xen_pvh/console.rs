@@ -4,8 +4,8 @@
 
 use core::sync::atomic::{fence, AtomicPtr, AtomicU32, Ordering};
 
-use super::defs::*;
 use super::{events, hvm_param};
+use jitsu_xen_abi::defs::*;
 
 static RING: AtomicPtr<ConsoleInterface> = AtomicPtr::new(core::ptr::null_mut());
 static PORT: AtomicU32 = AtomicU32::new(0);

@@ -4,9 +4,9 @@
 
 use core::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
 
-use super::defs::*;
 use super::hypercall;
 use super::page::Frame;
+use jitsu_xen_abi::defs::*;
 
 static SHARED_INFO_FRAME: Frame = Frame::new();
 static SHARED: AtomicPtr<SharedInfo> = AtomicPtr::new(core::ptr::null_mut());

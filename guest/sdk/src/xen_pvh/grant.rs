@@ -5,9 +5,9 @@
 
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
-use super::defs::*;
 use super::hypercall;
 use super::page::Frame;
+use jitsu_xen_abi::defs::*;
 
 const FRAMES: usize = 2;
 const ENTRIES: u32 = (FRAMES * 4096 / 8) as u32;

@@ -5,7 +5,7 @@
 use core::arch::x86_64::__cpuid;
 use core::arch::{asm, global_asm};
 
-use super::defs::nr;
+use jitsu_xen_abi::defs::nr;
 
 // Filled with int3 so that a call before `init` traps instead of sliding on.
 global_asm!(

@@ -1,10 +1,10 @@
 //! Xen PVH domains (x86-64): the guest runs in long mode it sets up itself
 //! (`start.rs`), calls Xen through the hypercall page, and talks to dom0
 //! through shared rings: console, XenStore, netfront (grant tables and event
-//! channels underneath).
+//! channels underneath). Xen's structures and the ring protocol are in
+//! `xen-abi/` (`jitsu-xen-abi`), where they are tested on the host.
 
 mod console;
-mod defs;
 mod events;
 mod grant;
 mod hypercall;
@@ -15,6 +15,7 @@ mod start;
 pub(crate) mod xenstore;
 
 use defs::*;
+use jitsu_xen_abi::defs;
 
 pub(crate) const NAME: &str = "xen-pvh";
 

@@ -3,13 +3,12 @@
 //! buffers granted once for good: netback copies received frames into our
 //! rx pages (`request-rx-copy`) and copies sent frames out of our tx pages.
 
-use core::sync::atomic::{fence, Ordering};
-
 use jitsu_abi::{NetConfig, ETHERNET_HEADER_LEN};
+use jitsu_xen_abi::defs::*;
+use jitsu_xen_abi::ring::FrontRing;
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-use super::defs::*;
 use super::netconfig::VIF;
 use super::{events, grant, xenstore};
 use crate::heap;
@@ -21,100 +20,18 @@ const TX_SLOT: usize = 2048;
 /// How long netback may take to connect (software-emulated test beds are slow).
 const CONNECT_NANOS: u64 = 60_000_000_000;
 
-/// One shared ring: a page with the header, then `SIZE` entries of `E`
-/// bytes each (requests and responses share the slots).
-struct Ring<const SIZE: usize, const E: usize> {
-    page: *mut u8,
-    /// Requests written but not yet published.
-    req_prod_pvt: u32,
-    /// Responses consumed.
-    rsp_cons: u32,
-}
+type RxRing = FrontRing<NET_RX_RING_SIZE, 8, NetifRxRequest, NetifRxResponse>;
+type TxRing = FrontRing<NET_TX_RING_SIZE, 12, NetifTxRequest, NetifTxResponse>;
 
-impl<const SIZE: usize, const E: usize> Ring<SIZE, E> {
-    fn new(page: &'static mut [u8]) -> Ring<SIZE, E> {
-        let ring = Ring {
-            page: page.as_mut_ptr(),
-            req_prod_pvt: 0,
-            rsp_cons: 0,
-        };
-        // Notify on the first request and the first response.
-        ring.header_write(|h| {
-            h.req_event = 1;
-            h.rsp_event = 1;
-        });
-        ring
-    }
-
-    fn header(&self) -> *mut SringHeader {
-        self.page as *mut SringHeader
-    }
-
-    fn header_write(&self, f: impl FnOnce(&mut SringHeader)) {
-        // SAFETY: the page is ours for good (granted to netback, which
-        // writes only rsp_prod and req_event; we write the rest).
-        unsafe { f(&mut *self.header()) }
-    }
-
-    fn slot<T: Copy>(&self, index: u32) -> *mut T {
-        debug_assert!(core::mem::size_of::<T>() <= E);
-        // SAFETY: the offset stays inside the ring page.
-        unsafe { self.page.add(64 + (index as usize % SIZE) * E) as *mut T }
-    }
-
-    fn put_request<T: Copy>(&mut self, request: T) {
-        // SAFETY: the slot is in our page; it is free, because requests
-        // outstanding never exceed SIZE (callers check `free_slots`).
-        unsafe { self.slot::<T>(self.req_prod_pvt).write_volatile(request) };
-        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
-    }
-
-    /// Publishes the requests written; true if netback must be told.
-    fn push(&mut self) -> bool {
-        let header = self.header();
-        // SAFETY: volatile accesses to the shared header, ordered by fences
-        // as Xen's ring protocol requires.
-        unsafe {
-            let old = core::ptr::addr_of!((*header).req_prod).read_volatile();
-            if old == self.req_prod_pvt {
-                return false;
-            }
-            fence(Ordering::Release);
-            core::ptr::addr_of_mut!((*header).req_prod).write_volatile(self.req_prod_pvt);
-            fence(Ordering::SeqCst);
-            let event = core::ptr::addr_of!((*header).req_event).read_volatile();
-            self.req_prod_pvt.wrapping_sub(event) < self.req_prod_pvt.wrapping_sub(old)
-        }
-    }
-
-    fn responses(&self) -> bool {
-        // SAFETY: as in `push`.
-        let prod = unsafe { core::ptr::addr_of!((*self.header()).rsp_prod).read_volatile() };
-        fence(Ordering::Acquire);
-        prod != self.rsp_cons
-    }
-
-    fn take_response<T: Copy>(&mut self) -> Option<T> {
-        if !self.responses() {
-            return None;
-        }
-        // SAFETY: netback wrote this slot before publishing rsp_prod past it.
-        let response = unsafe { self.slot::<T>(self.rsp_cons).read_volatile() };
-        self.rsp_cons = self.rsp_cons.wrapping_add(1);
-        Some(response)
-    }
-
-    /// Asks to be notified of the next response.
-    fn arm(&self) {
-        let next = self.rsp_cons.wrapping_add(1);
-        // SAFETY: as in `push`.
-        unsafe { core::ptr::addr_of_mut!((*self.header()).rsp_event).write_volatile(next) };
-        fence(Ordering::SeqCst);
-    }
+/// A ring on a fresh heap page.
+fn ring<R>(page: &'static mut [u8], make: unsafe fn(*mut u8) -> R) -> R {
+    // SAFETY: the page is zeroed, page-aligned and page-sized (heap::pages),
+    // lives forever, and is handed only to this ring (and netback).
+    unsafe { make(page.as_mut_ptr()) }
 }
 
 struct Rx {
-    ring: Ring<NET_RX_RING_SIZE, 8>,
+    ring: RxRing,
     pages: &'static mut [u8],
     grefs: &'static mut [u32],
     /// A frame taken from the ring and not yet handed to smoltcp.
@@ -122,9 +39,11 @@ struct Rx {
 }
 
 impl Rx {
+    /// Gives buffer `id` back to netback. There is always room: each of
+    /// the ring's slots belongs to one buffer.
     fn post(&mut self, id: u16) {
         let gref = self.grefs[id as usize];
-        self.ring.put_request(NetifRxRequest { id, pad: 0, gref });
+        let _ = self.ring.put_request(NetifRxRequest { id, pad: 0, gref });
     }
 
     /// The next good frame, if one came; bad ones are reposted at once.
@@ -132,7 +51,7 @@ impl Rx {
         if self.ready.is_some() {
             return self.ready;
         }
-        while let Some(rsp) = self.ring.take_response::<NetifRxResponse>() {
+        while let Some(rsp) = self.ring.take_response() {
             let good = rsp.status > 0
                 && (rsp.id as usize) < NET_RX_RING_SIZE
                 && rsp.offset as usize + rsp.status as usize <= 4096
@@ -150,7 +69,7 @@ impl Rx {
 }
 
 struct Tx {
-    ring: Ring<NET_TX_RING_SIZE, 12>,
+    ring: TxRing,
     pages: &'static mut [u8],
     grefs: &'static mut [u32],
     free: &'static mut [u16],
@@ -159,7 +78,7 @@ struct Tx {
 
 impl Tx {
     fn reap(&mut self) {
-        while let Some(rsp) = self.ring.take_response::<NetifTxResponse>() {
+        while let Some(rsp) = self.ring.take_response() {
             if (rsp.id as usize) < NET_TX_RING_SIZE && self.free_len < self.free.len() {
                 self.free[self.free_len] = rsp.id;
                 self.free_len += 1;
@@ -172,7 +91,8 @@ impl Tx {
         let id = self.free[self.free_len];
         let start = id as usize * TX_SLOT;
         let result = fill(&mut self.pages[start..start + len]);
-        self.ring.put_request(NetifTxRequest {
+        // There is room: as many ids as slots, and this one was free.
+        let _ = self.ring.put_request(NetifTxRequest {
             gref: self.grefs[id as usize / 2],
             offset: (start % 4096) as u16,
             flags: 0,
@@ -221,7 +141,7 @@ impl NetDevice {
         let tx_ring_ref = grant(tx_ring.as_ptr() as u64, false)?;
         let rx_ring_ref = grant(rx_ring.as_ptr() as u64, false)?;
         let mut rx = Rx {
-            ring: Ring::new(rx_ring),
+            ring: ring(rx_ring, RxRing::new),
             pages: pages(NET_RX_RING_SIZE)?,
             grefs: heap::array(NET_RX_RING_SIZE, |_| 0u32).ok_or(NetError::OutOfMemory)?,
             ready: None,
@@ -231,7 +151,7 @@ impl NetDevice {
         }
         let tx_pages = NET_TX_RING_SIZE * TX_SLOT / 4096;
         let tx = Tx {
-            ring: Ring::new(tx_ring),
+            ring: ring(tx_ring, TxRing::new),
             pages: pages(tx_pages)?,
             grefs: heap::array(tx_pages, |_| 0u32).ok_or(NetError::OutOfMemory)?,
             free: heap::array(NET_TX_RING_SIZE, |i| i as u16).ok_or(NetError::OutOfMemory)?,

@@ -6,6 +6,7 @@
 use core::fmt;
 
 use jitsu_abi::NetConfig;
+use jitsu_xen_abi::text::{parse_cidr, parse_ipv4, parse_mac, parse_mtu};
 
 use super::xenstore::{self, Error as StoreError};
 
@@ -41,46 +42,16 @@ pub fn read() -> Result<Option<NetConfig>, Error> {
         ..NetConfig::default()
     };
     let ipv4 = xenstore::read("jitsu/ipv4", &mut buf).map_err(|e| Error::Store("jitsu/ipv4", e))?;
-    let (addr, prefix) = ipv4.split_once('/').ok_or(Error::Malformed("jitsu/ipv4"))?;
-    config.ipv4 = parse_ipv4(addr).ok_or(Error::Malformed("jitsu/ipv4"))?;
-    config.prefix_len = prefix
-        .parse::<u8>()
-        .ok()
-        .filter(|p| *p <= 32)
-        .ok_or(Error::Malformed("jitsu/ipv4"))?;
+    (config.ipv4, config.prefix_len) = parse_cidr(ipv4).ok_or(Error::Malformed("jitsu/ipv4"))?;
     match xenstore::read("jitsu/gateway", &mut buf) {
         Ok(gw) => config.gateway = parse_ipv4(gw).ok_or(Error::Malformed("jitsu/gateway"))?,
         Err(err) if err.is_missing() => {}
         Err(err) => return Err(Error::Store("jitsu/gateway", err)),
     }
     match xenstore::read("jitsu/mtu", &mut buf) {
-        Ok(mtu) => {
-            config.mtu = mtu
-                .parse::<u16>()
-                .ok()
-                .filter(|m| (68..=9000).contains(m))
-                .ok_or(Error::Malformed("jitsu/mtu"))?
-        }
+        Ok(mtu) => config.mtu = parse_mtu(mtu).ok_or(Error::Malformed("jitsu/mtu"))?,
         Err(err) if err.is_missing() => {}
         Err(err) => return Err(Error::Store("jitsu/mtu", err)),
     }
     Ok(Some(config))
-}
-
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for byte in mac.iter_mut() {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
-    let mut ip = [0u8; 4];
-    let mut parts = text.trim().split('.');
-    for byte in ip.iter_mut() {
-        *byte = parts.next()?.parse().ok()?;
-    }
-    parts.next().is_none().then_some(ip)
 }

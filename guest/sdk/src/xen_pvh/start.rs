@@ -10,9 +10,9 @@ use core::mem::{size_of, size_of_val};
 
 use jitsu_abi::NetConfig;
 
-use super::defs::*;
 use super::{console, events, hypercall, netconfig, xenstore};
 use crate::boot::Boot;
+use jitsu_xen_abi::defs::*;
 
 /// Stack for the whole run (the heap takes the rest of RAM).
 const STACK_BYTES: usize = 256 * 1024;

@@ -6,8 +6,8 @@
 use core::fmt;
 use core::sync::atomic::{fence, AtomicPtr, AtomicU32, Ordering};
 
-use super::defs::*;
 use super::{events, hvm_param};
+use jitsu_xen_abi::defs::*;
 
 static RING: AtomicPtr<XenstoreInterface> = AtomicPtr::new(core::ptr::null_mut());
 static PORT: AtomicU32 = AtomicU32::new(0);

@@ -1,5 +1,5 @@
 //! The few parts of Xen's public interface (4.17, `xen/include/public`) that
-//! this platform uses, written from `/usr/include/xen` (libxen-dev). The
+//! Jitsu's Xen guests use, written from `/usr/include/xen` (libxen-dev). The
 //! `xen-sys` crate is an empty placeholder and the other Xen crates bind
 //! dom0's libraries for std programs, so none fits a no_std guest; the
 //! layouts are checked by the size assertions at the bottom.
