@@ -441,6 +441,93 @@ fn a_stock_linux_kernel_boots_through_the_same_backend() -> Result {
     })
 }
 
+/// An A query for `name` with id `id`.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn xenstore(args: &[&str]) -> std::result::Result<String, Failed> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    if !out.status.success() {
+        return Err(format!("{args:?}: {}", text(&out.stderr)).into());
+    }
+    Ok(text(&out.stdout))
+}
+
+/// `jitsu daemon` on Xen's own xenstored (oxenstored, as Debian starts it):
+/// a service entry written with Xen's tools is answered in DNS, and Xen's
+/// tools see the registry's layout.
+fn dns_is_served_from_xens_own_xenstored() -> Result {
+    let name = format!("xs{}", std::process::id());
+    let base = format!("/jitsu/services/{name}");
+    xenstore(&[
+        "xenstore-write",
+        &format!("{base}/ip"),
+        "10.94.0.7",
+        &format!("{base}/state"),
+        "running",
+    ])?;
+    let mut cmd = Command::new(env_path("JITSU_BIN"));
+    cmd.args([
+        "daemon",
+        "--xenstore-socket",
+        "/run/xenstored/socket",
+        "--dns-listen",
+        "127.0.0.1:5354",
+    ])
+    .args(["--allow", "127.0.0.0/8"])
+    .env("JITSU_LOG", "debug");
+    let mut daemon = Monitor::spawn(cmd)?;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // The daemon answers once it listens, and knows the entry once it has
+    // read the registry: ask until the answer names the entry, or give up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = Vec::new();
+    while Instant::now() < deadline {
+        socket.send_to(
+            &a_query(7, &format!("{name}.jitsu.internal")),
+            "127.0.0.1:5354",
+        )?;
+        let mut reply = [0u8; 512];
+        if let Ok(n) = socket.recv(&mut reply) {
+            answer = reply[..n].to_vec();
+            if answer[3] & 0xf == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let listing = xenstore(&["xenstore-ls", "-fp", "/jitsu"]);
+    let _ = xenstore(&["xenstore-rm", &base]);
+    daemon.terminate();
+    let _ = daemon.wait(TIMEOUT);
+    let (_, log) = daemon.take_output();
+    if answer.len() < 12 {
+        return Err(format!("the daemon never answered\ndaemon: {}", text(&log)).into());
+    }
+    let (rcode, count) = (answer[3] & 0xf, u16::from_be_bytes([answer[6], answer[7]]));
+    if rcode != 0 || count != 1 || !answer.ends_with(&[10, 94, 0, 7]) {
+        return Err(format!(
+            "the answer is not one A record of 10.94.0.7: {answer:?}\nstore: {listing:?}\ndaemon: {}",
+            text(&log)
+        )
+        .into());
+    }
+    let listing = listing?;
+    if !listing.contains(&format!("{base}/ip = \"10.94.0.7\"")) {
+        return Err(format!("xenstore-ls does not show the entry: {listing}").into());
+    }
+    Ok(())
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // One at a time: each test checks that Xen holds no domain of ours after it.
@@ -470,6 +557,10 @@ fn main() {
         Trial::test(
             "a_stock_linux_kernel_boots_through_the_same_backend",
             a_stock_linux_kernel_boots_through_the_same_backend,
+        ),
+        Trial::test(
+            "dns_is_served_from_xens_own_xenstored",
+            dns_is_served_from_xens_own_xenstored,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
