@@ -53,6 +53,19 @@ pub fn tcp_syn(
     [&dst_mac[..], &src_mac, &[0x08, 0x00], &ip, &tcp].concat()
 }
 
+/// A DNS query for `name`, type A, with id `id` and recursion desired: the
+/// payload of one UDP datagram.
+pub fn dns_a_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
 /// A broadcast ARP request from `src` asking who has `target`.
 pub fn arp_request(src_mac: [u8; 6], src: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     [

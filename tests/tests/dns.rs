@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jitsu_e2e::node::Node;
+use jitsu_e2e::packet::dns_a_query;
 use jitsu_e2e::process::Guarded;
 use jitsu_e2e::{jitsu_bin, xenstore_write};
 
@@ -77,25 +78,13 @@ fn names_outside_the_zone_are_forwarded() {
     );
 }
 
-/// A DNS query for `name`/A with id `id`.
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
 #[test]
 fn fifty_concurrent_lookups_boot_once_and_the_answer_works() {
     let node = Node::start(false, &[]);
     let answered = node.ns.run_in(|| {
         let sockets: Vec<UdpSocket> = (0..50).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
         for (i, s) in sockets.iter().enumerate() {
-            s.send_to(&query(i as u16, "hello.jitsu.internal"), "127.0.0.1:53").unwrap();
+            s.send_to(&dns_a_query(i as u16, "hello.jitsu.internal"), "127.0.0.1:53").unwrap();
         }
         sockets
             .iter()
@@ -143,7 +132,7 @@ fn garbage_never_stops_the_server() {
             let junk = garbage.bytes(len);
             let _ = udp.send_to(&junk, "127.0.0.1:53");
         }
-        let valid = query(7, "hello.jitsu.internal");
+        let valid = dns_a_query(7, "hello.jitsu.internal");
         for cut in [1, 5, 12, valid.len() - 1] {
             let _ = udp.send_to(&valid[..cut], "127.0.0.1:53");
         }
@@ -538,7 +527,7 @@ fn a_flood_of_forwards_is_bounded() {
     for i in 0..FLOOD {
         client
             .send_to(
-                &query(i as u16, &format!("slow-{i}.far.test")),
+                &dns_a_query(i as u16, &format!("slow-{i}.far.test")),
                 "127.0.0.1:53",
             )
             .unwrap();

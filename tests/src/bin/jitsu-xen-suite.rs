@@ -441,18 +441,6 @@ fn a_stock_linux_kernel_boots_through_the_same_backend() -> Result {
     })
 }
 
-/// An A query for `name` with id `id`.
-fn a_query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
 fn xenstore(args: &[&str]) -> std::result::Result<String, Failed> {
     let out = Command::new(args[0]).args(&args[1..]).output()?;
     if !out.status.success() {
@@ -493,7 +481,7 @@ fn dns_is_served_from_xens_own_xenstored() -> Result {
     let mut answer = Vec::new();
     while Instant::now() < deadline {
         socket.send_to(
-            &a_query(7, &format!("{name}.jitsu.internal")),
+            &jitsu_e2e::packet::dns_a_query(7, &format!("{name}.jitsu.internal")),
             "127.0.0.1:5354",
         )?;
         let mut reply = [0u8; 512];
