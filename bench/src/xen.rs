@@ -16,62 +16,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+
+use jitsu_e2e::xen_testbed::{copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
 
 use crate::stats::{Row, Samples, Unit};
 
 const ROW_TAG: &str = "jitsu-bench-row";
 const EMULATED: &str = " (emulated)";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn strip_into(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to.parent().unwrap())?;
-    let ok = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(to)
-        .arg(from)
-        .status()?
-        .success();
-    if !ok {
-        bail!("strip {}", from.display());
-    }
-    Ok(())
-}
-
 /// Host side: the rows, measured in a dom0 of the test bed.
 pub fn rows(quick: bool) -> Result<Vec<Row>> {
     let share = tempfile::tempdir()?;
     let s = share.path();
-    let target = root().join("target/release");
-    strip_into(&std::env::current_exe()?, &s.join("bin/jitsu-bench"))?;
-    strip_into(&target.join("jitsu"), &s.join("bin/jitsu"))?;
-    strip_into(
-        &target.join("jitsu-xen-monitor"),
-        &s.join("bin/jitsu-xen-monitor"),
-    )?;
-    let guests = std::env::var_os("JITSU_XEN_GUESTS").map_or_else(
-        || root().join("guest/target/xen/x86_64-unknown-linux-gnu/release"),
-        PathBuf::from,
-    );
+    copy_stripped(&std::env::current_exe()?, &s.join("bin/jitsu-bench"));
+    for bin in ["jitsu", "jitsu-xen-monitor"] {
+        copy_stripped(&release_bin(bin), &s.join("bin").join(bin));
+    }
     for guest in ["abi-test", "hello-http"] {
-        std::fs::create_dir_all(s.join("guests"))?;
-        std::fs::copy(guests.join(guest), s.join("guests").join(guest))
-            .with_context(|| format!("{guest}: run `make guests`"))?;
+        copy(&xen_guest(guest), &s.join("guests").join(guest));
     }
     let script = format!(
         "JITSU_XEN_MONITOR=/jitsu/bin/jitsu-xen-monitor {} /jitsu/bin/jitsu-bench xen-dom0",
         if quick { "JITSU_BENCH_QUICK=1" } else { "" }
     );
-    let out = Command::new(root().join("scripts/xen-testbed.sh"))
-        .args(["run", "--share"])
-        .arg(s)
-        .args(["--", "sh", "-c", &script])
-        .stderr(Stdio::inherit())
-        .output()?;
+    let out = run_in_dom0(s, &script).stderr(Stdio::inherit()).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("the Xen bench failed in dom0 ({}):\n{text}", out.status);

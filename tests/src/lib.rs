@@ -15,6 +15,7 @@ pub mod netns;
 pub mod node;
 pub mod packet;
 pub mod process;
+pub mod xen_testbed;
 
 use std::path::PathBuf;
 

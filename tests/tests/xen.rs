@@ -9,36 +9,11 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use jitsu_e2e::jitsu_bin;
+use jitsu_e2e::xen_testbed::{self, copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
+
 /// How many tests the suite has; a suite that ran fewer hid something.
 const SUITE_TESTS: usize = 8;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(from, to)
-        .unwrap_or_else(|e| panic!("{}: {e} (run `make build`)", from.display()));
-}
-
-/// Copies a host binary without its line tables: everything in the share
-/// rides in dom0's initramfs, in its memory.
-fn copy_stripped(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    let status = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(to)
-        .arg(from)
-        .status()
-        .expect("strip");
-    assert!(
-        status.success(),
-        "strip {} (run `make build`)",
-        from.display()
-    );
-}
 
 /// A Linux initramfs whose init prints one line and powers off.
 fn linux_initrd(dir: &Path) -> PathBuf {
@@ -74,44 +49,21 @@ fn the_xen_suite_passes_in_a_xen_dom0() {
         nix::unistd::geteuid().is_root(),
         "the Xen test bed needs root (apt, QEMU)"
     );
-    let image = Command::new(root().join("scripts/xen-testbed/image.sh"))
-        .output()
-        .expect("image.sh");
-    assert!(
-        image.status.success(),
-        "building the test bed image: {}",
-        String::from_utf8_lossy(&image.stderr)
-    );
-    let image = PathBuf::from(String::from_utf8(image.stdout).unwrap().trim());
+    let image = xen_testbed::image();
 
     let share = tempfile::tempdir().unwrap();
     let s = share.path();
-    let env_or = |var: &str, default: PathBuf| std::env::var_os(var).map_or(default, PathBuf::from);
-    let target = root().join("target/release");
-    copy_stripped(
-        &env_or("JITSU_BIN", target.join("jitsu")),
-        &s.join("bin/jitsu"),
-    );
-    copy_stripped(
-        &target.join("jitsu-xen-monitor"),
-        &s.join("bin/jitsu-xen-monitor"),
-    );
-    copy_stripped(
-        &target.join("jitsu-xen-suite"),
-        &s.join("bin/jitsu-xen-suite"),
-    );
-    let xen_guests = env_or(
-        "JITSU_XEN_GUESTS",
-        root().join("guest/target/xen/x86_64-unknown-linux-gnu/release"),
-    );
-    let kvm_guests = env_or(
-        "JITSU_GUESTS",
-        root().join("guest/target/x86_64-unknown-linux-gnu/release"),
-    );
-    for guest in ["abi-test", "hello-http"] {
-        copy(&xen_guests.join(guest), &s.join("guests/xen").join(guest));
+    copy_stripped(&jitsu_bin(), &s.join("bin/jitsu"));
+    for bin in ["jitsu-xen-monitor", "jitsu-xen-suite"] {
+        copy_stripped(&release_bin(bin), &s.join("bin").join(bin));
     }
-    copy(&kvm_guests.join("abi-test"), &s.join("guests/kvm/abi-test"));
+    for guest in ["abi-test", "hello-http"] {
+        copy(&xen_guest(guest), &s.join("guests/xen").join(guest));
+    }
+    copy(
+        &jitsu_e2e::guest("abi-test"),
+        &s.join("guests/kvm/abi-test"),
+    );
     copy(&image.join("vmlinuz"), &s.join("linux/vmlinuz"));
     let initrd = linux_initrd(&s.join("linux"));
     assert!(initrd.exists());
@@ -120,10 +72,7 @@ fn the_xen_suite_passes_in_a_xen_dom0() {
         JITSU_XEN_GUESTS=/jitsu/guests/xen JITSU_KVM_GUESTS=/jitsu/guests/kvm \
         JITSU_LINUX_KERNEL=/jitsu/linux/vmlinuz JITSU_LINUX_INITRD=/jitsu/linux/initrd.cpio \
         /jitsu/bin/jitsu-xen-suite --color never";
-    let mut testbed = Command::new(root().join("scripts/xen-testbed.sh"))
-        .args(["run", "--share"])
-        .arg(s)
-        .args(["--", "sh", "-c", script])
+    let mut testbed = run_in_dom0(s, script)
         .stdout(Stdio::piped())
         .spawn()
         .expect("xen-testbed.sh");

@@ -17,8 +17,3 @@ pub mod toolstack;
 pub use domain::{Domain, DomainConfig, DomainError, NetConfig};
 pub use report::{Outcome, Report};
 pub use toolstack::Toolstack;
-
-/// Whether this host is a Xen dom0 (where the Xen backend is the one to use).
-pub fn is_dom0() -> bool {
-    std::fs::read_to_string("/proc/xen/capabilities").is_ok_and(|c| c.contains("control_d"))
-}
