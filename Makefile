@@ -86,7 +86,7 @@ bench: deps build
 xen-shell: build
 	@share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
 	  mkdir -p "$$share/bin" "$$share/guests" && \
-	  cp target/release/jitsu target/release/jitsu-xen-monitor target/release/jitsu-xen-suite "$$share/bin/" && \
+	  cp target/release/jitsu target/release/jitsu-xen-monitor target/release/jitsu-xen-suite target/release/containerd-shim-jitsu-v1 "$$share/bin/" && \
 	  cp $(JITSU_XEN_GUESTS)/abi-test $(JITSU_XEN_GUESTS)/hello-http "$$share/guests/" && \
 	  scripts/xen-testbed.sh shell --share "$$share"
 

@@ -151,7 +151,7 @@ fn ours_to_console(jitsu: &Path, guest: &Path, i: usize) -> Result<f64> {
         "xen",
         "--mem",
         "32M",
-        "--name",
+        "--domain-name",
         &format!("jb-ours-{i}"),
     ])
     .arg(guest)
@@ -247,7 +247,7 @@ fn ours_to_http(jitsu: &Path, guest: &Path, bridge: &str, i: usize) -> Result<f6
             "xen",
             "--mem",
             "32M",
-            "--name",
+            "--domain-name",
             &format!("jb-http-{i}"),
             "--net",
             bridge,
@@ -317,6 +317,7 @@ fn unpause_to_http(guest: &Path, bridge: &str, n: usize) -> Result<(Vec<f64>, Ve
     use jitsu_xen::{Domain, DomainConfig, NetConfig, Toolstack};
     let mut unpause = Vec::new();
     let mut running = Vec::new();
+    let _bridge = jitsu_xen::bridge::Bridge::ensure(bridge, Some(("10.93.0.1".parse()?, 24)))?;
     for i in 0..n {
         let (ip, addr) = guest_addr(200 + i % 50);
         let ipv4: std::net::Ipv4Addr = ip.parse()?;
@@ -334,7 +335,7 @@ fn unpause_to_http(guest: &Path, bridge: &str, n: usize) -> Result<(Vec<f64>, Ve
                 gateway: Some("10.93.0.1".parse()?),
             }),
         };
-        let mut domain = Domain::create_paused(Toolstack::open(0)?, &config)?;
+        let mut domain = Domain::create_paused(std::rc::Rc::new(Toolstack::open(0)?), &config)?;
         let start = Instant::now();
         domain.unpause()?;
         let answered = first_http_byte(addr, start + Duration::from_secs(120))?;

@@ -1,7 +1,7 @@
 //! `--metrics ADDR`: the node's services in Prometheus' text format, from
 //! the registry as the directory follows it: per service its boots, a
 //! histogram of boot latencies (counted as the directory sees boots
-//! happen), its state, and the frames Synjitsu held or dropped and the
+//! happen), its state, what runs it (hypervisor, Xen domain), and the frames Synjitsu held or dropped and the
 //! guest had refused. A minimal HTTP/1.1 responder: `GET /metrics` only,
 //! a bounded request read with a deadline, one answer per connection.
 
@@ -30,8 +30,16 @@ pub fn render(directory: &Directory) -> String {
     let dropped = Family::<ServiceLabel, Counter>::default();
     let refused = Family::<ServiceLabel, Counter>::default();
     let state = Family::<ServiceLabel, Gauge>::default();
+    let info = Family::<ServiceLabel, Gauge>::default();
     for s in directory.details() {
         let label = service_label(&s.name);
+        let mut runs_on = label.clone();
+        runs_on.push(("hypervisor".into(), s.hypervisor.clone()));
+        runs_on.push((
+            "domid".into(),
+            s.domid.map(|d| d.to_string()).unwrap_or_default(),
+        ));
+        info.get_or_create(&runs_on).set(1);
         boots.get_or_create(&label).inc_by(s.boots);
         held.get_or_create(&label).inc_by(s.held_frames);
         dropped.get_or_create(&label).inc_by(s.dropped_frames);
@@ -45,6 +53,11 @@ pub fn render(directory: &Directory) -> String {
         }
     }
     registry.register("jitsu_service_boots", "Boots of the service", boots);
+    registry.register(
+        "jitsu_service_info",
+        "1, labelled with what runs the service: its hypervisor and (on Xen) the domain standing for it",
+        info,
+    );
     registry.register(
         "jitsu_service_boot_latency_seconds",
         "From the trigger to the guest's first instruction",

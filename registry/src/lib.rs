@@ -8,6 +8,8 @@
 //!                       /generation  which parking this is: 1 at the first, +1 at each
 //!                       /boot      a boot request, tagged with the generation it is for
 //!                       /owner     who registered it (monitor pid, container id)
+//!                       /hypervisor  kvm | xen
+//!                       /domid     the Xen domain standing for it now (Xen only)
 //!                       /stats/boots, /stats/last_boot_us, /stats/last_packet_ms,
 //!                        /stats/held_frames, /stats/dropped_frames, /stats/refused_frames
 //! ```
@@ -103,6 +105,10 @@ pub struct Service {
     pub held_frames: u64,
     pub dropped_frames: u64,
     pub refused_frames: u64,
+    /// Which hypervisor runs it (`kvm`, `xen`).
+    pub hypervisor: String,
+    /// The Xen domain that stands for it now (a fresh one at each parking).
+    pub domid: Option<u32>,
 }
 
 impl Service {
@@ -127,6 +133,11 @@ impl Service {
             ("stats/held_frames", self.held_frames.to_string()),
             ("stats/dropped_frames", self.dropped_frames.to_string()),
             ("stats/refused_frames", self.refused_frames.to_string()),
+            ("hypervisor", self.hypervisor.clone()),
+            (
+                "domid",
+                self.domid.map(|d| d.to_string()).unwrap_or_default(),
+            ),
         ]
     }
 }
@@ -312,6 +323,10 @@ pub async fn read(client: &Client, name: &str) -> Result<Option<Service>, Client
         held_frames: count(read_opt(client, &format!("{base}/stats/held_frames")).await?),
         dropped_frames: count(read_opt(client, &format!("{base}/stats/dropped_frames")).await?),
         refused_frames: count(read_opt(client, &format!("{base}/stats/refused_frames")).await?),
+        hypervisor: read_opt(client, &format!("{base}/hypervisor"))
+            .await?
+            .unwrap_or_default(),
+        domid: text(read_opt(client, &format!("{base}/domid")).await?).and_then(|s| s.parse().ok()),
     }))
 }
 

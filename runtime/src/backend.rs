@@ -5,15 +5,16 @@
 //!
 //! A unikernel's life, and what each backend does at each step:
 //!
-//! | step | KVM (`jitsu-kvm`) | Xen (libxl) |
+//! | step | KVM (`jitsu-kvm`) | Xen (`jitsu-xen`, libxl) |
 //! |---|---|---|
-//! | [`Backend::prepare`] → [`Parked`] | validate the ELF, create the VM, memory, page tables and registers; start the vCPU thread, confine it with seccomp, and let it wait | build the domain and its vif, and leave it paused |
-//! | while parked: [`Backend::frames`] | the TAP, read by Synjitsu | a TAP standing in for the vif on the same bridge |
-//! | [`Parked::boot`] → [`Running`] | hand the held frames to the NIC, let the vCPU thread enter the guest | push the held frames through the vif, unpause |
-//! | [`Running::done_fd`] | an eventfd the vCPU thread writes when it ends | readable on the domain's death (`@releaseDomain`) |
-//! | [`Running::last_activity_ns`] | the NIC's last frame either way, from the boot on | the vif's counters |
-//! | [`Running::boot_latency`] | trigger to the guest's entry TSC | trigger to the first frame or console byte |
-//! | [`Running::stop_if_idle`] | the vCPU thread checks its NIC between exits and stops or declines | pause, read the vif's counters, destroy or unpause |
+//! | [`Backend::prepare`] → [`Parked`] | validate the ELF, create the VM, memory, page tables and registers; start the vCPU thread, confine it with seccomp, and let it wait | build the domain and its vif, pin the service's MAC to a TAP on the vif's bridge, and leave the domain paused |
+//! | while parked: [`Backend::frames`] | the TAP, read by Synjitsu | that TAP, standing in for the vif |
+//! | [`Parked::boot`] → [`Running`] | hand the held frames to the NIC, let the vCPU thread enter the guest | unpause; the held frames wait for the guest's netfront |
+//! | [`Running::link_pending`], [`Running::hand_over`] | never pending: the guest reads the TAP from its first instruction | pending until netback says the vif is connected; then the held frames go straight into the vif and the MAC is pinned to it |
+//! | [`Running::done_fd`], [`Running::has_ended`] | an eventfd the vCPU thread writes when it ends | XenStore's `@releaseDomain` watch (for any domain: `has_ended` checks ours) |
+//! | [`Running::last_activity_ns`] | the NIC's last frame either way, from the boot on | when the guest last sent a frame (the vif's count moved), from the boot on |
+//! | [`Running::boot_latency`] | trigger to the guest's entry TSC | trigger to the hand-over (the guest's NIC up) |
+//! | [`Running::stop_if_idle`] | the vCPU thread checks its NIC between exits and stops or declines | pause, pin the MAC to the TAP, read the vif's count again; destroy, or undo and unpause |
 //! | [`Running::stop`] | kick the vCPU thread out of the guest, join it | destroy the domain |
 //!
 //! A parked backend must have paid for everything but the first
@@ -48,6 +49,9 @@ pub trait Backend {
     /// Where frames for the service arrive while it is parked.
     fn frames(&self) -> &dyn FramePort;
 
+    /// The hypervisor's name, as the registry and `jitsu ps` show it.
+    fn hypervisor(&self) -> &'static str;
+
     /// Console output dropped because nobody read it, over the monitor's life.
     fn console_dropped_bytes(&self) -> u64 {
         0
@@ -65,6 +69,11 @@ pub trait Parked: Sized {
     type Running;
     type Error;
 
+    /// Xen's id of the domain standing for the service (None elsewhere).
+    fn domain_id(&self) -> Option<u32> {
+        None
+    }
+
     /// Lets the guest run; `held` reach it before anything else, in order.
     /// `trigger` is when the boot was asked for (its latency is timed from
     /// there, and so is its idleness).
@@ -76,8 +85,39 @@ pub trait Running: Sized {
     type Report;
     type Error;
 
-    /// Readable once the guest has ended.
+    /// Xen's id of the guest's domain (None elsewhere).
+    fn domain_id(&self) -> Option<u32> {
+        None
+    }
+
+    /// Readable once the guest has ended (or may have: see [`Running::has_ended`]).
     fn done_fd(&self) -> BorrowedFd<'_>;
+
+    /// Whether the guest has ended, once `done_fd` is readable: a backend
+    /// whose fd also wakes for others (Xen's watch fires for every domain)
+    /// says here whether it was this guest.
+    fn has_ended(&mut self) -> bool {
+        true
+    }
+
+    /// Readable when the guest's own link may have come up; `None` once
+    /// the guest takes its frames itself. Until then frames for the service
+    /// still arrive at [`Backend::frames`], and Synjitsu goes on holding them.
+    fn link_pending(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Whether the guest's link is up, so that [`Running::hand_over`] can run.
+    fn link_up(&mut self) -> bool {
+        true
+    }
+
+    /// From now on the guest takes its own frames: first those held at the
+    /// boot, then `held` (what arrived since), in order, before any other.
+    fn hand_over(&mut self, held: Vec<Vec<u8>>) -> Result<(), Self::Error> {
+        let _ = held;
+        Ok(())
+    }
 
     /// When a frame last moved to or from the guest (`clock::now_ns`).
     fn last_activity_ns(&self) -> u64;

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod clock;
 pub mod control;
 pub mod egress;
+pub mod inherited;
 pub mod jail;
 pub mod logging;
 pub mod netns;

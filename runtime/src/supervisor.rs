@@ -67,6 +67,28 @@ pub struct RegistryConfig {
     pub owner: String,
 }
 
+impl RegistryConfig {
+    /// A monitor's `--name` and `--owner` (default: `pid:` and its pid).
+    pub fn new(
+        name: &str,
+        owner: Option<&str>,
+        socket: PathBuf,
+    ) -> Result<RegistryConfig, InvalidServiceName> {
+        if !jitsu_registry::valid_name(name) {
+            return Err(InvalidServiceName(name.into()));
+        }
+        Ok(RegistryConfig {
+            name: name.into(),
+            socket,
+            owner: owner.map_or_else(|| format!("pid:{}", std::process::id()), String::from),
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("--name {0:?}: a service name is a DNS label (a-z, 0-9, '-', at most 63)")]
+pub struct InvalidServiceName(String);
+
 /// Why the monitor stopped.
 pub enum Ended<R> {
     /// A signal asked it to; the guest (if running) was stopped.
@@ -83,8 +105,9 @@ enum State<B: Backend> {
 /// Which event sources are ready after a wait.
 struct Ready {
     signal: bool,
-    tap: bool,
+    frames: bool,
     done: bool,
+    link: bool,
     boot_requested: bool,
     control: Vec<bool>,
 }
@@ -110,6 +133,9 @@ pub struct Status {
     pub boot_requests_ignored: u64,
     pub last_packet_unix_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
+    pub hypervisor: &'static str,
+    /// Xen's id of the domain standing for the service now.
+    pub domid: Option<u32>,
 }
 
 pub struct Supervisor<B: Backend> {
@@ -189,15 +215,19 @@ impl<B: Backend> Supervisor<B> {
             if ready.signal {
                 return Ok(Ended::Signal(self.stop_for_signal(signals)));
             }
-            if ready.tap {
+            if ready.frames {
                 self.read_frames();
             }
             if ready.boot_requested {
                 self.registry_boot();
             }
+            // Not only on its fd: a backend may bring the link up by itself.
+            if ready.link || self.link_pending() {
+                self.hand_over_if_up()?;
+            }
             if ready.done {
-                if let Some(State::Running(vm)) = self.state.take() {
-                    return Ok(Ended::Guest(vm.wait().map_err(LazyError::Backend)?));
+                if let Some(report) = self.reap_if_ended()? {
+                    return Ok(Ended::Guest(report));
                 }
             }
             if !ready.control.is_empty() {
@@ -234,19 +264,27 @@ impl<B: Backend> Supervisor<B> {
         self.boot(Instant::now());
     }
 
-    /// Waits for the next event; which sources are watched depends on the state.
-    fn wait(&self, signals: BorrowedFd<'_>) -> Result<Ready, Error<B>> {
-        let parked = matches!(self.state, Some(State::Parked(_)));
+    /// Waits for the next event; which sources are watched depends on the
+    /// state. Frames are read while parked, and while a booted guest's link
+    /// is not up yet (Synjitsu still stands in).
+    fn wait<'a>(&'a self, signals: BorrowedFd<'a>) -> Result<Ready, Error<B>> {
         let mut fds = vec![PollFd::new(signals, PollFlags::POLLIN)];
-        match &self.state {
-            Some(State::Parked(_)) => {
-                fds.push(PollFd::new(self.backend.frames().fd(), PollFlags::POLLIN))
-            }
-            Some(State::Running(vm)) => fds.push(PollFd::new(vm.done_fd(), PollFlags::POLLIN)),
-            None => fds.push(PollFd::new(signals, PollFlags::empty())),
-        }
-        let agent_fd = self.agent.as_ref().map(RegistryAgent::boot_fd);
-        fds.extend(agent_fd.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+        let mut watch = |fd: Option<BorrowedFd<'a>>| {
+            fd.map(|fd| {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                fds.len() - 1
+            })
+        };
+        let running = match &self.state {
+            Some(State::Running(vm)) => Some(vm),
+            _ => None,
+        };
+        let standing_in = self.standing_in();
+        let frames_at = watch(standing_in.then(|| self.backend.frames().fd()));
+        let done_at = watch(running.map(|vm| vm.done_fd()));
+        let link_at = watch(running.and_then(|vm| vm.link_pending()));
+        let agent_at = watch(self.agent.as_ref().map(RegistryAgent::boot_fd));
+        let control_from = fds.len();
         let control_fds = self
             .control
             .as_ref()
@@ -265,14 +303,57 @@ impl<B: Backend> Supervisor<B> {
             .iter()
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
-        let control_from = 2 + agent_fd.is_some() as usize;
+        let is_ready = |at: Option<usize>| at.is_some_and(|i| ready[i]);
         Ok(Ready {
             signal: ready[0],
-            tap: parked && ready[1],
-            done: !parked && self.state.is_some() && ready[1],
-            boot_requested: agent_fd.is_some() && ready[2],
+            frames: is_ready(frames_at),
+            done: is_ready(done_at),
+            link: is_ready(link_at),
+            boot_requested: is_ready(agent_at),
             control: ready[control_from..].to_vec(),
         })
+    }
+
+    /// Whether Synjitsu reads the service's frames: while parked, and while
+    /// a booted guest's own link is not up yet.
+    fn standing_in(&self) -> bool {
+        match &self.state {
+            Some(State::Parked(_)) => true,
+            Some(State::Running(vm)) => vm.link_pending().is_some(),
+            None => false,
+        }
+    }
+
+    fn link_pending(&self) -> bool {
+        matches!(&self.state, Some(State::Running(vm)) if vm.link_pending().is_some())
+    }
+
+    /// Gives the guest its link once it is up, with what Synjitsu held
+    /// since the boot.
+    fn hand_over_if_up(&mut self) -> Result<(), Error<B>> {
+        let Some(State::Running(vm)) = &mut self.state else {
+            return Ok(());
+        };
+        if vm.link_pending().is_none() || !vm.link_up() {
+            return Ok(());
+        }
+        let held = self.synjitsu.take_held();
+        tracing::debug!(held = held.len(), "the guest's link is up: handing over");
+        vm.hand_over(held).map_err(LazyError::Backend)
+    }
+
+    /// The report of a guest that has ended by itself, if it has.
+    fn reap_if_ended(&mut self) -> Result<Option<B::Report>, Error<B>> {
+        let Some(State::Running(vm)) = &mut self.state else {
+            return Ok(None);
+        };
+        if !vm.has_ended() {
+            return Ok(None);
+        }
+        let Some(State::Running(vm)) = self.state.take() else {
+            return Ok(None);
+        };
+        Ok(Some(vm.wait().map_err(LazyError::Backend)?))
     }
 
     /// Until the guest's first exit (booting), and until the registry shows
@@ -312,6 +393,8 @@ impl<B: Backend> Supervisor<B> {
             held_frames: status.held_frames,
             dropped_frames: status.dropped_frames,
             refused_frames: status.refused_frames,
+            hypervisor: status.hypervisor.into(),
+            domid: status.domid,
         }
     }
 
@@ -366,7 +449,8 @@ impl<B: Backend> Supervisor<B> {
             if let synjitsu::Action::Reply(reply) = &verdict.action {
                 let _ = self.backend.frames().send(reply);
             }
-            if verdict.boot {
+            // While a booted guest's link comes up, Synjitsu only holds.
+            if verdict.boot && matches!(self.state, Some(State::Parked(_))) {
                 self.boot(received);
                 return;
             }
@@ -379,6 +463,10 @@ impl<B: Backend> Supervisor<B> {
             let held = self.synjitsu.take_held();
             tracing::debug!(held = held.len(), "booting");
             self.state = Some(State::Running(vm.boot(held, trigger)));
+            // A guest parked with its link up takes its frames at once.
+            if let Err(e) = self.hand_over_if_up() {
+                tracing::error!(%e, "handing the guest its link");
+            }
         } else {
             unreachable_state();
         }
@@ -501,6 +589,12 @@ impl<B: Backend> Supervisor<B> {
             boot_requests_ignored: self.boot_requests_ignored,
             last_packet_unix_ms: (last_packet != 0).then(|| clock::unix_ms(last_packet)),
             idle_timeout_ms: self.config.idle_timeout.map(|d| d.as_millis() as u64),
+            hypervisor: self.backend.hypervisor(),
+            domid: match &self.state {
+                Some(State::Parked(vm)) => vm.domain_id(),
+                Some(State::Running(vm)) => vm.domain_id(),
+                None => None,
+            },
         }
     }
 }

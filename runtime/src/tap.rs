@@ -54,6 +54,16 @@ impl Tap {
         Tap::attach(name)
     }
 
+    /// Creates `name`, which must not exist, for this process alone: it
+    /// goes when the last descriptor closes, however the process ends.
+    pub fn create_private(name: &str) -> Result<Tap, TapError> {
+        check_name(name)?;
+        if nix::net::if_::if_nametoindex(name).is_ok() {
+            return Err(TapError::Busy(name.into()));
+        }
+        Tap::attach(name)
+    }
+
     /// Opens `name`, creating it if it does not exist (TUNSETIFF does both).
     fn attach(name: &str) -> Result<Tap, TapError> {
         check_name(name)?;

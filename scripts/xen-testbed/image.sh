@@ -24,10 +24,11 @@ kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0
 [[ -n $kernel_pkg ]] || { log "cannot find the kernel package behind linux-image-amd64 (apt-get update?)"; exit 1; }
 qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
 qemu_libs=(libcapstone4 libfdt1 libpmem1 librdmacm1 libibverbs1 libslirp0 libvdeplug2)
-dom0_pkgs=xen-utils-4.17,kmod,procps,iproute2,busybox,curl,ca-certificates
+# containerd (Debian's, with runc) for the shim's tests and `ctr run` in dom0.
+dom0_pkgs=xen-utils-4.17,kmod,procps,iproute2,busybox,curl,ca-certificates,containerd,runc
 key_input=$(
   cat "$0" "$here/dom0-init"
-  for p in xen-hypervisor-4.17-amd64 xen-utils-4.17 "$kernel_pkg" "${qemu_pkgs[@]}"; do
+  for p in xen-hypervisor-4.17-amd64 xen-utils-4.17 containerd runc "$kernel_pkg" "${qemu_pkgs[@]}"; do
     echo "$p $(candidate "$p")"
   done
 )
@@ -74,7 +75,8 @@ mkdir -p "root/lib/modules/$kver"
 cp -a "$mods"/modules.* "root/lib/modules/$kver/"
 (cd kernel && find "lib/modules/$kver/kernel/drivers/xen" "lib/modules/$kver/kernel/drivers/net/xen-netback" \
   "lib/modules/$kver/kernel/net/bridge" "lib/modules/$kver/kernel/net/802" "lib/modules/$kver/kernel/net/llc" \
-  "lib/modules/$kver/kernel/drivers/net/tun.ko"* -name '*.ko*' | cpio -pdm --quiet ../root)
+  "lib/modules/$kver/kernel/drivers/net/tun.ko"* "lib/modules/$kver/kernel/fs/overlayfs" \
+  -name '*.ko*' | cpio -pdm --quiet ../root)
 chroot root /sbin/depmod "$kver"
 install -m 0755 "$here/dom0-init" root/init
 (cd root && find . | cpio -o -H newc --quiet) >dom0.cpio

@@ -3,18 +3,18 @@
 //! what is left on disk (so a later `shim delete` can clean up after a shim
 //! that was killed).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe};
 use containerd_shim::monitor::{Subject, Topic};
-use jitsu_spec::{BootPolicy, UnikernelSpec};
+use jitsu_spec::{BootPolicy, Hypervisor};
 
 use crate::image::Unikernel;
 use tokio::sync::watch;
 
-use crate::network::bridge::{GATEWAY, PREFIX};
+use crate::monitor::{jitsu_bin, join_cgroup, monitor_command, stdio};
 use crate::network::Network;
 use crate::process::Process;
 use crate::state::{ContainerKey, Record, StateError};
@@ -44,155 +44,12 @@ pub struct Container {
     pub control: PathBuf,
 }
 
-/// A binary of ours: `$<var>`, else next to the shim, else `name` on PATH.
-fn our_binary(var: &str, name: &str) -> PathBuf {
-    if let Some(bin) = std::env::var_os(var) {
-        return PathBuf::from(bin);
-    }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.join(name)));
-    sibling
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
-/// The monitor of a unikernel.
-fn monitor_bin() -> PathBuf {
-    our_binary("JITSU_MONITOR", "jitsu-monitor")
-}
-
-/// `jitsu`, for a pod sandbox's `jitsu pause`.
-fn jitsu_bin() -> PathBuf {
-    our_binary("JITSU_BIN", "jitsu")
-}
-
-fn stdio(path: &str) -> Result<Stdio, String> {
-    if path.is_empty() {
-        return Ok(Stdio::null());
-    }
-    // Read-write so that opening a FIFO never waits for its reader.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| format!("{path}: {e}"))?;
-    Ok(Stdio::from(file))
-}
-
-/// `jitsu-monitor --lazy ...` for the unikernel of `record`; it reports on
-/// `ready` (the write end of a pipe, inherited) once parked. It inherits
-/// the kernel, already opened in the image, as `kernel`.
-fn monitor_command(
-    spec: &UnikernelSpec,
-    record: &Record,
-    kernel: BorrowedFd<'_>,
-    ready: BorrowedFd<'_>,
-) -> std::process::Command {
-    let control = record.key.control_path();
-    let mut cmd = std::process::Command::new(monitor_bin());
-    cmd.args(["--lazy", "--die-with-parent", "--mem"])
-        .arg(spec.mem.to_string())
-        .arg("--control")
-        .arg(&control)
-        .arg("--ready-fd")
-        .arg(ready.as_raw_fd().to_string());
-    inherit(&mut cmd, ready.as_raw_fd());
-    if let Some(slot) = record.uid_slot {
-        let (uid, gid) = crate::identity::ids(slot);
-        cmd.args([
-            "--jail-uid",
-            &uid.to_string(),
-            "--jail-gid",
-            &gid.to_string(),
-        ])
-        .arg("--jail-root")
-        .arg(record.key.jail_root());
-    }
-    cmd.arg("--kernel-fd").arg(kernel.as_raw_fd().to_string());
-    inherit(&mut cmd, kernel.as_raw_fd());
-    match &record.network {
-        Network::Bridge { tap, ip } => {
-            cmd.args(["--net", tap, "--ip", &format!("{ip}/{PREFIX}")])
-                .args(["--gw", &GATEWAY.to_string()]);
-        }
-        Network::Pod { netns, tap, link } => {
-            cmd.arg("--netns").arg(netns);
-            cmd.args([
-                "--net",
-                tap,
-                "--ip",
-                &format!("{}/{}", link.ip, link.prefix),
-            ])
-            .args(["--mac", &link.mac_string()]);
-            if let Some(gw) = link.gateway {
-                cmd.args(["--gw", &gw.to_string()]);
-            }
-        }
-        Network::Sandbox { .. } => {}
-    }
-    if let Some(t) = spec.idle_timeout {
-        cmd.arg("--idle-timeout")
-            .arg(format!("{}ms", t.as_millis()));
-    }
-    if let Some(name) = &spec.dns_name {
-        cmd.args(["--name", name, "--owner", &record.key.describe()]);
-    }
-    // A name for its messages only: the monitor reads the descriptor.
-    cmd.arg(Path::new("/").join(&spec.kernel));
-    if !spec.cmdline.is_empty() {
-        cmd.arg("--").args(spec.cmdline.split_whitespace());
-    }
-    cmd
-}
-
 /// Set in the shim's environment (containerd's), monitors run unjailed
 /// (still under seccomp): only so that `make bench` can price the jail.
 const UNJAILED_FOR_BENCHMARKS: &str = "JITSU_BENCH_UNJAILED";
 
 /// A pod sandbox's `jitsu pause` needs almost nothing.
 const PAUSE_MEMORY_MAX: u64 = 16 << 20;
-
-/// Puts the child in the cgroup whose `cgroup.procs` files are `procs`
-/// before it execs, so that everything it allocates is charged there.
-fn join_cgroup(cmd: &mut std::process::Command, procs: Vec<std::ffi::CString>) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: runs in the forked child before exec; open, write and close
-    // are async-signal-safe, and the paths were made before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            for file in &procs {
-                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let error = std::io::Error::last_os_error();
-                libc::close(fd);
-                if written != 1 {
-                    return Err(error);
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Lets the child keep `fd` across exec (everything the shim opens is
-/// close-on-exec, so no other child inherits it).
-fn inherit(cmd: &mut std::process::Command, fd: RawFd) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: runs in the forked child before exec; fcntl is
-    // async-signal-safe and touches only the child's descriptor table.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
 
 impl Container {
     /// Parks the unikernel: network, monitor (`jitsu-monitor --lazy`), no guest
@@ -216,10 +73,18 @@ impl Container {
             dns_name: unikernel.spec.dns_name.clone(),
             uid_slot: None,
             cgroup: None,
+            xen_domain: None,
         };
         claim(&record).await?;
-        let memory_max = unikernel.spec.mem + crate::cgroup::MONITOR_OVERHEAD;
-        let jailed = if std::env::var_os(UNJAILED_FOR_BENCHMARKS).is_some() {
+        let xen = unikernel.hypervisor == Hypervisor::Xen;
+        // A Xen guest's memory is Xen's, not the monitor's; and libxl
+        // needs root, so a Xen monitor is not jailed.
+        let memory_max = if xen {
+            crate::cgroup::MONITOR_OVERHEAD
+        } else {
+            unikernel.spec.mem + crate::cgroup::MONITOR_OVERHEAD
+        };
+        let jailed = if xen || std::env::var_os(UNJAILED_FOR_BENCHMARKS).is_some() {
             Ok(())
         } else {
             record.prepare_jail()
@@ -238,12 +103,15 @@ impl Container {
                 return Err(e);
             }
         }
-        match Network::plug(&record.key, netns).await {
+        match Network::plug(&record.key, netns, unikernel.hypervisor).await {
             Ok(network) => record.network = network,
             Err(e) => {
                 record.clean_up().await;
                 return Err(e);
             }
+        }
+        if xen {
+            record.xen_domain = crate::monitor::xen_domain_name(&record);
         }
         if let Err(e) = record.save() {
             record.clean_up().await;
@@ -257,7 +125,13 @@ impl Container {
             }
         };
         let spec = &unikernel.spec;
-        let cmd = monitor_command(spec, &record, unikernel.kernel.as_fd(), ready_tx.as_fd());
+        let cmd = monitor_command(
+            unikernel.hypervisor,
+            spec,
+            &record,
+            unikernel.kernel.as_fd(),
+            ready_tx.as_fd(),
+        );
         let spawned = Container::spawn(record, cmd, stdio).await;
         drop(ready_tx);
         drop(unikernel.kernel);
@@ -333,6 +207,7 @@ impl Container {
             dns_name: None,
             uid_slot: None,
             cgroup: None,
+            xen_domain: None,
         };
         claim(&record).await?;
         if let Err(e) = record.make_cgroup(cgroups_path, PAUSE_MEMORY_MAX) {

@@ -10,7 +10,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use jitsu_spec::{Metadata, SpecError, UnikernelSpec, METADATA_FILE};
+use jitsu_spec::{Hypervisor, Metadata, SpecError, UnikernelSpec, METADATA_FILE};
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 use thiserror::Error;
@@ -47,13 +47,17 @@ pub enum ImageError {
     #[error("{path}: {source} (is this a Jitsu image? build it with `jitsu pack`)")]
     Metadata { path: PathBuf, source: SpecError },
     #[error("{0}")]
+    Hypervisor(String),
+    #[error("{0}")]
     Spec(#[from] SpecError),
 }
 
 /// What the shim takes from an image: the checked spec and the kernel, open.
 pub struct Unikernel {
     pub spec: UnikernelSpec,
-    /// The kernel ELF, opened read-only (close-on-exec: handed to the
+    /// Which hypervisor runs it (see [`crate::monitor::choose`]).
+    pub hypervisor: Hypervisor,
+    /// The kernel ELF for that hypervisor, opened read-only (close-on-exec: handed to the
     /// monitor explicitly).
     pub kernel: OwnedFd,
 }
@@ -84,8 +88,13 @@ pub fn open(
     })?;
     metadata.apply_annotations(annotations)?;
     let spec = metadata.validate()?;
-    let kernel = open_regular(&root, &spec.kernel, MAX_KERNEL_BYTES)?;
-    Ok(Unikernel { spec, kernel })
+    let hypervisor = crate::monitor::choose(spec.hypervisor).map_err(ImageError::Hypervisor)?;
+    let kernel = open_regular(&root, spec.kernel_for(hypervisor), MAX_KERNEL_BYTES)?;
+    Ok(Unikernel {
+        spec,
+        hypervisor,
+        kernel,
+    })
 }
 
 /// Opens `path` under `root` for reading if it is a regular file of at

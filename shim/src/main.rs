@@ -8,6 +8,7 @@ mod cgroup;
 mod container;
 mod identity;
 mod image;
+mod monitor;
 mod network;
 mod process;
 mod service;

@@ -81,6 +81,10 @@ pub struct Record {
     /// The container's cgroup, once made.
     #[serde(default)]
     pub cgroup: Option<crate::cgroup::Cgroup>,
+    /// The Xen domain's name, for a unikernel on Xen (destroyed at cleanup
+    /// if its monitor could not do it).
+    #[serde(default)]
+    pub xen_domain: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +179,10 @@ impl Record {
             if let Err(e) = process.signal(Signal::SIGKILL) {
                 tracing::warn!(%e, pid = process.pid, "ending the container's process");
             }
+        }
+        // Before the network: the domain's name holds its address lease.
+        if let Some(domain) = &self.xen_domain {
+            crate::monitor::destroy_xen_domain(domain).await;
         }
         let network = self.network.tear_down().await;
         if let Err(e) = &network {

@@ -37,7 +37,7 @@ pub enum SpecError {
     #[error("command line: {0}")]
     Cmdline(String),
     #[error(
-        "unknown annotation {0} (known: kernel, mem, cmdline, dns-name, idle-timeout, boot, ports)"
+        "unknown annotation {0} (known: kernel, xen-kernel, hypervisor, mem, cmdline, dns-name, idle-timeout, boot, ports)"
     )]
     UnknownAnnotation(String),
     #[error("annotation {key}: {reason}")]
@@ -54,12 +54,58 @@ pub enum BootPolicy {
     Eager,
 }
 
+/// Which hypervisor runs a unikernel. Absent (or `auto` in an annotation):
+/// the node's own (Xen in a Xen dom0, else KVM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hypervisor {
+    Kvm,
+    Xen,
+}
+
+impl Hypervisor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hypervisor::Kvm => "kvm",
+            Hypervisor::Xen => "xen",
+        }
+    }
+
+    /// This node's: Xen where `/proc/xen` says this is dom0, else KVM.
+    pub fn of_this_node() -> Hypervisor {
+        let dom0 = std::fs::read_to_string("/proc/xen/capabilities")
+            .is_ok_and(|c| c.contains("control_d"));
+        if dom0 {
+            Hypervisor::Xen
+        } else {
+            Hypervisor::Kvm
+        }
+    }
+
+    /// `kvm`, `xen`, or `auto` (None).
+    pub fn parse_choice(text: &str) -> Result<Option<Hypervisor>, String> {
+        match text {
+            "auto" => Ok(None),
+            "kvm" => Ok(Some(Hypervisor::Kvm)),
+            "xen" => Ok(Some(Hypervisor::Xen)),
+            other => Err(format!("{other:?} is none of kvm, xen, auto")),
+        }
+    }
+}
+
 /// The metadata as written in `jitsu.json`. Unknown keys are refused, so a
 /// typo is an error rather than a silently ignored setting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Metadata {
+    /// The unikernel ELF (the KVM build, or the only one).
     pub kernel: String,
+    /// The Xen PVH build of the same unikernel, when the image carries both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xen_kernel: Option<String>,
+    /// The hypervisor it must run on (absent: the node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<Hypervisor>,
     #[serde(default = "default_mem")]
     pub mem: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -83,6 +129,8 @@ fn default_mem() -> String {
 pub struct UnikernelSpec {
     /// Relative to the root of the image's filesystem.
     pub kernel: PathBuf,
+    pub xen_kernel: Option<PathBuf>,
+    pub hypervisor: Option<Hypervisor>,
     pub mem: u64,
     pub cmdline: String,
     pub dns_name: Option<String>,
@@ -91,10 +139,22 @@ pub struct UnikernelSpec {
     pub ports: Vec<u16>,
 }
 
+impl UnikernelSpec {
+    /// The ELF for `hypervisor`: the Xen build on Xen when the image has one.
+    pub fn kernel_for(&self, hypervisor: Hypervisor) -> &Path {
+        match (hypervisor, &self.xen_kernel) {
+            (Hypervisor::Xen, Some(xen)) => xen,
+            _ => &self.kernel,
+        }
+    }
+}
+
 impl Metadata {
     pub fn new(kernel: &str) -> Metadata {
         Metadata {
             kernel: kernel.into(),
+            xen_kernel: None,
+            hypervisor: None,
             mem: default_mem(),
             cmdline: String::new(),
             dns_name: None,
@@ -127,6 +187,8 @@ impl Metadata {
             };
             match name {
                 "kernel" => self.kernel = value.clone(),
+                "xen-kernel" => self.xen_kernel = Some(value.clone()),
+                "hypervisor" => self.hypervisor = Hypervisor::parse_choice(value).map_err(bad)?,
                 "mem" => {
                     // Checked here too, so that the error names the annotation.
                     units::parse_size(value).map_err(bad)?;
@@ -169,6 +231,12 @@ impl Metadata {
             labels.insert(format!("{ANNOTATION_PREFIX}{k}"), v);
         };
         put("kernel", self.kernel.clone());
+        if let Some(xen) = &self.xen_kernel {
+            put("xen-kernel", xen.clone());
+        }
+        if let Some(h) = self.hypervisor {
+            put("hypervisor", h.name().into());
+        }
         put("mem", self.mem.clone());
         put(
             "boot",
@@ -203,6 +271,7 @@ impl Metadata {
 
     pub fn validate(&self) -> Result<UnikernelSpec, SpecError> {
         let kernel = kernel_path(&self.kernel)?;
+        let xen_kernel = self.xen_kernel.as_deref().map(kernel_path).transpose()?;
         let mem = units::parse_size(&self.mem).map_err(SpecError::Memory)?;
         let limits = jitsu_abi::layout::MEM_MIN..=jitsu_abi::layout::MEM_MAX;
         if !limits.contains(&mem) || mem % jitsu_abi::layout::MEM_ALIGN != 0 {
@@ -225,6 +294,8 @@ impl Metadata {
             .map_err(SpecError::IdleTimeout)?;
         Ok(UnikernelSpec {
             kernel,
+            xen_kernel,
+            hypervisor: self.hypervisor,
             mem,
             cmdline: self.cmdline.clone(),
             dns_name: self.dns_name.clone(),
@@ -277,6 +348,40 @@ mod tests {
                 Err(SpecError::Json(_))
             ),
             "kernel is required"
+        );
+    }
+
+    #[test]
+    fn an_image_may_carry_a_xen_build_and_require_a_hypervisor() {
+        let m = Metadata::parse(
+            br#"{"kernel": "hello", "xen-kernel": "/xen/hello", "hypervisor": "xen"}"#,
+        )
+        .unwrap();
+        let spec = m.validate().unwrap();
+        assert_eq!(spec.kernel_for(Hypervisor::Xen), Path::new("xen/hello"));
+        assert_eq!(spec.kernel_for(Hypervisor::Kvm), Path::new("hello"));
+        assert_eq!(spec.hypervisor, Some(Hypervisor::Xen));
+        let mut m = Metadata::new("hello");
+        let auto = [("org.jitsu.hypervisor".to_string(), "auto".to_string())];
+        m.apply_annotations(auto.iter().map(|(k, v)| (k, v)))
+            .unwrap();
+        assert_eq!(m.validate().unwrap().hypervisor, None);
+        let bad = [("org.jitsu.hypervisor".to_string(), "hyperv".to_string())];
+        assert!(matches!(
+            m.apply_annotations(bad.iter().map(|(k, v)| (k, v))),
+            Err(SpecError::BadAnnotation { .. })
+        ));
+        m.xen_kernel = Some("../escape".into());
+        assert!(matches!(m.validate(), Err(SpecError::KernelPath(_))));
+        // Both survive the round trip through labels.
+        m.xen_kernel = Some("xen/hello".into());
+        m.hypervisor = Some(Hypervisor::Kvm);
+        let mut back = Metadata::new("other");
+        let labels = m.labels();
+        back.apply_annotations(labels.iter()).unwrap();
+        assert_eq!(
+            (back.xen_kernel, back.hypervisor),
+            (m.xen_kernel, m.hypervisor)
         );
     }
 

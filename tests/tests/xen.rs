@@ -1,6 +1,6 @@
 //! The Xen backend, on real Xen: boots the Xen test bed (Xen 4.17 and a
 //! Debian dom0 under QEMU's emulation, `scripts/xen-testbed.sh`) once, runs
-//! the Xen suite (`src/bin/jitsu-xen-suite.rs`) in its dom0 against the
+//! the Xen suite (`src/bin/jitsu-xen-suite/`) in its dom0 against the
 //! freshly built binaries and Xen guests, and checks that every one of its
 //! tests ran and passed. Its output, the suite's per-test lines included,
 //! is printed as it comes.
@@ -13,7 +13,7 @@ use jitsu_e2e::jitsu_bin;
 use jitsu_e2e::xen_testbed::{self, copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
 
 /// How many tests the suite has; a suite that ran fewer hid something.
-const SUITE_TESTS: usize = 8;
+const SUITE_TESTS: usize = 16;
 
 /// A Linux initramfs whose init prints one line and powers off.
 fn linux_initrd(dir: &Path) -> PathBuf {
@@ -54,16 +54,19 @@ fn the_xen_suite_passes_in_a_xen_dom0() {
     let share = tempfile::tempdir().unwrap();
     let s = share.path();
     copy_stripped(&jitsu_bin(), &s.join("bin/jitsu"));
-    for bin in ["jitsu-xen-monitor", "jitsu-xen-suite"] {
+    for bin in [
+        "jitsu-xen-monitor",
+        "jitsu-xen-suite",
+        "containerd-shim-jitsu-v1",
+    ] {
         copy_stripped(&release_bin(bin), &s.join("bin").join(bin));
     }
     for guest in ["abi-test", "hello-http"] {
         copy(&xen_guest(guest), &s.join("guests/xen").join(guest));
     }
-    copy(
-        &jitsu_e2e::guest("abi-test"),
-        &s.join("guests/kvm/abi-test"),
-    );
+    for guest in ["abi-test", "hello-http"] {
+        copy(&jitsu_e2e::guest(guest), &s.join("guests/kvm").join(guest));
+    }
     copy(&image.join("vmlinuz"), &s.join("linux/vmlinuz"));
     let initrd = linux_initrd(&s.join("linux"));
     assert!(initrd.exists());

@@ -5,10 +5,15 @@
 //! - [`defs`]: Xen's public structures and constants (4.17);
 //! - [`ring`]: the shared-ring protocol of `io/ring.h` (netfront's rings;
 //!   Conduit's later), both ends;
-//! - [`text`]: the values XenStore carries for a NIC (MAC, IPv4, MTU).
+//! - [`text`]: the values XenStore carries for a NIC (MAC, IPv4, MTU);
+//! - `image` (feature `image`, std): which kernels a PVH domain boots, as
+//!   the Xen backend checks them before libxl and `jitsu pack` when it
+//!   writes an image.
 
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "image")), no_std)]
 
 pub mod defs;
+#[cfg(feature = "image")]
+pub mod image;
 pub mod ring;
 pub mod text;

@@ -1,22 +1,28 @@
-//! `jitsu pack`: a unikernel ELF and its metadata as an OCI image archive.
+//! `jitsu pack`: a unikernel's builds (for KVM, for Xen, or both in one
+//! image: the shim picks the node's) and its metadata as an OCI image archive.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use jitsu_kvm::elf::KernelImage;
-use jitsu_spec::{BootPolicy, Metadata, METADATA_FILE};
+use jitsu_spec::{BootPolicy, Hypervisor, Metadata, METADATA_FILE};
 
 use jitsu_spec::archive::{self as oci, File};
 
-/// Where the ELF lies in the image's filesystem.
+/// Where the ELFs lie in the image's filesystem.
 const KERNEL_PATH: &str = "unikernel.elf";
+const XEN_KERNEL_PATH: &str = "xen/unikernel.elf";
 
 #[derive(Args)]
 pub struct PackArgs {
-    /// The unikernel ELF.
+    /// The unikernel ELF for KVM.
+    #[arg(long, required_unless_present = "xen_kernel")]
+    kernel: Option<PathBuf>,
+    /// The same unikernel built for Xen (PVH). With --kernel too, the image
+    /// runs on either; alone, on Xen only.
     #[arg(long)]
-    kernel: PathBuf,
+    xen_kernel: Option<PathBuf>,
     /// Image name, e.g. `jitsu/hello:latest`.
     #[arg(long)]
     name: String,
@@ -41,8 +47,15 @@ pub struct PackArgs {
 }
 
 pub fn run(args: PackArgs) -> Result<u8> {
-    let elf = std::fs::read(&args.kernel).with_context(|| format!("{}", args.kernel.display()))?;
-    let mut metadata = Metadata::new(&format!("/{KERNEL_PATH}"));
+    let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("{}", path.display()));
+    let kvm = args.kernel.as_ref().map(read).transpose()?;
+    let xen = args.xen_kernel.as_ref().map(read).transpose()?;
+    let main_path = if kvm.is_some() {
+        KERNEL_PATH
+    } else {
+        XEN_KERNEL_PATH
+    };
+    let mut metadata = Metadata::new(&format!("/{main_path}"));
     metadata.mem = args.mem;
     metadata.cmdline = args.cmdline;
     metadata.dns_name = args.dns_name;
@@ -52,26 +65,46 @@ pub fn run(args: PackArgs) -> Result<u8> {
     } else {
         BootPolicy::Lazy
     };
+    // What the image can run on: a node without it refuses it by name.
+    (metadata.xen_kernel, metadata.hypervisor) = match (&kvm, &xen) {
+        (Some(_), Some(_)) => (Some(format!("/{XEN_KERNEL_PATH}")), None),
+        (Some(_), None) => (None, Some(Hypervisor::Kvm)),
+        (None, _) => (None, Some(Hypervisor::Xen)),
+    };
     let spec = metadata.validate().context("image metadata")?;
-    KernelImage::parse(&elf, spec.mem).with_context(|| format!("{}", args.kernel.display()))?;
+    if let (Some(elf), Some(path)) = (&kvm, &args.kernel) {
+        KernelImage::parse(elf, spec.mem).with_context(|| format!("{}", path.display()))?;
+    }
+    if let (Some(elf), Some(path)) = (&xen, &args.xen_kernel) {
+        jitsu_xen_abi::image::check(elf)
+            .with_context(|| format!("{}: not a Xen PVH kernel", path.display()))?;
+    }
     let json = metadata.to_json();
-    let files = [
-        File {
+    let mut files = Vec::new();
+    if let Some(elf) = &kvm {
+        files.push(File {
             path: KERNEL_PATH,
             mode: 0o755,
-            data: &elf,
-        },
-        File {
-            path: METADATA_FILE,
-            mode: 0o644,
-            data: json.as_bytes(),
-        },
-    ];
+            data: elf,
+        });
+    }
+    if let Some(elf) = &xen {
+        files.push(File {
+            path: XEN_KERNEL_PATH,
+            mode: 0o755,
+            data: elf,
+        });
+    }
+    files.push(File {
+        path: METADATA_FILE,
+        mode: 0o644,
+        data: json.as_bytes(),
+    });
     let reference = oci::normalize_reference(&args.name);
     let archive = oci::image_archive(
         &files,
         metadata.labels(),
-        &format!("/{KERNEL_PATH}"),
+        &format!("/{main_path}"),
         &reference,
     )
     .map_err(|e| anyhow::anyhow!("writing the image: {e}"))?;

@@ -41,15 +41,16 @@ pub fn run(args: PsArgs) -> Result<u8> {
         return Ok(0);
     }
     println!(
-        "{:<20} {:<16} {:<9} {:>6} {:>10} {:>10}",
-        "NAME", "ADDRESS", "STATE", "BOOTS", "LAST BOOT", "IDLE FOR"
+        "{:<20} {:<16} {:<9} {:<10} {:>6} {:>10} {:>10}",
+        "NAME", "ADDRESS", "STATE", "RUNS ON", "BOOTS", "LAST BOOT", "IDLE FOR"
     );
     for s in &services {
         println!(
-            "{:<20} {:<16} {:<9} {:>6} {:>10} {:>10}",
+            "{:<20} {:<16} {:<9} {:<10} {:>6} {:>10} {:>10}",
             s.name,
             s.ip.map_or("-".into(), |ip| ip.to_string()),
             s.state,
+            runs_on(s),
             s.boots,
             s.last_boot_us
                 .map_or("-".into(), |us| format!("{:.2} ms", us as f64 / 1000.0)),
@@ -62,6 +63,15 @@ pub fn run(args: PsArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `kvm`, or `xen:` and the domain id (`-` when the registry does not say).
+fn runs_on(s: &Service) -> String {
+    match (s.hypervisor.as_str(), s.domid) {
+        ("", _) => "-".into(),
+        (h, Some(domid)) => format!("{h}:{domid}"),
+        (h, None) => h.into(),
+    }
+}
+
 fn json(s: &Service, now_ms: u64) -> serde_json::Value {
     serde_json::json!({
         "name": s.name,
@@ -72,5 +82,7 @@ fn json(s: &Service, now_ms: u64) -> serde_json::Value {
         "last_boot_us": s.last_boot_us,
         "idle_for_ms": s.last_packet_ms.map(|ms| now_ms.saturating_sub(ms)),
         "owner": s.owner,
+        "hypervisor": (!s.hypervisor.is_empty()).then_some(&s.hypervisor),
+        "domid": s.domid,
     })
 }

@@ -11,36 +11,20 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hypervisor {
-    Kvm,
-    Xen,
-}
+pub use jitsu_spec::Hypervisor;
 
-impl Hypervisor {
-    fn monitor(self) -> (&'static str, &'static str) {
-        match self {
-            Hypervisor::Kvm => ("JITSU_MONITOR", "jitsu-monitor"),
-            Hypervisor::Xen => ("JITSU_XEN_MONITOR", "jitsu-xen-monitor"),
-        }
-    }
-
-    /// Xen where /proc/xen says this is dom0, else KVM.
-    pub fn detect() -> Hypervisor {
-        let dom0 = std::fs::read_to_string("/proc/xen/capabilities")
-            .is_ok_and(|c| c.contains("control_d"));
-        if dom0 {
-            Hypervisor::Xen
-        } else {
-            Hypervisor::Kvm
-        }
+/// The monitor binary of `hypervisor`, and the variable that overrides it.
+fn monitor_of(hypervisor: Hypervisor) -> (&'static str, &'static str) {
+    match hypervisor {
+        Hypervisor::Kvm => ("JITSU_MONITOR", "jitsu-monitor"),
+        Hypervisor::Xen => ("JITSU_XEN_MONITOR", "jitsu-xen-monitor"),
     }
 }
 
 /// The monitor for `hypervisor`: its variable (`$JITSU_MONITOR`,
 /// `$JITSU_XEN_MONITOR`), else the binary beside this one, else on PATH.
 pub fn monitor_bin_for(hypervisor: Hypervisor) -> PathBuf {
-    let (var, name) = hypervisor.monitor();
+    let (var, name) = monitor_of(hypervisor);
     if let Some(bin) = std::env::var_os(var) {
         return PathBuf::from(bin);
     }
@@ -68,14 +52,13 @@ fn split_hypervisor(mut args: Vec<OsString>) -> Result<(Hypervisor, Vec<OsString
         _ => None,
     };
     let hypervisor = match value.as_deref().map(OsStr::to_str) {
-        None | Some(Some("auto")) => Hypervisor::detect(),
-        Some(Some("kvm")) => Hypervisor::Kvm,
-        Some(Some("xen")) => Hypervisor::Xen,
-        Some(other) => anyhow::bail!(
-            "--hypervisor {}: want kvm, xen or auto",
-            other.unwrap_or("(not UTF-8)")
-        ),
-    };
+        None => None,
+        Some(Some(text)) => {
+            Hypervisor::parse_choice(text).map_err(|e| anyhow::anyhow!("--hypervisor {e}"))?
+        }
+        Some(None) => anyhow::bail!("--hypervisor (not UTF-8): want kvm, xen or auto"),
+    }
+    .unwrap_or_else(Hypervisor::of_this_node);
     Ok((hypervisor, args))
 }
 

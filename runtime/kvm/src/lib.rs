@@ -65,6 +65,10 @@ impl Backend for KvmBackend {
         Vm::create(&kernel, &self.config, Instant::now())?.park()
     }
 
+    fn hypervisor(&self) -> &'static str {
+        "kvm"
+    }
+
     fn frames(&self) -> &dyn FramePort {
         &*self.tap
     }

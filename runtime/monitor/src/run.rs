@@ -15,6 +15,7 @@ use std::sync::Arc;
 use jitsu_kvm::kernel_file::KernelFile;
 use jitsu_kvm::{KvmBackend, NetSetup, RunReport, Vm, VmConfig};
 use jitsu_runtime::control::ControlServer;
+use jitsu_runtime::inherited::{adopt_fd, ReadyFd};
 use jitsu_runtime::supervisor::{Ended, LazyConfig, RegistryConfig, ServiceAddress, Supervisor};
 use jitsu_runtime::tap::Tap;
 use jitsu_runtime::{GuestReport, Running};
@@ -103,7 +104,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
-    let mut ready = args.ready_fd.map(Ready::adopt).transpose()?;
+    let mut ready = args.ready_fd.map(ReadyFd::adopt).transpose()?;
     let result = run_monitor(args, start, start_monotonic, &mut ready);
     if let (Some(ready), Err(err)) = (ready, &result) {
         ready.report(&format!("error: {err:#}"));
@@ -111,45 +112,11 @@ pub fn run(args: RunArgs, start: Instant, start_monotonic: u64) -> Result<u8> {
     result
 }
 
-/// Takes ownership of an inherited descriptor named by `option`, marking
-/// it close-on-exec again.
-fn adopt_fd(fd: i32, option: &str) -> Result<std::fs::File> {
-    use std::os::fd::FromRawFd;
-    // Only a descriptor that is open, and not one of the standard three.
-    // SAFETY: F_GETFD only reads the descriptor's flags.
-    let open = fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
-    anyhow::ensure!(open, "{option} {fd} is not an open descriptor");
-    // SAFETY: the descriptor is open, and nothing else in this process
-    // owns it: it was inherited for this one purpose (and is adopted once:
-    // each option names its own).
-    let file = unsafe { std::fs::File::from_raw_fd(fd) };
-    nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )
-    .with_context(|| format!("{option} {fd}"))?;
-    Ok(file)
-}
-
-/// The parent's end of `--ready-fd`: told once, then closed.
-struct Ready(std::fs::File);
-
-impl Ready {
-    fn adopt(fd: i32) -> Result<Ready> {
-        adopt_fd(fd, "--ready-fd").map(Ready)
-    }
-
-    fn report(mut self, line: &str) {
-        use std::io::Write;
-        let _ = writeln!(self.0, "{line}");
-    }
-}
-
 fn run_monitor(
     args: RunArgs,
     start: Instant,
     start_monotonic: u64,
-    ready: &mut Option<Ready>,
+    ready: &mut Option<ReadyFd>,
 ) -> Result<u8> {
     if args.die_with_parent {
         die_with_parent()?;
@@ -229,20 +196,11 @@ fn run_monitor(
             idle_timeout: args.idle_timeout,
             control,
             hold: !args.no_hold,
-            registry: match &args.name {
-                None => None,
-                Some(name) if !jitsu_registry::valid_name(name) => {
-                    bail!("--name {name:?}: a service name is a DNS label (a-z, 0-9, '-', at most 63)")
-                }
-                Some(name) => Some(RegistryConfig {
-                    name: name.clone(),
-                    socket: registry_socket,
-                    owner: args
-                        .owner
-                        .clone()
-                        .unwrap_or_else(|| format!("pid:{}", std::process::id())),
-                }),
-            },
+            registry: args
+                .name
+                .as_deref()
+                .map(|name| RegistryConfig::new(name, args.owner.as_deref(), registry_socket))
+                .transpose()?,
         };
         return run_lazy(lazy, backend, &args.kernel, ready);
     }
@@ -320,7 +278,7 @@ fn run_lazy(
     config: LazyConfig,
     backend: KvmBackend,
     kernel: &std::path::Path,
-    ready: &mut Option<Ready>,
+    ready: &mut Option<ReadyFd>,
 ) -> Result<u8> {
     let signal_fd = termination_signals()?;
     let mut supervisor =

@@ -176,6 +176,13 @@ int jx_destroy(struct jx *jx, uint32_t domid)
     return libxl_domain_destroy(jx->ctx, domid, NULL);
 }
 
+/* The id of the domain named `name`: 0 and *domid, or a libxl error code
+ * (ERROR_INVAL when there is none). */
+int jx_domid_by_name(struct jx *jx, const char *name, uint32_t *domid)
+{
+    return libxl_name_to_domid(jx->ctx, name, domid);
+}
+
 int jx_state(struct jx *jx, uint32_t domid, struct jx_state *out)
 {
     libxl_dominfo info;
@@ -220,13 +227,25 @@ char *jx_xs_read(struct jx *jx, const char *path)
     return xs_read(jx->xs, XBT_NULL, path, &len);
 }
 
-/* An fd that becomes readable whenever a domain changes state: xenstored
- * fires @releaseDomain when one shuts down or dies. */
-int jx_watch_domains(struct jx *jx)
+/* Watches `path` (or a special path such as @releaseDomain, which
+ * xenstored fires when a domain shuts down or dies); returns the fd that
+ * becomes readable when any of the handle's watches fires. */
+int jx_watch(struct jx *jx, const char *path)
 {
-    if (!xs_watch(jx->xs, "@releaseDomain", "jitsu"))
+    if (!xs_watch(jx->xs, path, "jitsu"))
         return -1;
     return xs_fileno(jx->xs);
+}
+
+/* The fd of the handle's watches (xs_fileno makes it on first use). */
+int jx_watch_fd(struct jx *jx)
+{
+    return xs_fileno(jx->xs);
+}
+
+int jx_unwatch(struct jx *jx, const char *path)
+{
+    return xs_unwatch(jx->xs, path, "jitsu") ? 0 : -1;
 }
 
 /* Reads the watch events that are waiting (they say nothing more). */

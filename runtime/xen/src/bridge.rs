@@ -1,9 +1,14 @@
 //! The bridge the domains' vifs join (libxl's vif-bridge hotplug script
-//! plugs each vif in): made over netlink if it is missing, with the
-//! gateway's address when one is asked for, and brought up.
+//! plugs each vif in), over netlink: made if it is missing, with the
+//! gateway's address when one is asked for, and brought up. A lazy service
+//! also plugs its stand-in TAP in, and pins its MAC to one port or the
+//! other: the TAP while Synjitsu stands in, the vif once the guest's link is
+//! up. The pin is a static, sticky FDB entry, so the guest's own frames (its
+//! gratuitous ARP as netfront connects) cannot move it early.
 
 use std::net::Ipv4Addr;
 
+use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use thiserror::Error;
 
@@ -15,58 +20,134 @@ pub struct BridgeError {
     detail: String,
 }
 
-/// Makes sure `name` exists and is up, holding `address` if given.
-pub fn ensure(name: &str, address: Option<(Ipv4Addr, u8)>) -> Result<(), BridgeError> {
-    let err = |what, detail: String| BridgeError {
-        bridge: name.to_string(),
-        what,
-        detail,
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| err("starting netlink", e.to_string()))?;
-    runtime.block_on(async {
-        let (connection, handle, _) =
-            rtnetlink::new_connection().map_err(|e| err("opening netlink", e.to_string()))?;
-        tokio::spawn(connection);
-        let index = match index(&handle, name).await {
-            Some(index) => index,
-            None => {
+/// A bridge, and a netlink connection kept open for the service's life
+/// (the hand-over at each boot is on a client's path).
+pub struct Bridge {
+    name: String,
+    index: u32,
+    runtime: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+impl Bridge {
+    /// Makes sure `name` exists and is up, holding `address` if given.
+    pub fn ensure(name: &str, address: Option<(Ipv4Addr, u8)>) -> Result<Bridge, BridgeError> {
+        let err = |what, detail: String| BridgeError {
+            bridge: name.to_string(),
+            what,
+            detail,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| err("starting netlink", e.to_string()))?;
+        let handle = runtime.block_on(async {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|e| err("opening netlink", e.to_string()))?;
+            tokio::spawn(connection);
+            Ok::<_, BridgeError>(handle)
+        })?;
+        let mut bridge = Bridge {
+            name: name.to_string(),
+            index: 0,
+            runtime,
+            handle,
+        };
+        bridge.index = bridge.make(address)?;
+        Ok(bridge)
+    }
+
+    fn err(&self, what: &'static str, detail: impl ToString) -> BridgeError {
+        BridgeError {
+            bridge: self.name.clone(),
+            what,
+            detail: detail.to_string(),
+        }
+    }
+
+    fn make(&self, address: Option<(Ipv4Addr, u8)>) -> Result<u32, BridgeError> {
+        let handle = &self.handle;
+        self.runtime.block_on(async {
+            let index = match index(handle, &self.name).await {
+                Some(index) => index,
+                None => {
+                    match handle
+                        .link()
+                        .add(LinkBridge::new(&self.name).build())
+                        .execute()
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
+                        }
+                        Err(e) => return Err(self.err("creating it", e)),
+                    }
+                    index(handle, &self.name)
+                        .await
+                        .ok_or_else(|| self.err("creating it", "it vanished"))?
+                }
+            };
+            if let Some((ip, prefix)) = address {
                 match handle
-                    .link()
-                    .add(LinkBridge::new(name).build())
+                    .address()
+                    .add(index, ip.into(), prefix)
                     .execute()
                     .await
                 {
                     Ok(()) => {}
                     Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-                    Err(e) => return Err(err("creating it", e.to_string())),
+                    Err(e) => return Err(self.err("adding its address", e)),
                 }
-                index(&handle, name)
-                    .await
-                    .ok_or_else(|| err("creating it", "it vanished".into()))?
             }
-        };
-        if let Some((ip, prefix)) = address {
-            match handle
-                .address()
-                .add(index, ip.into(), prefix)
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).up().build())
                 .execute()
                 .await
-            {
-                Ok(()) => {}
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-                Err(e) => return Err(err("adding its address", e.to_string())),
-            }
-        }
-        handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| err("bringing it up", e.to_string()))
-    })
+                .map_err(|e| self.err("bringing it up", e))?;
+            Ok(index)
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Plugs interface `port` into the bridge, down (see [`Bridge::set_up`]).
+    pub fn plug(&self, port: u32) -> Result<(), BridgeError> {
+        let message = LinkUnspec::new_with_index(port)
+            .controller(self.index)
+            .build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .map_err(|e| self.err("plugging a port in", e))
+    }
+
+    /// Brings interface `port` up or down (a port that is down gets nothing
+    /// from the bridge).
+    pub fn set_up(&self, port: u32, up: bool) -> Result<(), BridgeError> {
+        let link = LinkUnspec::new_with_index(port);
+        let message = if up { link.up() } else { link.down() }.build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .map_err(|e| self.err("setting a port up or down", e))
+    }
+
+    /// Frames for `mac` go to `port` from now on, whatever the source
+    /// addresses of frames the bridge sees (one netlink request: the move
+    /// is atomic).
+    pub fn pin(&self, mac: [u8; 6], port: u32) -> Result<(), BridgeError> {
+        let request = self
+            .handle
+            .neighbours()
+            .add_bridge(port, &mac)
+            .state(NeighbourState::Noarp)
+            .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
+            .replace();
+        self.runtime
+            .block_on(request.execute())
+            .map_err(|e| self.err("pinning the service's MAC to a port", e))
+    }
 }
 
 async fn index(handle: &Handle, name: &str) -> Option<u32> {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -63,7 +64,7 @@ pub enum DomainError {
 
 /// A built domain. Destroyed on drop unless [`Domain::finish`] did it.
 pub struct Domain {
-    toolstack: Toolstack,
+    toolstack: Rc<Toolstack>,
     domid: u32,
     console: Option<OwnedFd>,
     created: Instant,
@@ -80,9 +81,10 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Domain {
-    /// Checks everything that can be checked, then builds the domain, paused.
+    /// Checks everything that can be checked, then builds the domain,
+    /// paused. The vif's bridge must exist ([`crate::bridge::Bridge::ensure`]).
     pub fn create_paused(
-        toolstack: Toolstack,
+        toolstack: Rc<Toolstack>,
         config: &DomainConfig,
     ) -> Result<Domain, DomainError> {
         image::check_file(&config.kernel).map_err(|err| DomainError::Image {
@@ -100,10 +102,6 @@ impl Domain {
         }
         if !valid_name(&config.name) {
             return Err(DomainError::Name(config.name.clone()));
-        }
-        if let Some(net) = &config.net {
-            let gateway = net.gateway.map(|gw| (gw, net.prefix_len));
-            crate::bridge::ensure(&net.bridge, gateway)?;
         }
         let spec = DomainSpec {
             name: &config.name,
@@ -174,8 +172,22 @@ impl Domain {
 
     pub fn unpause(&mut self) -> Result<(), DomainError> {
         self.toolstack.unpause(self.domid)?;
-        self.unpaused = Some(Instant::now());
+        self.unpaused.get_or_insert_with(Instant::now);
         Ok(())
+    }
+
+    pub fn pause(&self) -> Result<(), DomainError> {
+        Ok(self.toolstack.pause(self.domid)?)
+    }
+
+    pub fn toolstack(&self) -> &Toolstack {
+        &self.toolstack
+    }
+
+    /// The console's pty, for a relay of the caller's (see
+    /// [`crate::console`]); [`Domain::finish`] then relays nothing itself.
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
+        self.console.take()
     }
 
     /// Readable when there is console output to relay.

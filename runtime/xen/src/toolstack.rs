@@ -55,11 +55,14 @@ extern "C" {
     fn jx_unpause(jx: *mut Jx, domid: u32) -> c_int;
     fn jx_pause(jx: *mut Jx, domid: u32) -> c_int;
     fn jx_destroy(jx: *mut Jx, domid: u32) -> c_int;
+    fn jx_domid_by_name(jx: *mut Jx, name: *const c_char, domid: *mut u32) -> c_int;
     fn jx_state(jx: *mut Jx, domid: u32, out: *mut JxState) -> c_int;
     fn jx_console_tty(jx: *mut Jx, domid: u32) -> *mut c_char;
     fn jx_xs_write(jx: *mut Jx, path: *const c_char, value: *const c_char) -> c_int;
     fn jx_xs_read(jx: *mut Jx, path: *const c_char) -> *mut c_char;
-    fn jx_watch_domains(jx: *mut Jx) -> c_int;
+    fn jx_watch(jx: *mut Jx, path: *const c_char) -> c_int;
+    fn jx_unwatch(jx: *mut Jx, path: *const c_char) -> c_int;
+    fn jx_watch_fd(jx: *mut Jx) -> c_int;
     fn jx_watch_drain(jx: *mut Jx);
     fn jx_vcpu_regs(jx: *mut Jx, domid: u32, out: *mut Registers) -> c_int;
     fn jx_free(p: *mut c_void);
@@ -107,6 +110,8 @@ pub struct DomainSpec<'a> {
 /// One connection to libxl, XenStore and the hypervisor.
 pub struct Toolstack {
     jx: NonNull<Jx>,
+    /// Whether the `@releaseDomain` watch is set (once per handle).
+    watching_domains: std::cell::Cell<bool>,
 }
 
 // SAFETY: the handles inside are used from one thread at a time (Toolstack
@@ -149,7 +154,10 @@ impl Toolstack {
         // with errno set.
         let jx = unsafe { jx_open(verbosity as c_int) };
         NonNull::new(jx)
-            .map(|jx| Toolstack { jx })
+            .map(|jx| Toolstack {
+                jx,
+                watching_domains: std::cell::Cell::new(false),
+            })
             .ok_or_else(|| ToolstackError::Open(std::io::Error::last_os_error()))
     }
 
@@ -211,6 +219,15 @@ impl Toolstack {
         )
     }
 
+    /// The id of the domain named `name`, if there is one.
+    pub fn domid_by_name(&self, name: &str) -> Result<Option<u32>, ToolstackError> {
+        let name = cstring(name, "the domain name")?;
+        let mut domid = 0u32;
+        // SAFETY: the name outlives the call; `domid` is a live out-parameter.
+        let rc = unsafe { jx_domid_by_name(self.raw(), name.as_ptr(), &mut domid) };
+        Ok((rc == 0).then_some(domid))
+    }
+
     pub fn state(&self, domid: u32) -> Result<DomainState, ToolstackError> {
         let mut state = JxState::default();
         // SAFETY: `state` is a live out-parameter of the glue's layout.
@@ -258,18 +275,58 @@ impl Toolstack {
         take_string(unsafe { jx_xs_read(self.raw(), p.as_ptr()) })
     }
 
-    /// A descriptor, readable when any domain shuts down or dies.
+    /// A descriptor, readable when any domain shuts down or dies (or
+    /// another of this handle's watches fires).
     pub fn watch_domains(&self) -> Result<BorrowedFd<'_>, ToolstackError> {
-        // SAFETY: a plain call on our own XenStore handle.
-        let fd: RawFd = unsafe { jx_watch_domains(self.raw()) };
+        if self.watching_domains.get() {
+            return self.watch_fd();
+        }
+        let fd = self.watch("@releaseDomain")?;
+        self.watching_domains.set(true);
+        Ok(fd)
+    }
+
+    /// Watches `path`; the descriptor becomes readable when any of this
+    /// handle's watches fires (then read the paths again).
+    pub fn watch(&self, path: &str) -> Result<BorrowedFd<'_>, ToolstackError> {
+        let p = cstring(path, "a XenStore path")?;
+        // SAFETY: the path outlives the call.
+        let fd: RawFd = unsafe { jx_watch(self.raw(), p.as_ptr()) };
         if fd < 0 {
             return Err(ToolstackError::Store {
-                path: "@releaseDomain".into(),
+                path: path.into(),
                 err: std::io::Error::last_os_error(),
             });
         }
         // SAFETY: the fd belongs to the XenStore handle, which lives as long
         // as `self`, and the borrow cannot outlive `self`.
+        Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+    }
+
+    pub fn unwatch(&self, path: &str) -> Result<(), ToolstackError> {
+        let p = cstring(path, "a XenStore path")?;
+        // SAFETY: the path outlives the call.
+        if unsafe { jx_unwatch(self.raw(), p.as_ptr()) } == 0 {
+            Ok(())
+        } else {
+            Err(ToolstackError::Store {
+                path: path.into(),
+                err: std::io::Error::last_os_error(),
+            })
+        }
+    }
+
+    /// The descriptor of the watches set so far.
+    fn watch_fd(&self) -> Result<BorrowedFd<'_>, ToolstackError> {
+        // SAFETY: a plain call on our own XenStore handle.
+        let fd: RawFd = unsafe { jx_watch_fd(self.raw()) };
+        if fd < 0 {
+            return Err(ToolstackError::Store {
+                path: "(watches)".into(),
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: as in `watch`.
         Ok(unsafe { BorrowedFd::borrow_raw(fd) })
     }
 

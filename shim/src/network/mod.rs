@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use futures_util::TryStreamExt;
 use jitsu_runtime::tap::Tap;
+use jitsu_spec::Hypervisor;
 use rtnetlink::{new_connection, Handle};
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,9 @@ pub enum Network {
     Sandbox { netns: Option<PathBuf> },
     /// A TAP on the node's `jitsu0` bridge, an address from the node range.
     Bridge { tap: String, ip: Ipv4Addr },
+    /// A Xen domain's vif on the node's `jitsu0` bridge (the monitor and
+    /// libxl make it), an address from the node range.
+    Vif { ip: Ipv4Addr },
     /// A TAP in the pod's namespace, joined to its `eth0`.
     Pod {
         netns: PathBuf,
@@ -38,14 +42,31 @@ impl Network {
     pub fn ip(&self) -> Option<Ipv4Addr> {
         match self {
             Network::Sandbox { .. } => None,
-            Network::Bridge { ip, .. } => Some(*ip),
+            Network::Bridge { ip, .. } | Network::Vif { ip } => Some(*ip),
             Network::Pod { link, .. } => Some(link.ip),
         }
     }
 
     /// The container's network: in the pod's namespace `netns`, else on the
     /// node's bridge. A failure undoes what this call made, and only that.
-    pub async fn plug(key: &ContainerKey, netns: Option<PathBuf>) -> NetResult<Network> {
+    pub async fn plug(
+        key: &ContainerKey,
+        netns: Option<PathBuf>,
+        hypervisor: Hypervisor,
+    ) -> NetResult<Network> {
+        match (netns, hypervisor) {
+            (Some(_), Hypervisor::Xen) => {
+                Err("a pod's network on Xen is not supported yet: run the pod on a KVM node".into())
+            }
+            (None, Hypervisor::Xen) => {
+                let ip = Ipam::new(&state_dir()).allocate(&key.describe())?;
+                Ok(Network::Vif { ip })
+            }
+            (netns, Hypervisor::Kvm) => Network::plug_tap(key, netns).await,
+        }
+    }
+
+    async fn plug_tap(key: &ContainerKey, netns: Option<PathBuf>) -> NetResult<Network> {
         match netns {
             Some(netns) => {
                 let tap = pod::tap_name(key);
@@ -76,6 +97,10 @@ impl Network {
             Network::Sandbox { .. } => Ok(()),
             Network::Bridge { tap, ip } => {
                 bridge::unplug_tap(tap).await?;
+                Ipam::new(&state_dir()).release(*ip);
+                Ok(())
+            }
+            Network::Vif { ip } => {
                 Ipam::new(&state_dir()).release(*ip);
                 Ok(())
             }

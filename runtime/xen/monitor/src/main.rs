@@ -2,7 +2,10 @@
 //! --hypervisor xen` (or `jitsu run` on a dom0) execs it with the flags it
 //! would give the KVM monitor: build the domain paused, relay its console to
 //! stdout, unpause, and end with its exit status; SIGINT or SIGTERM destroys
-//! it (status 128 + the signal).
+//! it (status 128 + the signal). With `--lazy` the domain is parked under
+//! the supervisor instead (`lazy.rs`).
+
+mod lazy;
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
@@ -25,13 +28,13 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
     version,
     about = "Boot a unikernel as a Xen PVH domain (run in dom0)."
 )]
-struct Args {
+pub(crate) struct Args {
     /// Guest memory (a multiple of 1M, 4M to 4G).
     #[arg(long, default_value = "16M", value_parser = args::parse_size)]
     mem: u64,
     /// The bridge for the domain's vif (made, and brought up, if missing).
     #[arg(long, value_name = "BRIDGE")]
-    net: Option<String>,
+    pub net: Option<String>,
     /// The guest's MAC address (default: 02:4a and the four bytes of --ip).
     #[arg(long, value_parser = args::parse_mac, requires = "net")]
     mac: Option<[u8; 6]>,
@@ -44,14 +47,25 @@ struct Args {
     /// An initial ramdisk, for stock kernels (a Linux PVH kernel).
     #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
-    /// The domain's name in Xen (default: jitsu-<kernel>-<pid>).
+    /// The domain's name in Xen (default: jitsu-<--name>, else jitsu-<kernel>-<pid>).
     #[arg(long)]
-    name: Option<String>,
+    domain_name: Option<String>,
+    #[command(flatten)]
+    lazy: lazy::LazyArgs,
     /// Print build, unpause and first console byte, in microseconds.
     #[arg(long)]
     timings: bool,
+    /// Read the kernel from this inherited descriptor (opened by the shim
+    /// inside the image); KERNEL is then only its name in messages.
+    #[arg(long, value_name = "FD")]
+    kernel_fd: Option<i32>,
+    /// Destroy the domain of this name, if there is one, and exit: how the
+    /// shim cleans up after a monitor that was killed.
+    #[arg(long, value_name = "NAME", exclusive = true)]
+    destroy_domain: Option<String>,
     /// The unikernel (an ELF with Xen's PVH note, or a Linux bzImage).
-    kernel: PathBuf,
+    #[arg(required_unless_present = "destroy_domain", default_value = "")]
+    pub kernel: PathBuf,
     /// Command line handed to the guest.
     #[arg(last = true)]
     args: Vec<String>,
@@ -69,7 +83,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn config(args: &Args) -> Result<DomainConfig> {
+/// Destroys the domain `name` if it exists (libxl removes its vif too).
+fn destroy_domain(name: &str) -> Result<u8> {
+    let toolstack = Toolstack::open(0)?;
+    if let Some(domid) = toolstack.domid_by_name(name)? {
+        toolstack
+            .destroy(domid)
+            .with_context(|| format!("domain {name} ({domid})"))?;
+        eprintln!("jitsu: destroyed domain {name} ({domid})");
+    }
+    Ok(0)
+}
+
+/// The kernel libxl reads: the inherited descriptor's own path (libxl
+/// opens kernels by name), else KERNEL.
+fn kernel_path(args: &Args) -> Result<PathBuf> {
+    let Some(fd) = args.kernel_fd else {
+        return Ok(args.kernel.clone());
+    };
+    let file = jitsu_runtime::inherited::adopt_fd(fd, "--kernel-fd")?;
+    // Kept open for the monitor's life: the path names it.
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    Ok(PathBuf::from(format!("/proc/self/fd/{fd}")))
+}
+
+pub(crate) fn config(args: &Args) -> Result<DomainConfig> {
     let stem = args
         .kernel
         .file_stem()
@@ -94,11 +132,12 @@ fn config(args: &Args) -> Result<DomainConfig> {
         None => None,
     };
     Ok(DomainConfig {
-        name: args
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("jitsu-{stem}-{}", std::process::id())),
-        kernel: args.kernel.clone(),
+        name: match (&args.domain_name, &args.lazy.name) {
+            (Some(name), _) => name.clone(),
+            (None, Some(service)) => format!("jitsu-{service}"),
+            (None, None) => format!("jitsu-{stem}-{}", std::process::id()),
+        },
+        kernel: kernel_path(args)?,
         initrd: args.initrd.clone(),
         cmdline: args.args.join(" "),
         memory: args.mem,
@@ -107,6 +146,12 @@ fn config(args: &Args) -> Result<DomainConfig> {
 }
 
 fn run(args: Args) -> Result<u8> {
+    if let Some(name) = &args.destroy_domain {
+        return destroy_domain(name);
+    }
+    if args.lazy.lazy {
+        return lazy::run(&args);
+    }
     let start = Instant::now();
     let config = config(&args)?;
     // Blocked before anything else, so that a signal during the build is
@@ -117,7 +162,10 @@ fn run(args: Args) -> Result<u8> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let toolstack = Toolstack::open(verbosity)?;
-    let mut domain = Domain::create_paused(toolstack, &config)
+    if let Some(net) = &config.net {
+        jitsu_xen::bridge::Bridge::ensure(&net.bridge, net.gateway.map(|gw| (gw, net.prefix_len)))?;
+    }
+    let mut domain = Domain::create_paused(std::rc::Rc::new(toolstack), &config)
         .with_context(|| format!("{}", args.kernel.display()))?;
     let built = start.elapsed();
     if let Some(signal) = pending_signal(&signals) {
@@ -179,7 +227,7 @@ fn run(args: Args) -> Result<u8> {
     })
 }
 
-fn termination_signals() -> Result<SignalFd> {
+pub(crate) fn termination_signals() -> Result<SignalFd> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);

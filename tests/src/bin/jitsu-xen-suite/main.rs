@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod containerd;
+mod lazy;
+
 type Result = std::result::Result<(), Failed>;
 
 fn env_path(var: &str) -> PathBuf {
@@ -221,7 +224,8 @@ fn our_vifs() -> Vec<String> {
     text(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| name.starts_with("vif"))
+        // The vifs, and the TAPs lazy monitors stand in with.
+        .filter(|name| name.starts_with("vif") || name.starts_with("jsi"))
         .map(String::from)
         .collect()
 }
@@ -259,7 +263,7 @@ impl Drop for Bridge {
 fn console_text_reaches_stdout() -> Result {
     leaves_nothing(|| {
         let name = test_name("hello");
-        let mut cmd = jitsu(&["--name", &name]);
+        let mut cmd = jitsu(&["--domain-name", &name]);
         cmd.arg(guest("abi-test")).args(["--", "hello"]);
         let out = run(cmd)?;
         expect_status(&out, 0)?;
@@ -274,11 +278,11 @@ fn exit_status_of_a_halting_guest() -> Result {
             (&["exit", "0"], 0),
             (&["exit", "255"], 255),
         ] {
-            let mut cmd = jitsu(&["--name", &test_name("exit")]);
+            let mut cmd = jitsu(&["--domain-name", &test_name("exit")]);
             cmd.arg(guest("abi-test")).arg("--").args(args);
             expect_status(&run(cmd)?, status)?;
         }
-        let mut cmd = jitsu(&["--name", &test_name("panic")]);
+        let mut cmd = jitsu(&["--domain-name", &test_name("panic")]);
         cmd.arg(guest("abi-test")).args(["--", "panic"]);
         let out = run(cmd)?;
         expect_status(&out, 101)?;
@@ -288,7 +292,7 @@ fn exit_status_of_a_halting_guest() -> Result {
 
 fn a_crashing_guest_is_reported_with_its_registers() -> Result {
     leaves_nothing(|| {
-        let mut cmd = jitsu(&["--name", &test_name("crash")]);
+        let mut cmd = jitsu(&["--domain-name", &test_name("crash")]);
         cmd.arg(guest("abi-test")).args(["--", "crash"]);
         let out = run(cmd)?;
         expect_status(&out, 126)?;
@@ -329,7 +333,7 @@ fn bad_images_are_refused_and_leave_no_domain() -> Result {
         ];
         for (kernel, extra, why) in cases {
             let name = test_name("bad");
-            let mut cmd = jitsu(&["--name", &name]);
+            let mut cmd = jitsu(&["--domain-name", &name]);
             cmd.args(extra).arg(&kernel).args(["--", "hello"]);
             let out = run(cmd)?;
             expect_status(&out, 125)?;
@@ -343,7 +347,7 @@ fn hello_http_answers_curl_from_dom0() -> Result {
     let bridge = Bridge::new("h");
     leaves_nothing(|| {
         let mut cmd = jitsu(&[
-            "--name",
+            "--domain-name",
             &test_name("http"),
             "--net",
             &bridge.0,
@@ -411,7 +415,7 @@ fn hello_http_answers_curl_from_dom0() -> Result {
 fn sigterm_during_boot_destroys_the_domain() -> Result {
     leaves_nothing(|| {
         let name = test_name("early");
-        let mut cmd = jitsu(&["--name", &name]);
+        let mut cmd = jitsu(&["--domain-name", &name]);
         cmd.env("JITSU_LOG", "jitsu_xen=debug");
         cmd.arg(guest("abi-test")).args(["--", "spin"]);
         let mut monitor = Monitor::spawn(cmd)?;
@@ -431,7 +435,13 @@ fn a_stock_linux_kernel_boots_through_the_same_backend() -> Result {
     leaves_nothing(|| {
         let kernel = env_path("JITSU_LINUX_KERNEL");
         let initrd = env_path("JITSU_LINUX_INITRD");
-        let mut cmd = jitsu(&["--name", &test_name("linux"), "--mem", "256M", "--initrd"]);
+        let mut cmd = jitsu(&[
+            "--domain-name",
+            &test_name("linux"),
+            "--mem",
+            "256M",
+            "--initrd",
+        ]);
         cmd.arg(&initrd)
             .arg(&kernel)
             .args(["--", "console=hvc0", "quiet"]);
@@ -549,6 +559,38 @@ fn main() {
         Trial::test(
             "dns_is_served_from_xens_own_xenstored",
             dns_is_served_from_xens_own_xenstored,
+        ),
+        Trial::test(
+            "a_parked_domain_answers_its_first_syn_without_a_retransmission",
+            lazy::a_parked_domain_answers_its_first_syn_without_a_retransmission,
+        ),
+        Trial::test(
+            "a_domain_parked_for_any_time_answers_its_first_syn_and_boots_once",
+            lazy::a_domain_parked_for_any_time_answers_its_first_syn_and_boots_once,
+        ),
+        Trial::test(
+            "a_crowd_at_a_parked_domain_boots_it_once",
+            lazy::a_crowd_at_a_parked_domain_boots_it_once,
+        ),
+        Trial::test(
+            "a_kept_alive_connection_to_a_reparked_domain_is_reset_at_once",
+            lazy::a_kept_alive_connection_to_a_reparked_domain_is_reset_at_once,
+        ),
+        Trial::test(
+            "a_domain_parked_at_its_ready_point_answers_its_first_syn",
+            lazy::a_domain_parked_at_its_ready_point_answers_its_first_syn,
+        ),
+        Trial::test(
+            "lookups_of_a_parked_domains_name_boot_it_once",
+            lazy::lookups_of_a_parked_domains_name_boot_it_once,
+        ),
+        Trial::test(
+            "ctr_run_parks_a_domain_that_curl_boots_and_idleness_parks_again",
+            containerd::ctr_run_parks_a_domain_that_curl_boots_and_idleness_parks_again,
+        ),
+        Trial::test(
+            "the_node_picks_xen_from_an_image_with_both_builds_and_refuses_kvm_ones",
+            containerd::the_node_picks_xen_from_an_image_with_both_builds_and_refuses_kvm_ones,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

@@ -1,0 +1,224 @@
+//! The processes a container runs, and their command lines: a unikernel's
+//! monitor (`jitsu-monitor` on KVM, jailed; `jitsu-xen-monitor` in a Xen
+//! dom0, which needs root for libxl), and a pod sandbox's `jitsu pause`.
+//! Which hypervisor a container gets is decided here too: the node's, or
+//! the one the image (or `org.jitsu.hypervisor`) requires, if the node has it.
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use jitsu_spec::{Hypervisor, UnikernelSpec};
+
+use crate::network::bridge::{BRIDGE, GATEWAY, PREFIX};
+use crate::network::Network;
+use crate::state::Record;
+
+/// The hypervisor for a unikernel that requires `required` (None: any).
+pub fn choose(required: Option<Hypervisor>) -> Result<Hypervisor, String> {
+    let node = Hypervisor::of_this_node();
+    match required {
+        None => Ok(node),
+        Some(h) if h == node => Ok(h),
+        Some(Hypervisor::Xen) => Err(
+            "the unikernel requires Xen (org.jitsu.hypervisor=xen), and this node is not a Xen dom0"
+                .into(),
+        ),
+        Some(Hypervisor::Kvm) => Err(
+            "the unikernel requires KVM (org.jitsu.hypervisor=kvm), and this node is a Xen dom0, which runs unikernels as Xen domains"
+                .into(),
+        ),
+    }
+}
+
+/// A binary of ours: `$<var>`, else next to the shim, else `name` on PATH.
+fn our_binary(var: &str, name: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(var) {
+        return PathBuf::from(bin);
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.join(name)));
+    sibling
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// The monitor of a unikernel on `hypervisor`.
+pub fn monitor_bin(hypervisor: Hypervisor) -> PathBuf {
+    match hypervisor {
+        Hypervisor::Kvm => our_binary("JITSU_MONITOR", "jitsu-monitor"),
+        Hypervisor::Xen => our_binary("JITSU_XEN_MONITOR", "jitsu-xen-monitor"),
+    }
+}
+
+/// `jitsu`, for a pod sandbox's `jitsu pause`.
+pub fn jitsu_bin() -> PathBuf {
+    our_binary("JITSU_BIN", "jitsu")
+}
+
+/// A container's stdout or stderr: containerd's FIFO (or file), or nothing.
+pub fn stdio(path: &str) -> Result<Stdio, String> {
+    if path.is_empty() {
+        return Ok(Stdio::null());
+    }
+    // Read-write so that opening a FIFO never waits for its reader.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    Ok(Stdio::from(file))
+}
+
+/// The Xen domain of the container `record`: named after its address
+/// lease (unique on the node while it is held) and its id (for people).
+pub fn xen_domain_name(record: &Record) -> Option<String> {
+    let ip = record.network.ip()?;
+    let id: String = record
+        .key
+        .id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    Some(format!("jitsu-{ip}-{id}"))
+}
+
+/// The monitor's command for the unikernel of `record`, parked (`--lazy`);
+/// it reports on `ready` (the write end of a pipe, inherited) once parked,
+/// and inherits the kernel, already opened in the image, as `kernel`.
+pub fn monitor_command(
+    hypervisor: Hypervisor,
+    spec: &UnikernelSpec,
+    record: &Record,
+    kernel: BorrowedFd<'_>,
+    ready: BorrowedFd<'_>,
+) -> Command {
+    let mut cmd = Command::new(monitor_bin(hypervisor));
+    cmd.args(["--lazy", "--die-with-parent", "--mem"])
+        .arg(spec.mem.to_string())
+        .arg("--control")
+        .arg(record.key.control_path())
+        .arg("--ready-fd")
+        .arg(ready.as_raw_fd().to_string());
+    inherit(&mut cmd, ready.as_raw_fd());
+    cmd.arg("--kernel-fd").arg(kernel.as_raw_fd().to_string());
+    inherit(&mut cmd, kernel.as_raw_fd());
+    match hypervisor {
+        Hypervisor::Kvm => kvm_args(&mut cmd, record),
+        Hypervisor::Xen => xen_args(&mut cmd, record),
+    }
+    if let Some(t) = spec.idle_timeout {
+        cmd.arg("--idle-timeout")
+            .arg(format!("{}ms", t.as_millis()));
+    }
+    if let Some(name) = &spec.dns_name {
+        cmd.args(["--name", name, "--owner", &record.key.describe()]);
+    }
+    // A name for its messages only: the monitor reads the descriptor.
+    cmd.arg(Path::new("/").join(spec.kernel_for(hypervisor)));
+    if !spec.cmdline.is_empty() {
+        cmd.arg("--").args(spec.cmdline.split_whitespace());
+    }
+    cmd
+}
+
+/// KVM: the jail, and the TAP the shim made (the node's bridge, or the pod's).
+fn kvm_args(cmd: &mut Command, record: &Record) {
+    if let Some(slot) = record.uid_slot {
+        let (uid, gid) = crate::identity::ids(slot);
+        cmd.args(["--jail-uid", &uid.to_string()])
+            .args(["--jail-gid", &gid.to_string()])
+            .arg("--jail-root")
+            .arg(record.key.jail_root());
+    }
+    match &record.network {
+        Network::Bridge { tap, ip } => {
+            cmd.args(["--net", tap, "--ip", &format!("{ip}/{PREFIX}")])
+                .args(["--gw", &GATEWAY.to_string()]);
+        }
+        Network::Pod { netns, tap, link } => {
+            cmd.arg("--netns").arg(netns);
+            cmd.args([
+                "--net",
+                tap,
+                "--ip",
+                &format!("{}/{}", link.ip, link.prefix),
+            ])
+            .args(["--mac", &link.mac_string()]);
+            if let Some(gw) = link.gateway {
+                cmd.args(["--gw", &gw.to_string()]);
+            }
+        }
+        Network::Sandbox { .. } | Network::Vif { .. } => {}
+    }
+}
+
+/// Xen: the node's bridge, which the domain's vif joins, and the domain's name.
+fn xen_args(cmd: &mut Command, record: &Record) {
+    if let Network::Vif { ip } = &record.network {
+        cmd.args(["--net", BRIDGE, "--ip", &format!("{ip}/{PREFIX}")])
+            .args(["--gw", &GATEWAY.to_string()]);
+    }
+    if let Some(name) = &record.xen_domain {
+        cmd.args(["--domain-name", name]);
+    }
+}
+
+/// Destroys what a killed Xen monitor left: its domain (and with it the vif).
+pub async fn destroy_xen_domain(name: &str) {
+    let mut cmd = tokio::process::Command::new(monitor_bin(Hypervisor::Xen));
+    cmd.args(["--destroy-domain", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let ran = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.status()).await;
+    match ran {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => tracing::warn!(%status, name, "destroying the Xen domain"),
+        Ok(Err(e)) => tracing::warn!(%e, name, "destroying the Xen domain"),
+        Err(_) => tracing::warn!(name, "destroying the Xen domain took over a minute"),
+    }
+}
+
+/// Puts the child in the cgroup whose `cgroup.procs` files are `procs`
+/// before it execs, so that everything it allocates is charged there.
+pub fn join_cgroup(cmd: &mut Command, procs: Vec<std::ffi::CString>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; open, write and close
+    // are async-signal-safe, and the paths were made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for file in &procs {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let error = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Lets the child keep `fd` across exec (everything the shim opens is
+/// close-on-exec, so no other child inherits it).
+fn inherit(cmd: &mut Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; fcntl is
+    // async-signal-safe and touches only the child's descriptor table.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
