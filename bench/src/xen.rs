@@ -7,8 +7,11 @@
 //!   against `xl create -p`, `xl console`, `xl unpause` of the same guest;
 //! - create → first HTTP byte: hello-http through our backend against `xl
 //!   create -p` + the same XenStore keys + `xl unpause`;
-//! - unpause → first HTTP byte of a built, paused hello-http, against a
-//!   request to it once it runs.
+//! - a parked hello-http (`--lazy`, parked at its entry, and at its ready
+//!   point): a cold connection's first HTTP byte, against a request to it
+//!   once it runs;
+//! - `ctr run` of the hello image → first HTTP byte (containerd in dom0,
+//!   our shim), against `ctr run` of busybox httpd under runc.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,9 +33,11 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
     let share = tempfile::tempdir()?;
     let s = share.path();
     copy_stripped(&std::env::current_exe()?, &s.join("bin/jitsu-bench"));
-    for bin in ["jitsu", "jitsu-xen-monitor"] {
+    for bin in ["jitsu", "jitsu-xen-monitor", "containerd-shim-jitsu-v1"] {
         copy_stripped(&release_bin(bin), &s.join("bin").join(bin));
     }
+    // runc's side of `ctr run`: a static busybox (busybox-static).
+    copy(Path::new("/bin/busybox"), &s.join("bin/busybox"));
     for guest in ["abi-test", "hello-http"] {
         copy(&xen_guest(guest), &s.join("guests").join(guest));
     }
@@ -114,12 +119,22 @@ pub fn dom0_rows(quick: bool) -> Result<()> {
         "xl create -p + keys + unpause",
         &xl_http,
     );
-    let (unpause, running) = unpause_to_http(&guests.join("hello-http"), bridge, n)?;
+    let hello = guests.join("hello-http");
+    for park_at in ["entry", "ready"] {
+        let (cold, running) = parked_connect(&jitsu, &hello, bridge, n, park_at)?;
+        print_row(
+            &format!("Xen: parked ({park_at}), cold connect → first HTTP byte"),
+            &cold,
+            "a request while it runs",
+            &running,
+        );
+    }
+    let (xen, runc) = ctr_run_rows(&jitsu, &hello, n)?;
     print_row(
-        "Xen: unpause → first HTTP byte",
-        &unpause,
-        "a request while it runs",
-        &running,
+        "Xen: ctr run → first HTTP byte",
+        &xen,
+        "runc: ctr run → first byte (busybox httpd)",
+        &runc,
     );
     let _ = Command::new("ip").args(["link", "del", bridge]).status();
     Ok(())
@@ -311,39 +326,195 @@ fn xl_to_http(guest: &Path, bridge: &str, i: usize) -> Result<f64> {
     Ok((answered? - start).as_secs_f64())
 }
 
-/// A hello-http built and paused through our backend (the library, as the
-/// lazy path will use it), then unpaused; and requests to it once it runs.
-fn unpause_to_http(guest: &Path, bridge: &str, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    use jitsu_xen::{Domain, DomainConfig, NetConfig, Toolstack};
-    let mut unpause = Vec::new();
-    let mut running = Vec::new();
-    let _bridge = jitsu_xen::bridge::Bridge::ensure(bridge, Some(("10.93.0.1".parse()?, 24)))?;
-    for i in 0..n {
-        let (ip, addr) = guest_addr(200 + i % 50);
-        let ipv4: std::net::Ipv4Addr = ip.parse()?;
-        let config = DomainConfig {
-            name: format!("jb-paused-{i}"),
-            kernel: guest.to_path_buf(),
-            initrd: None,
-            cmdline: String::new(),
-            memory: 32 << 20,
-            net: Some(NetConfig {
-                bridge: bridge.into(),
-                mac: jitsu_runtime::args::default_mac(Some(ipv4)),
-                ipv4,
-                prefix_len: 24,
-                gateway: Some("10.93.0.1".parse()?),
-            }),
-        };
-        let mut domain = Domain::create_paused(std::rc::Rc::new(Toolstack::open(0)?), &config)?;
-        let start = Instant::now();
-        domain.unpause()?;
-        let answered = first_http_byte(addr, start + Duration::from_secs(120))?;
-        unpause.push((answered - start).as_secs_f64());
-        let start = Instant::now();
-        let answered = first_http_byte(addr, start + Duration::from_secs(30))?;
-        running.push((answered - start).as_secs_f64());
-        drop(domain);
+/// A lazy hello-http (`jitsu run --lazy`, parked at `park_at`): a request
+/// on a fresh connection to the parked domain (cold: the SYN boots it),
+/// then one to the domain running; `stop` parks a fresh domain for the next.
+fn parked_connect(
+    jitsu: &Path,
+    guest: &Path,
+    bridge: &str,
+    n: usize,
+    park_at: &str,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let dir = tempfile::tempdir()?;
+    let control = dir.path().join("control.sock");
+    let (ip, addr) = guest_addr(240);
+    let mut child = Command::new(jitsu)
+        .args(["run", "--hypervisor", "xen", "--lazy", "--park-at", park_at])
+        .args([
+            "--domain-name",
+            &format!("jb-lazy-{park_at}"),
+            "--net",
+            bridge,
+        ])
+        .args([
+            "--ip",
+            &format!("{ip}/24"),
+            "--gw",
+            "10.93.0.1",
+            "--control",
+        ])
+        .arg(&control)
+        .arg(guest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = (|| {
+        let mut cold = Vec::new();
+        let mut running = Vec::new();
+        for _ in 0..n {
+            await_state(&control, "parked")?;
+            let start = Instant::now();
+            cold.push(
+                (first_http_byte(addr, start + Duration::from_secs(60))? - start).as_secs_f64(),
+            );
+            let start = Instant::now();
+            running.push(
+                (first_http_byte(addr, start + Duration::from_secs(30))? - start).as_secs_f64(),
+            );
+            jitsu_e2e::lazy::try_request(&control, "stop")?;
+        }
+        Ok((cold, running))
+    })();
+    terminate(&mut child)?;
+    result
+}
+
+/// Polls a lazy monitor's status until its state is `state`.
+fn await_state(control: &Path, state: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let want = format!("\"state\":\"{state}\"");
+    while Instant::now() < deadline {
+        if jitsu_e2e::lazy::try_request(control, "status").is_ok_and(|s| s.contains(&want)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok((unpause, running))
+    bail!("the lazy monitor never reached {state}")
+}
+
+/// containerd (Debian's, in dom0) with our shim, and runc beside it:
+/// `ctr run` of the hello image to its first HTTP byte (parked, then booted
+/// by the request), against `ctr run` of busybox httpd under runc.
+fn ctr_run_rows(jitsu: &Path, guest: &Path, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let socket = d.join("containerd.sock");
+    let state = d.join("jitsu");
+    let path = format!("/jitsu/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let mut containerd = Command::new("containerd")
+        .arg("--root")
+        .arg(d.join("root"))
+        .arg("--state")
+        .arg(d.join("state"))
+        .arg("--address")
+        .arg(&socket)
+        .env("PATH", &path)
+        .env("JITSU_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("containerd.log"))?)
+        .spawn()?;
+    let ctr = |args: &[&str]| -> Result<()> {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!("ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ctr(&["version"]).is_err() {
+            if Instant::now() > deadline {
+                bail!("containerd did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let hello = d.join("hello.tar");
+        let packed = Command::new(jitsu)
+            .args(["pack", "--name", "localhost/jb/hello:1", "--xen-kernel"])
+            .arg(guest)
+            .arg("-o")
+            .arg(&hello)
+            .status()?;
+        anyhow::ensure!(packed.success(), "jitsu pack");
+        ctr(&["images", "import", hello.to_str().unwrap()])?;
+        let busybox = std::fs::read("/jitsu/bin/busybox")?;
+        let files = [jitsu_spec::archive::File {
+            path: "bin/busybox",
+            mode: 0o755,
+            data: &busybox,
+        }];
+        let archive = jitsu_spec::archive::image_archive(
+            &files,
+            Default::default(),
+            "/bin/busybox",
+            "localhost/jb/busybox:1",
+        )
+        .map_err(|e| anyhow::anyhow!("the busybox image: {e}"))?;
+        std::fs::write(d.join("busybox.tar"), archive)?;
+        ctr(&["images", "import", d.join("busybox.tar").to_str().unwrap()])?;
+        let remove = |id: &str| -> Result<()> {
+            ctr(&["task", "kill", "-s", "SIGKILL", id])?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while ctr(&["task", "delete", id]).is_err() {
+                if Instant::now() > deadline {
+                    bail!("task {id} did not stop");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ctr(&["container", "delete", id])
+        };
+        let mut xen = Vec::new();
+        let mut runc = Vec::new();
+        for i in 0..n {
+            let id = format!("jb-x-{i}");
+            let start = Instant::now();
+            ctr(&[
+                "run",
+                "-d",
+                "--runtime",
+                "io.containerd.jitsu.v1",
+                "localhost/jb/hello:1",
+                &id,
+            ])?;
+            // The one lease the shim holds names the domain's address.
+            let lease = std::fs::read_dir(state.join("ipam"))?
+                .flatten()
+                .find_map(|e| e.file_name().to_str()?.parse::<std::net::Ipv4Addr>().ok());
+            let Some(ip) = lease else {
+                bail!("no address lease for {id}")
+            };
+            let answered =
+                first_http_byte(SocketAddr::from((ip, 80)), start + Duration::from_secs(120))?;
+            xen.push((answered - start).as_secs_f64());
+            remove(&id)?;
+            let id = format!("jb-r-{i}");
+            let start = Instant::now();
+            ctr(&[
+                "run",
+                "-d",
+                "--net-host",
+                "localhost/jb/busybox:1",
+                &id,
+                "/bin/busybox",
+                "httpd",
+                "-f",
+                "-p",
+                "127.0.0.1:8089",
+                "-h",
+                "/",
+            ])?;
+            let answered =
+                first_http_byte("127.0.0.1:8089".parse()?, start + Duration::from_secs(120))?;
+            runc.push((answered - start).as_secs_f64());
+            remove(&id)?;
+        }
+        Ok((xen, runc))
+    })();
+    terminate(&mut containerd)?;
+    result
 }

@@ -279,7 +279,8 @@ pub fn lookups_of_a_parked_domains_name_boot_it_once() -> Result {
         let mut daemon = Command::new(crate::env_path("JITSU_BIN"));
         daemon
             .args(["daemon", "--xenstore-socket", "/run/xenstored/socket"])
-            .args(["--dns-listen", "127.0.0.1:5356", "--allow", "127.0.0.0/8"]);
+            .args(["--dns-listen", "127.0.0.1:5356", "--allow", "127.0.0.0/8"])
+            .args(["--metrics", "127.0.0.1:9356"]);
         let mut daemon = Monitor::spawn(daemon)?;
         let server = LazyDomain::start("dns", &["--name", &name])?;
         let query = jitsu_e2e::packet::dns_a_query(9, &format!("{name}.jitsu.internal"));
@@ -338,6 +339,9 @@ pub fn lookups_of_a_parked_domains_name_boot_it_once() -> Result {
         if !listing.contains(&entry) {
             return server.fail(format!("xenstore-ls lacks {entry:?}: {listing}"));
         }
+        if let Err(e) = runs_on_xen_as_shown(&name, server.xl_state().map(|(id, _)| id)) {
+            return server.fail(e.message().unwrap_or_default().to_string());
+        }
         server.stop()?;
         let after = crate::xenstore(&["xenstore-ls", "-f", "/jitsu/services"]).unwrap_or_default();
         if after.contains(&format!("/jitsu/services/{name}/")) {
@@ -345,4 +349,42 @@ pub fn lookups_of_a_parked_domains_name_boot_it_once() -> Result {
         }
         Ok(())
     })
+}
+
+/// `jitsu ps` and the daemon's metrics name the hypervisor and the domain.
+fn runs_on_xen_as_shown(name: &str, domid: Option<u32>) -> Result {
+    let domid = domid.ok_or("the domain is not in xl list")?;
+    let ps = Command::new(crate::env_path("JITSU_BIN"))
+        .args(["ps", "--json", "--xenstore-socket", "/run/xenstored/socket"])
+        .output()?;
+    let rows: serde_json::Value = serde_json::from_slice(&ps.stdout)?;
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|s| s["name"] == name))
+        .ok_or_else(|| format!("jitsu ps lacks {name}: {}", text(&ps.stdout)))?;
+    if row["hypervisor"] != "xen" || row["domid"] != domid {
+        return Err(format!("jitsu ps says {row}, xl says domain {domid}").into());
+    }
+    let table = Command::new(crate::env_path("JITSU_BIN"))
+        .args(["ps", "--xenstore-socket", "/run/xenstored/socket"])
+        .output()?;
+    if !text(&table.stdout).contains(&format!("xen:{domid}")) {
+        return Err(format!("jitsu ps's table: {}", text(&table.stdout)).into());
+    }
+    // The daemon's directory follows the registry a moment behind.
+    let want =
+        format!("jitsu_service_info{{service=\"{name}\",hypervisor=\"xen\",domid=\"{domid}\"}} 1");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let metrics = Command::new("curl")
+            .args(["-s", "-m", "10", "http://127.0.0.1:9356/metrics"])
+            .output()?;
+        if text(&metrics.stdout).contains(&want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the metrics lack {want}: {}", text(&metrics.stdout)).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
