@@ -202,6 +202,16 @@ impl<B: Backend> Supervisor<B> {
 
     fn park(&mut self) -> Result<(), Error<B>> {
         self.generation += 1;
+        // Frames Synjitsu held for a guest stopped before it took its link
+        // (and the trigger they set) are not the fresh VM's: a client
+        // retransmits, and its SYN boots the fresh one.
+        let stale = self.synjitsu.take_held();
+        if !stale.is_empty() {
+            tracing::debug!(
+                frames = stale.len(),
+                "dropped frames held for a stopped guest"
+            );
+        }
         let parked = self.backend.prepare().map_err(LazyError::Backend)?;
         self.state = Some(State::Parked(parked));
         give_back_freed_memory();
@@ -221,11 +231,13 @@ impl<B: Backend> Supervisor<B> {
             if ready.boot_requested {
                 self.registry_boot();
             }
-            // Not only on its fd: a backend may bring the link up by itself.
-            if ready.link || self.link_pending() {
-                self.hand_over_if_up()?;
-            }
-            if ready.done {
+            // A backend's done and link fds may be one (Xen's watch): on
+            // either, look at both, since each look reads past the event.
+            if ready.link || ready.done || self.link_pending() {
+                if let Err(e) = self.hand_over_if_up() {
+                    // The backend keeps the frames and tries again.
+                    tracing::error!(%e, "handing the guest its link");
+                }
                 if let Some(report) = self.reap_if_ended()? {
                     return Ok(Ended::Guest(report));
                 }
@@ -368,6 +380,11 @@ impl<B: Backend> Supervisor<B> {
                 .published
                 .as_ref()
                 .is_none_or(|(service, _)| service.state != self.status().state);
+        // A guest whose link comes up says so on its fd; a second is only
+        // the backend's chance to give up on one that never does.
+        if booting && self.standing_in() {
+            return PollTimeout::from(1000u16);
+        }
         if booting || unpublished {
             return PollTimeout::from(2u8);
         }

@@ -89,7 +89,18 @@ pub fn open(
     metadata.apply_annotations(annotations)?;
     let spec = metadata.validate()?;
     let hypervisor = crate::monitor::choose(spec.hypervisor).map_err(ImageError::Hypervisor)?;
-    let kernel = open_regular(&root, spec.kernel_for(hypervisor), MAX_KERNEL_BYTES)?;
+    let path = spec.kernel_for(hypervisor).ok_or_else(|| {
+        ImageError::Hypervisor(format!(
+            "the image has no build for {} (jitsu pack --{}kernel)",
+            hypervisor.name(),
+            if hypervisor == Hypervisor::Xen {
+                "xen-"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    let kernel = open_regular(&root, path, MAX_KERNEL_BYTES)?;
     Ok(Unikernel {
         spec,
         hypervisor,

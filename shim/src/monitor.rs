@@ -117,7 +117,8 @@ pub fn monitor_command(
         cmd.args(["--name", name, "--owner", &record.key.describe()]);
     }
     // A name for its messages only: the monitor reads the descriptor.
-    cmd.arg(Path::new("/").join(spec.kernel_for(hypervisor)));
+    let kernel_name = spec.kernel_for(hypervisor).unwrap_or(&spec.kernel);
+    cmd.arg(Path::new("/").join(kernel_name));
     if !spec.cmdline.is_empty() {
         cmd.arg("--").args(spec.cmdline.split_whitespace());
     }
@@ -166,8 +167,9 @@ fn xen_args(cmd: &mut Command, record: &Record) {
     }
 }
 
-/// Destroys what a killed Xen monitor left: its domain (and with it the vif).
-pub async fn destroy_xen_domain(name: &str) {
+/// Destroys what a killed Xen monitor left: its domain (and with it the
+/// vif). An error leaves the domain (and so its address) in place.
+pub async fn destroy_xen_domain(name: &str) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(monitor_bin(Hypervisor::Xen));
     cmd.args(["--destroy-domain", name])
         .stdin(Stdio::null())
@@ -175,10 +177,10 @@ pub async fn destroy_xen_domain(name: &str) {
         .kill_on_drop(true);
     let ran = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.status()).await;
     match ran {
-        Ok(Ok(status)) if status.success() => {}
-        Ok(Ok(status)) => tracing::warn!(%status, name, "destroying the Xen domain"),
-        Ok(Err(e)) => tracing::warn!(%e, name, "destroying the Xen domain"),
-        Err(_) => tracing::warn!(name, "destroying the Xen domain took over a minute"),
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("destroying Xen domain {name}: {status}")),
+        Ok(Err(e)) => Err(format!("destroying Xen domain {name}: {e}")),
+        Err(_) => Err(format!("destroying Xen domain {name} took over a minute")),
     }
 }
 

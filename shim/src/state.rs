@@ -180,11 +180,16 @@ impl Record {
                 tracing::warn!(%e, pid = process.pid, "ending the container's process");
             }
         }
-        // Before the network: the domain's name holds its address lease.
-        if let Some(domain) = &self.xen_domain {
-            crate::monitor::destroy_xen_domain(domain).await;
-        }
-        let network = self.network.tear_down().await;
+        // Before the network: a domain still there holds its address, so
+        // the lease (and this record, for a later cleanup) stays with it.
+        let domain = match &self.xen_domain {
+            Some(domain) => crate::monitor::destroy_xen_domain(domain).await,
+            None => Ok(()),
+        };
+        let network = match domain {
+            Ok(()) => self.network.tear_down().await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &network {
             tracing::warn!(%e, "removing the network");
         }

@@ -140,11 +140,17 @@ pub struct UnikernelSpec {
 }
 
 impl UnikernelSpec {
-    /// The ELF for `hypervisor`: the Xen build on Xen when the image has one.
-    pub fn kernel_for(&self, hypervisor: Hypervisor) -> &Path {
-        match (hypervisor, &self.xen_kernel) {
-            (Hypervisor::Xen, Some(xen)) => xen,
-            _ => &self.kernel,
+    /// The ELF for `hypervisor`, if the image has one: on Xen the Xen
+    /// build, or `kernel` of an image that says it is for Xen; on KVM
+    /// `kernel`, unless the image says it is for Xen.
+    pub fn kernel_for(&self, hypervisor: Hypervisor) -> Option<&Path> {
+        let for_xen = self.hypervisor == Some(Hypervisor::Xen);
+        match hypervisor {
+            Hypervisor::Xen => self
+                .xen_kernel
+                .as_deref()
+                .or(for_xen.then_some(self.kernel.as_path())),
+            Hypervisor::Kvm => (!for_xen).then_some(self.kernel.as_path()),
         }
     }
 }
@@ -358,9 +364,21 @@ mod tests {
         )
         .unwrap();
         let spec = m.validate().unwrap();
-        assert_eq!(spec.kernel_for(Hypervisor::Xen), Path::new("xen/hello"));
-        assert_eq!(spec.kernel_for(Hypervisor::Kvm), Path::new("hello"));
+        assert_eq!(
+            spec.kernel_for(Hypervisor::Xen),
+            Some(Path::new("xen/hello"))
+        );
+        assert_eq!(
+            spec.kernel_for(Hypervisor::Kvm),
+            None,
+            "it says it is for Xen"
+        );
         assert_eq!(spec.hypervisor, Some(Hypervisor::Xen));
+        // An image with one build and no word on the hypervisor (packed
+        // before images could carry a Xen build) is a KVM one.
+        let old = Metadata::new("hello").validate().unwrap();
+        assert_eq!(old.kernel_for(Hypervisor::Kvm), Some(Path::new("hello")));
+        assert_eq!(old.kernel_for(Hypervisor::Xen), None);
         let mut m = Metadata::new("hello");
         let auto = [("org.jitsu.hypervisor".to_string(), "auto".to_string())];
         m.apply_annotations(auto.iter().map(|(k, v)| (k, v)))

@@ -38,6 +38,10 @@ use crate::vif::{Vif, VifError};
 
 /// netback's XenbusStateConnected.
 const CONNECTED: &str = "4";
+/// A booted guest whose netfront has not connected by then never will: it
+/// is ended as a failure (it cannot be reached, and Synjitsu would hold its
+/// clients' frames for ever).
+const LINK_DEADLINE: Duration = Duration::from_secs(60);
 
 /// What a parked domain has done already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,9 +96,14 @@ impl Link {
             Err(e) => tracing::warn!(%e, "a held frame did not reach the guest"),
         };
         first.iter().for_each(|f| send(f));
-        self.bridge.pin(self.mac, vif.index())?;
-        // What the bridge gave the TAP before the pin moved.
+        // What the TAP holds now, then (after the pin moves) what the
+        // bridge gave it meanwhile: the window in which a newer frame could
+        // pass an older one is the pin's netlink round trip.
         let mut buf = vec![0u8; self.stand_in.max_frame()];
+        while let Ok(n) = self.stand_in.recv(&mut buf) {
+            send(&buf[..n]);
+        }
+        self.bridge.pin(self.mac, vif.index())?;
         while let Ok(n) = self.stand_in.recv(&mut buf) {
             send(&buf[..n]);
         }
@@ -157,31 +166,43 @@ impl XenBackend {
             .map_err(DomainError::from)?
             .try_clone_to_owned()
             .map_err(XenError::Console)?;
-        domain.unpause()?;
-        let toolstack = domain.toolstack();
-        let deadline = Instant::now() + self.ready_timeout;
-        let connected = loop {
-            toolstack.drain_watch();
-            if toolstack.read(link_state).as_deref() == Some(CONNECTED) {
-                break true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || domain.ended()? {
-                break false;
-            }
-            let mut fds = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&fd),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let ms = left.as_millis().min(1000) as u16;
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
-        };
-        let _ = toolstack.unwatch(link_state);
-        if !connected {
+        let connected = domain
+            .unpause()
+            .and_then(|()| self.await_link(domain, link_state, &fd));
+        let _ = domain.toolstack().unwatch(link_state);
+        if !connected? {
             return Err(XenError::LinkTimeout(self.ready_timeout));
         }
         domain.pause()?;
         Ok(())
+    }
+
+    /// Waits on `fd` (the watch of `link_state`) until netback says the
+    /// vif is connected (true), or the domain ends or the time is up (false).
+    fn await_link(
+        &self,
+        domain: &Domain,
+        link_state: &str,
+        fd: &std::os::fd::OwnedFd,
+    ) -> Result<bool, DomainError> {
+        let toolstack = domain.toolstack();
+        let deadline = Instant::now() + self.ready_timeout;
+        loop {
+            toolstack.drain_watch();
+            if toolstack.read(link_state).as_deref() == Some(CONNECTED) {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || domain.ended()? {
+                return Ok(false);
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(fd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = left.as_millis().min(1000) as u16;
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+        }
     }
 }
 
@@ -277,6 +298,7 @@ impl Parked for XenParked {
             }),
             trigger,
             handed_over: None,
+            gave_up: false,
         }
     }
 }
@@ -297,6 +319,8 @@ pub struct XenRunning {
     pending: Option<Pending>,
     trigger: Instant,
     handed_over: Option<Instant>,
+    /// Set when the guest missed [`LINK_DEADLINE`]: it counts as ended.
+    gave_up: bool,
     /// How many frames the guest had sent when last looked at, and when
     /// that count last moved.
     packets: std::cell::Cell<u64>,
@@ -347,7 +371,7 @@ impl Running for XenRunning {
     }
 
     fn has_ended(&mut self) -> bool {
-        self.domain.ended().unwrap_or(true)
+        self.gave_up || self.domain.ended().unwrap_or(true)
     }
 
     fn link_pending(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
@@ -360,18 +384,33 @@ impl Running for XenRunning {
         };
         let toolstack = self.domain.toolstack();
         toolstack.drain_watch();
-        toolstack.read(&pending.link_state).as_deref() == Some(CONNECTED)
+        if toolstack.read(&pending.link_state).as_deref() == Some(CONNECTED) {
+            return true;
+        }
+        if self.trigger.elapsed() > LINK_DEADLINE && !self.gave_up {
+            tracing::error!(
+                domid = self.domain.domid(),
+                "the guest's netfront never connected"
+            );
+            self.gave_up = true;
+        }
+        false
     }
 
     fn hand_over(&mut self, held: Vec<Vec<u8>>) -> Result<(), XenError> {
-        self.unwatch_link();
-        let Some(pending) = self.pending.take() else {
+        let Some(mut pending) = self.pending.take() else {
             return Ok(());
         };
-        let mut frames = pending.held;
-        frames.extend(held);
-        self.link.to_guest(&self.vif, &frames)?;
+        pending.held.extend(held);
+        if let Err(e) = self.link.to_guest(&self.vif, &pending.held) {
+            // Tried again at the supervisor's next look (until the link
+            // deadline): a frame sent twice is one TCP takes in its stride.
+            let _ = self.link.to_stand_in();
+            self.pending = Some(pending);
+            return Err(e);
+        }
         self.handed_over = Some(Instant::now());
+        let _ = self.domain.toolstack().unwatch(&pending.link_state);
         Ok(())
     }
 
@@ -389,8 +428,14 @@ impl Running for XenRunning {
         self.finish(true, Finish::Now)
     }
 
-    fn stop_if_idle(self, idle_for: Duration) -> Result<IdleStop<Self>, XenError> {
-        self.domain.pause()?;
+    fn stop_if_idle(mut self, idle_for: Duration) -> Result<IdleStop<Self>, XenError> {
+        if let Err(e) = self.domain.pause() {
+            // A guest that ended meanwhile cannot be paused: report its end.
+            if self.has_ended() {
+                return Ok(IdleStop::Stopped(self.finish(false, Finish::Drain)?));
+            }
+            return Err(e.into());
+        }
         // From here frames wait for Synjitsu, whichever way this goes.
         self.link.to_stand_in()?;
         let idle = Duration::from_nanos(clock::now_ns().saturating_sub(self.sample()));
@@ -398,14 +443,21 @@ impl Running for XenRunning {
             if self.pending.is_none() {
                 self.link.to_guest(&self.vif, &[])?;
             }
-            let mut running = self;
-            running.domain.unpause()?;
-            return Ok(IdleStop::Busy(running));
+            self.domain.unpause()?;
+            return Ok(IdleStop::Busy(self));
         }
         Ok(IdleStop::Stopped(self.finish(true, Finish::Now)?))
     }
 
     fn wait(self) -> Result<Report, XenError> {
+        if self.gave_up {
+            let mut report = self.finish(true, Finish::Drain)?;
+            report.outcome = crate::report::Outcome::Crashed {
+                reason: "never connected its network (netfront) within a minute of its boot",
+                registers: None,
+            };
+            return Ok(report);
+        }
         self.finish(false, Finish::Drain)
     }
 }

@@ -39,9 +39,10 @@ pub struct LazyArgs {
     /// With --lazy: drop packets that arrive while the guest boots.
     #[arg(long, requires = "lazy")]
     no_hold: bool,
-    /// With --lazy: what a parked domain has done already: nothing (entry),
-    /// or run until its network connected, then paused (ready).
-    #[arg(long, value_enum, default_value_t = ParkPoint::Entry, requires = "lazy")]
+    /// With --lazy: what a parked domain has done already: run until its
+    /// network connected, then paused (ready: a boot is an unpause), or
+    /// nothing at all (entry: no guest instruction before the trigger).
+    #[arg(long, value_enum, default_value_t = ParkPoint::Ready, requires = "lazy")]
     park_at: ParkPoint,
     /// With --lazy: write `parked` (or `error: REASON`) to this inherited
     /// descriptor once the domain is parked (or setup failed), and close it.
@@ -73,7 +74,7 @@ fn run_lazy(args: &crate::Args, ready: &mut Option<ReadyFd>) -> Result<u8> {
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
             .context("PR_SET_PDEATHSIG")?;
     }
-    let kernel = args.kernel.display().to_string();
+    let kernel = args.kernel().display().to_string();
     let config = crate::config(args)?;
     let net = config
         .net

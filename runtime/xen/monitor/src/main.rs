@@ -64,11 +64,18 @@ pub(crate) struct Args {
     #[arg(long, value_name = "NAME", exclusive = true)]
     destroy_domain: Option<String>,
     /// The unikernel (an ELF with Xen's PVH note, or a Linux bzImage).
-    #[arg(required_unless_present = "destroy_domain", default_value = "")]
-    pub kernel: PathBuf,
+    #[arg(required_unless_present = "destroy_domain")]
+    kernel: Option<PathBuf>,
     /// Command line handed to the guest.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+impl Args {
+    /// KERNEL (present unless --destroy-domain, which needs none).
+    pub(crate) fn kernel(&self) -> &std::path::Path {
+        self.kernel.as_deref().unwrap_or(std::path::Path::new(""))
+    }
 }
 
 fn main() -> ExitCode {
@@ -99,7 +106,7 @@ fn destroy_domain(name: &str) -> Result<u8> {
 /// opens kernels by name), else KERNEL.
 fn kernel_path(args: &Args) -> Result<PathBuf> {
     let Some(fd) = args.kernel_fd else {
-        return Ok(args.kernel.clone());
+        return Ok(args.kernel().to_path_buf());
     };
     let file = jitsu_runtime::inherited::adopt_fd(fd, "--kernel-fd")?;
     // Kept open for the monitor's life: the path names it.
@@ -109,7 +116,7 @@ fn kernel_path(args: &Args) -> Result<PathBuf> {
 
 pub(crate) fn config(args: &Args) -> Result<DomainConfig> {
     let stem = args
-        .kernel
+        .kernel()
         .file_stem()
         .map(|s| {
             s.to_string_lossy()
@@ -166,7 +173,7 @@ fn run(args: Args) -> Result<u8> {
         jitsu_xen::bridge::Bridge::ensure(&net.bridge, net.gateway.map(|gw| (gw, net.prefix_len)))?;
     }
     let mut domain = Domain::create_paused(std::rc::Rc::new(toolstack), &config)
-        .with_context(|| format!("{}", args.kernel.display()))?;
+        .with_context(|| format!("{}", args.kernel().display()))?;
     let built = start.elapsed();
     if let Some(signal) = pending_signal(&signals) {
         drop(domain);
@@ -206,9 +213,9 @@ fn run(args: Args) -> Result<u8> {
     }
     let report = domain
         .finish(&mut stdout, stopped_by.is_some())
-        .with_context(|| format!("{}", args.kernel.display()))?;
+        .with_context(|| format!("{}", args.kernel().display()))?;
     if let Some(what) = report.describe() {
-        eprintln!("jitsu: {}: {what}", args.kernel.display());
+        eprintln!("jitsu: {}: {what}", args.kernel().display());
     }
     if args.timings {
         let us = |d: Option<std::time::Duration>| {

@@ -99,6 +99,12 @@ impl Dom0Containerd {
         Ok(())
     }
 
+    /// `ctr run -d` of `image` as `id` with our runtime.
+    fn run_jitsu(&self, image: &str, id: &str) -> Result {
+        self.ctr_ok(&["run", "-d", "--runtime", RUNTIME, image, id])
+            .map(drop)
+    }
+
     fn task_status(&self, id: &str) -> Option<String> {
         let list = self.ctr(&["task", "ls"]).ok()?;
         text(&list.stdout)
@@ -130,6 +136,20 @@ impl Dom0Containerd {
         let folders = ["ipam", "containers", "uids"].map(|f| self.state.join(f));
         out.retain(|p| !folders.contains(p));
         out
+    }
+
+    /// A test's `result`, with containerd's log if it failed; then, that
+    /// the shim left no file behind.
+    fn verdict(&self, result: Result) -> Result {
+        let leftovers = self.leftovers();
+        if let Err(e) = result {
+            let why = e.message().unwrap_or_default();
+            return Err(format!("{why}\ncontainerd's log:\n{}", self.log()).into());
+        }
+        if !leftovers.is_empty() {
+            return Err(format!("the shim left {leftovers:?}").into());
+        }
+        Ok(())
     }
 
     /// containerd's log, but for its start-up (the shim's lines and errors).
@@ -214,14 +234,7 @@ pub fn ctr_run_parks_a_domain_that_curl_boots_and_idleness_parks_again() -> Resu
             &[("--xen-kernel", hello_xen())],
             &["--idle-timeout", "2s", "--dns-name", &name],
         )?;
-        containerd.ctr_ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "localhost/jitsu/hello-xen:1",
-            "hx",
-        ])?;
+        containerd.run_jitsu("localhost/jitsu/hello-xen:1", "hx")?;
         let (ip, first, flags) = await_domain("hx", |_| true)?;
         if !flags.contains('p') || containerd.task_status("hx").as_deref() != Some("RUNNING") {
             return Err(format!(
@@ -279,19 +292,7 @@ pub fn ctr_run_parks_a_domain_that_curl_boots_and_idleness_parks_again() -> Resu
         }
         Ok(())
     });
-    let leftovers = containerd.leftovers();
-    if let Err(e) = result {
-        return Err(format!(
-            "{}\ncontainerd's log:\n{}",
-            e.message().unwrap_or_default(),
-            containerd.log()
-        )
-        .into());
-    }
-    if !leftovers.is_empty() {
-        return Err(format!("the shim left {leftovers:?}").into());
-    }
-    Ok(())
+    containerd.verdict(result)
 }
 
 /// One image with both builds runs as a Xen domain here; an image that
@@ -305,14 +306,7 @@ pub fn the_node_picks_xen_from_an_image_with_both_builds_and_refuses_kvm_ones() 
             &[("--kernel", kvm.clone()), ("--xen-kernel", hello_xen())],
             &[],
         )?;
-        containerd.ctr_ok(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "localhost/jitsu/hello-both:1",
-            "hb",
-        ])?;
+        containerd.run_jitsu("localhost/jitsu/hello-both:1", "hb")?;
         let (ip, _, _) = await_domain("hb", |_| true)?;
         let (reply, _) = get(SocketAddr::from((ip, 80)));
         if !reply.starts_with("HTTP/1.1 200") {
@@ -353,4 +347,46 @@ pub fn the_node_picks_xen_from_an_image_with_both_builds_and_refuses_kvm_ones() 
         }
         Ok(())
     })
+}
+
+/// A monitor killed outright cannot destroy its domain: the shim's cleanup
+/// at `task delete` does, by name, and frees the address only then.
+pub fn the_domain_of_a_killed_monitor_goes_at_delete() -> Result {
+    let containerd = Dom0Containerd::start()?;
+    let result = leaves_nothing(|| {
+        containerd.import(
+            "localhost/jitsu/hello-xen:2",
+            &[("--xen-kernel", hello_xen())],
+            &[],
+        )?;
+        containerd.run_jitsu("localhost/jitsu/hello-xen:2", "hkill")?;
+        let (ip, _, _) = await_domain("hkill", |_| true)?;
+        let name = format!("jitsu-{ip}-hkill");
+        let found = Command::new("pgrep")
+            .args(["-f", &format!("jitsu-xen-monitor.*--domain-name {name}")])
+            .output()?;
+        let pid: i32 = text(&found.stdout)
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or("no monitor for the domain")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        let deadline = Instant::now() + TIMEOUT;
+        while containerd.task_status("hkill").as_deref() != Some("STOPPED") {
+            if Instant::now() > deadline {
+                return Err("the task did not stop with its monitor".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if domain_of("hkill").is_none() {
+            return Err("the domain went with its monitor: nothing left to test".into());
+        }
+        containerd.ctr_ok(&["task", "delete", "hkill"])?;
+        containerd.ctr_ok(&["container", "delete", "hkill"])?;
+        Ok(())
+    });
+    containerd.verdict(result)
 }

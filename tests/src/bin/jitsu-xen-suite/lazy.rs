@@ -121,7 +121,8 @@ fn addr() -> SocketAddr {
 
 pub fn a_parked_domain_answers_its_first_syn_without_a_retransmission() -> Result {
     leaves_nothing(|| {
-        let mut server = LazyDomain::start("syn", &[])?;
+        // At its entry: nothing of the guest runs before the trigger.
+        let mut server = LazyDomain::start("syn", &["--park-at", "entry"])?;
         let parked = server.status()?;
         let state = server.xl_state();
         if parked["boots"] != 0 || !state.as_ref().is_some_and(|(_, s)| s.contains('p')) {

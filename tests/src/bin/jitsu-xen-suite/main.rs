@@ -592,6 +592,10 @@ fn main() {
             "the_node_picks_xen_from_an_image_with_both_builds_and_refuses_kvm_ones",
             containerd::the_node_picks_xen_from_an_image_with_both_builds_and_refuses_kvm_ones,
         ),
+        Trial::test(
+            "the_domain_of_a_killed_monitor_goes_at_delete",
+            containerd::the_domain_of_a_killed_monitor_goes_at_delete,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
