@@ -181,7 +181,10 @@ impl Synjitsu {
             self.stats.dropped_malformed += 1;
             return Action::Dropped(Drop::Malformed);
         };
-        if arp.op != ARP_REQUEST || arp.target_ip != self.config.service_ip {
+        // The guest's own gratuitous ARP (a Xen guest's netfront sends one
+        // as it connects, while Synjitsu may still stand in) asks nobody.
+        let from_the_guest = arp.sender_mac == self.config.service_mac;
+        if arp.op != ARP_REQUEST || arp.target_ip != self.config.service_ip || from_the_guest {
             self.stats.dropped_not_for_service += 1;
             return Action::Dropped(Drop::NotForService);
         }

@@ -57,6 +57,13 @@ fn answers_arp_for_the_service_only() {
         s.on_frame(&arp_request(Ipv4Addr::new(10, 77, 0, 9))).action,
         Action::Dropped(Drop::NotForService)
     );
+    let gratuitous = frame::build_arp(ARP_REQUEST, (MAC, SERVICE), ([0; 6], SERVICE), [0xff; 6]);
+    assert_eq!(
+        s.on_frame(&gratuitous).action,
+        Action::Dropped(Drop::NotForService),
+        "the guest's own gratuitous ARP is not answered"
+    );
+    assert_eq!(s.stats().arp_replies, 1);
 }
 
 #[test]
