@@ -224,3 +224,65 @@ fn inherit(cmd: &mut Command, fd: RawFd) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ContainerKey;
+
+    #[test]
+    fn the_node_runs_what_it_has_and_refuses_the_other_by_name() {
+        let node = Hypervisor::of_this_node();
+        assert_eq!(choose(None), Ok(node));
+        assert_eq!(choose(Some(node)), Ok(node));
+        let other = match node {
+            Hypervisor::Kvm => Hypervisor::Xen,
+            Hypervisor::Xen => Hypervisor::Kvm,
+        };
+        let refused = choose(Some(other)).unwrap_err();
+        assert!(
+            refused.contains("org.jitsu.hypervisor") && refused.contains(other.name()),
+            "{refused}"
+        );
+    }
+
+    fn record(id: &str, ip: std::net::Ipv4Addr) -> Record {
+        Record {
+            key: ContainerKey {
+                containerd: "/run/containerd/containerd.sock".into(),
+                namespace: "default".into(),
+                id: id.into(),
+            },
+            bundle: "/bundle".into(),
+            rootfs_mounted: false,
+            network: Network::Vif { ip },
+            process: None,
+            dns_name: None,
+            uid_slot: None,
+            cgroup: None,
+            xen_domain: None,
+        }
+    }
+
+    /// Xen takes 1 to 64 of a-z, A-Z, 0-9, '-', '_', '.'; the address keeps
+    /// two containers with the same id prefix apart.
+    #[test]
+    fn domain_names_are_valid_for_xen_and_unique_by_address() {
+        let long =
+            "a/very:long id with spaces and symbols that goes on and on past forty".to_string();
+        let a = xen_domain_name(&record(&long, "10.77.255.254".parse().unwrap())).unwrap();
+        let b = xen_domain_name(&record(&long, "10.77.0.2".parse().unwrap())).unwrap();
+        assert_ne!(a, b);
+        for name in [&a, &b] {
+            assert!((1..=64).contains(&name.len()), "{name}");
+            assert!(
+                name.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)),
+                "{name}"
+            );
+        }
+        let mut sandbox = record("x", "10.77.0.3".parse().unwrap());
+        sandbox.network = Network::Sandbox { netns: None };
+        assert_eq!(xen_domain_name(&sandbox), None, "no address, no domain");
+    }
+}
