@@ -99,3 +99,17 @@ mod tests {
         assert!(parse_cidr("10.0.0/8").is_err());
     }
 }
+
+/// One of Jitsu's binaries: `$<var>`, else the binary `name` beside the
+/// running one, else `name` on PATH.
+pub fn our_binary(var: &str, name: &str) -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os(var) {
+        return bin.into();
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.join(name)));
+    sibling
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| name.into())
+}

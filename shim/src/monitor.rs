@@ -31,18 +31,7 @@ pub fn choose(required: Option<Hypervisor>) -> Result<Hypervisor, String> {
     }
 }
 
-/// A binary of ours: `$<var>`, else next to the shim, else `name` on PATH.
-fn our_binary(var: &str, name: &str) -> PathBuf {
-    if let Some(bin) = std::env::var_os(var) {
-        return PathBuf::from(bin);
-    }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.join(name)));
-    sibling
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
-}
+use jitsu_runtime::args::our_binary;
 
 /// The monitor of a unikernel on `hypervisor`.
 pub fn monitor_bin(hypervisor: Hypervisor) -> PathBuf {

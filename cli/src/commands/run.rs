@@ -25,15 +25,7 @@ fn monitor_of(hypervisor: Hypervisor) -> (&'static str, &'static str) {
 /// `$JITSU_XEN_MONITOR`), else the binary beside this one, else on PATH.
 pub fn monitor_bin_for(hypervisor: Hypervisor) -> PathBuf {
     let (var, name) = monitor_of(hypervisor);
-    if let Some(bin) = std::env::var_os(var) {
-        return PathBuf::from(bin);
-    }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.join(name)));
-    sibling
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
+    jitsu_runtime::args::our_binary(var, name)
 }
 
 /// Takes `--hypervisor X` (or `--hypervisor=X`) off the front of `args`.
