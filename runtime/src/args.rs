@@ -54,6 +54,20 @@ pub fn monotonic_nanos() -> u64 {
     })
 }
 
+/// One of Jitsu's binaries: `$<var>`, else the binary `name` beside the
+/// running one, else `name` on PATH.
+pub fn our_binary(var: &str, name: &str) -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os(var) {
+        return bin.into();
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.join(name)));
+    sibling
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| name.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,18 +112,4 @@ mod tests {
         assert!(parse_cidr("10.0.0.2/33").is_err());
         assert!(parse_cidr("10.0.0/8").is_err());
     }
-}
-
-/// One of Jitsu's binaries: `$<var>`, else the binary `name` beside the
-/// running one, else `name` on PATH.
-pub fn our_binary(var: &str, name: &str) -> std::path::PathBuf {
-    if let Some(bin) = std::env::var_os(var) {
-        return bin.into();
-    }
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.join(name)));
-    sibling
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| name.into())
 }
