@@ -3,7 +3,7 @@
 # folder: QEMU (Debian 12's, unpacked privately: `apt-get install
 # qemu-system-x86` conflicts with this image's qemu-utils backport), Xen 4.17
 # as a multiboot ELF, Debian's dom0 kernel, and a dom0 root (minbase,
-# xen-utils, curl, the Xen and netback modules, our /init) as one cpio.
+# xen-utils, curl, the Xen, netback, bridge, veth and tc modules, our /init) as one cpio.
 #
 # The cache key is this script, the dom0 /init and the versions of the
 # packages that go in, so a change to any of them builds a new image; an
@@ -24,11 +24,12 @@ kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0
 [[ -n $kernel_pkg ]] || { log "cannot find the kernel package behind linux-image-amd64 (apt-get update?)"; exit 1; }
 qemu_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu)
 qemu_libs=(libcapstone4 libfdt1 libpmem1 librdmacm1 libibverbs1 libslirp0 libvdeplug2)
-# containerd (Debian's, with runc) for the shim's tests and `ctr run` in dom0.
-dom0_pkgs=xen-utils-4.17,kmod,procps,iproute2,busybox,curl,ca-certificates,containerd,runc
+# containerd (Debian's, with runc) for the shim's tests and `ctr run` in dom0;
+# the CNI plugins for its CRI plugin's pods.
+dom0_pkgs=xen-utils-4.17,kmod,procps,iproute2,busybox,curl,ca-certificates,containerd,runc,containernetworking-plugins
 key_input=$(
   cat "$0" "$here/dom0-init"
-  for p in xen-hypervisor-4.17-amd64 xen-utils-4.17 containerd runc "$kernel_pkg" "${qemu_pkgs[@]}"; do
+  for p in xen-hypervisor-4.17-amd64 xen-utils-4.17 containerd runc containernetworking-plugins "$kernel_pkg" "${qemu_pkgs[@]}"; do
     echo "$p $(candidate "$p")"
   done
 )
@@ -76,6 +77,7 @@ cp -a "$mods"/modules.* "root/lib/modules/$kver/"
 (cd kernel && find "lib/modules/$kver/kernel/drivers/xen" "lib/modules/$kver/kernel/drivers/net/xen-netback" \
   "lib/modules/$kver/kernel/net/bridge" "lib/modules/$kver/kernel/net/802" "lib/modules/$kver/kernel/net/llc" \
   "lib/modules/$kver/kernel/drivers/net/tun.ko"* "lib/modules/$kver/kernel/fs/overlayfs" \
+  "lib/modules/$kver/kernel/drivers/net/veth.ko"* "lib/modules/$kver/kernel/net/sched" \
   -name '*.ko*' | cpio -pdm --quiet ../root)
 chroot root /sbin/depmod "$kver"
 install -m 0755 "$here/dom0-init" root/init

@@ -141,15 +141,27 @@ fn kvm_args(cmd: &mut Command, record: &Record) {
                 cmd.args(["--gw", &gw.to_string()]);
             }
         }
-        Network::Sandbox { .. } | Network::Vif { .. } => {}
+        Network::Sandbox { .. } | Network::Vif { .. } | Network::XenPod { .. } => {}
     }
 }
 
-/// Xen: the node's bridge, which the domain's vif joins, and the domain's name.
+/// Xen: the bridge the domain's vif joins (the node's, or the pod's, which
+/// the shim made and the monitor leaves unaddressed), and the domain's name.
 fn xen_args(cmd: &mut Command, record: &Record) {
-    if let Network::Vif { ip } = &record.network {
-        cmd.args(["--net", BRIDGE, "--ip", &format!("{ip}/{PREFIX}")])
-            .args(["--gw", &GATEWAY.to_string()]);
+    match &record.network {
+        Network::Vif { ip } => {
+            cmd.args(["--net", BRIDGE, "--ip", &format!("{ip}/{PREFIX}")])
+                .args(["--gw", &GATEWAY.to_string()]);
+        }
+        Network::XenPod { links, link, .. } => {
+            cmd.args(["--net", &links.bridge])
+                .args(["--ip", &format!("{}/{}", link.ip, link.prefix)])
+                .args(["--mac", &link.mac_string()]);
+            if let Some(gw) = link.gateway {
+                cmd.args(["--gw", &gw.to_string()]);
+            }
+        }
+        Network::Sandbox { .. } | Network::Bridge { .. } | Network::Pod { .. } => {}
     }
     if let Some(name) = &record.xen_domain {
         cmd.args(["--domain-name", name]);
@@ -273,5 +285,49 @@ mod tests {
         let mut sandbox = record("x", "10.77.0.3".parse().unwrap());
         sandbox.network = Network::Sandbox { netns: None };
         assert_eq!(xen_domain_name(&sandbox), None, "no address, no domain");
+    }
+
+    /// A pod's domain takes the pod's address, MAC and gateway, on the
+    /// pod's own bridge (never the node's, whose gateway it would get).
+    #[test]
+    fn a_xen_pod_gets_the_pods_link_on_a_bridge_of_its_own() {
+        use crate::network::pod::PodLink;
+        use crate::network::xen_pod::XenPodLinks;
+        let mut pod = record("c1", "10.77.0.9".parse().unwrap());
+        let links = XenPodLinks::of(&pod.key);
+        pod.network = Network::XenPod {
+            netns: "/run/netns/cni-1".into(),
+            links: links.clone(),
+            link: PodLink {
+                mac: [2, 0x42, 10, 99, 0, 7],
+                ip: "10.99.0.7".parse().unwrap(),
+                prefix: 24,
+                gateway: Some("10.99.0.1".parse().unwrap()),
+                mtu: 1450,
+            },
+        };
+        let mut cmd = Command::new("jitsu-xen-monitor");
+        xen_args(&mut cmd, &pod);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let expected = [
+            "--net",
+            links.bridge.as_str(),
+            "--ip",
+            "10.99.0.7/24",
+            "--mac",
+            "02:42:0a:63:00:07",
+            "--gw",
+            "10.99.0.1",
+        ];
+        assert_eq!(args, expected);
+        assert_ne!(links.bridge, BRIDGE);
+        for name in [&links.bridge, &links.outer, &links.inner] {
+            assert!(name.len() <= 15, "{name}: longer than IFNAMSIZ allows");
+        }
+        let other = XenPodLinks::of(&record("c2", "10.77.0.9".parse().unwrap()).key);
+        assert_ne!(other, links, "each container has its own");
     }
 }

@@ -54,7 +54,8 @@ fn config_toml(dir: &Path) -> String {
     }
 }
 
-fn config_v2(net: &Path) -> String {
+/// containerd 1.6's config (version 2), CNI's config in `net`.
+pub fn config_v2(net: &Path) -> String {
     format!(
         r#"version = 2
 [plugins."io.containerd.grpc.v1.cri"]
@@ -112,7 +113,7 @@ fn config_v3(net: &Path) -> String {
 }
 
 /// A bridge network with addresses from host-local, its state in `dir`.
-fn cni_conf(dir: &Path) -> String {
+pub fn cni_conf(dir: &Path) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "jitsu-test",
@@ -134,9 +135,27 @@ fn cni_conf(dir: &Path) -> String {
 
 pub struct CriNode {
     pub containerd: Containerd,
+    pub cri: CriClient,
+}
+
+/// A CRI client, as the kubelet speaks to containerd's socket.
+pub struct CriClient {
     pub runtime: tokio::runtime::Runtime,
     pub client: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
+}
+
+impl std::ops::Deref for CriNode {
+    type Target = CriClient;
+    fn deref(&self) -> &CriClient {
+        &self.cri
+    }
+}
+
+impl std::ops::DerefMut for CriNode {
+    fn deref_mut(&mut self) -> &mut CriClient {
+        &mut self.cri
+    }
 }
 
 impl CriNode {
@@ -146,11 +165,48 @@ impl CriNode {
             std::fs::write(dir.join("net.d/10-jitsu-test.conflist"), cni_conf(dir)).unwrap();
             Some(config_toml(dir))
         });
+        let cri = CriClient::connect(&containerd.socket);
+        let node = CriNode { containerd, cri };
+        node.import_pause();
+        node
+    }
+
+    pub fn ns(&self) -> &NetNs {
+        &self.containerd.ns
+    }
+
+    fn import_pause(&self) {
+        let pause = std::fs::read(native_binary("pause")).unwrap();
+        let path = self.containerd.dir.path().join("pause.tar");
+        std::fs::write(&path, pause_archive(&pause)).unwrap();
+        self.containerd.import(K8S_NAMESPACE, &path);
+    }
+
+    /// The pod config the kubelet would send for `name`.
+    pub fn pod_config(name: &str, annotations: &[(&str, &str)]) -> PodSandboxConfig {
+        CriClient::pod_config(name, annotations)
+    }
+}
+
+/// The pause image ([`PAUSE_IMAGE`]) around the program `pause`, as an
+/// archive for `ctr images import`.
+pub fn pause_archive(pause: &[u8]) -> Vec<u8> {
+    let files = [File {
+        path: "pause",
+        mode: 0o755,
+        data: pause,
+    }];
+    image_archive(&files, Default::default(), "/pause", PAUSE_IMAGE).unwrap()
+}
+
+impl CriClient {
+    /// Connects to the CRI socket of containerd at `socket`.
+    pub fn connect(socket: &Path) -> CriClient {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let socket = containerd.socket.clone();
+        let socket = socket.to_path_buf();
         let channel = runtime
             .block_on(
                 Endpoint::from_static("http://[::1]:1").connect_with_connector(tower::service_fn(
@@ -164,31 +220,11 @@ impl CriNode {
                 )),
             )
             .expect("connecting to containerd's CRI");
-        let node = CriNode {
-            containerd,
+        CriClient {
             runtime,
             client: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
-        };
-        node.import_pause();
-        node
-    }
-
-    pub fn ns(&self) -> &NetNs {
-        &self.containerd.ns
-    }
-
-    fn import_pause(&self) {
-        let pause = std::fs::read(native_binary("pause")).unwrap();
-        let files = [File {
-            path: "pause",
-            mode: 0o755,
-            data: &pause,
-        }];
-        let archive = image_archive(&files, Default::default(), "/pause", PAUSE_IMAGE).unwrap();
-        let path = self.containerd.dir.path().join("pause.tar");
-        std::fs::write(&path, archive).unwrap();
-        self.containerd.import(K8S_NAMESPACE, &path);
+        }
     }
 
     /// Waits until CRI lists `image` (it learns of imports by events).

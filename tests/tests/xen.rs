@@ -13,7 +13,7 @@ use jitsu_e2e::jitsu_bin;
 use jitsu_e2e::xen_testbed::{self, copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
 
 /// How many tests the suite has; a suite that ran fewer hid something.
-const SUITE_TESTS: usize = 17;
+const SUITE_TESTS: usize = 18;
 
 /// A Linux initramfs whose init prints one line and powers off.
 fn linux_initrd(dir: &Path) -> PathBuf {
@@ -67,6 +67,11 @@ fn the_xen_suite_passes_in_a_xen_dom0() {
     for guest in ["abi-test", "hello-http"] {
         copy(&jitsu_e2e::guest(guest), &s.join("guests/kvm").join(guest));
     }
+    // The pause program of the CRI test's pods (`make build`).
+    copy(
+        &jitsu_e2e::cri::native_binary("pause"),
+        &s.join("bin/pause"),
+    );
     copy(&image.join("vmlinuz"), &s.join("linux/vmlinuz"));
     let initrd = linux_initrd(&s.join("linux"));
     assert!(initrd.exists());
@@ -74,6 +79,7 @@ fn the_xen_suite_passes_in_a_xen_dom0() {
     let script = "JITSU_BIN=/jitsu/bin/jitsu JITSU_XEN_MONITOR=/jitsu/bin/jitsu-xen-monitor \
         JITSU_XEN_GUESTS=/jitsu/guests/xen JITSU_KVM_GUESTS=/jitsu/guests/kvm \
         JITSU_LINUX_KERNEL=/jitsu/linux/vmlinuz JITSU_LINUX_INITRD=/jitsu/linux/initrd.cpio \
+        JITSU_PAUSE=/jitsu/bin/pause \
         /jitsu/bin/jitsu-xen-suite --color never";
     let mut testbed = run_in_dom0(s, script)
         .stdout(Stdio::piped())

@@ -127,13 +127,14 @@ impl XenBackend {
     /// Makes the bridge (if missing) and the stand-in TAP `stand_in` on it.
     pub fn new(
         toolstack: Toolstack,
-        config: DomainConfig,
+        mut config: DomainConfig,
         stand_in: &str,
         park_at: ParkAt,
     ) -> Result<XenBackend, XenError> {
-        let net: &NetConfig = config.net.as_ref().ok_or(XenError::NoNetwork)?;
+        let net: &mut NetConfig = config.net.as_mut().ok_or(XenError::NoNetwork)?;
         let gateway = net.gateway.map(|gw| (gw, net.prefix_len));
         let bridge = Bridge::ensure(&net.bridge, gateway)?;
+        net.mtu = crate::bridge::guest_mtu(&bridge);
         let tap = Tap::create_private(stand_in)?;
         tap.admit_only(net.mac, net.ipv4)?;
         let stand_in_index =

@@ -25,12 +25,16 @@ pub struct BridgeError {
 pub struct Bridge {
     name: String,
     index: u32,
+    mtu: u32,
     runtime: tokio::runtime::Runtime,
     handle: Handle,
 }
 
 impl Bridge {
-    /// Makes sure `name` exists and is up, holding `address` if given.
+    /// Makes sure `name` exists and is up. A bridge made here gets
+    /// `address`, if given; one that exists is someone else's (the shim
+    /// makes a pod's, which switches frames and holds no address) and keeps
+    /// the addresses it has.
     pub fn ensure(name: &str, address: Option<(Ipv4Addr, u8)>) -> Result<Bridge, BridgeError> {
         let err = |what, detail: String| BridgeError {
             bridge: name.to_string(),
@@ -50,10 +54,11 @@ impl Bridge {
         let mut bridge = Bridge {
             name: name.to_string(),
             index: 0,
+            mtu: 1500,
             runtime,
             handle,
         };
-        bridge.index = bridge.make(address)?;
+        (bridge.index, bridge.mtu) = bridge.make(address)?;
         Ok(bridge)
     }
 
@@ -65,29 +70,30 @@ impl Bridge {
         }
     }
 
-    fn make(&self, address: Option<(Ipv4Addr, u8)>) -> Result<u32, BridgeError> {
+    /// The bridge's index and MTU, once it exists and is up.
+    fn make(&self, address: Option<(Ipv4Addr, u8)>) -> Result<(u32, u32), BridgeError> {
         let handle = &self.handle;
         self.runtime.block_on(async {
-            let index = match index(handle, &self.name).await {
-                Some(index) => index,
-                None => {
-                    match handle
-                        .link()
-                        .add(LinkBridge::new(&self.name).build())
-                        .execute()
-                        .await
-                    {
-                        Ok(()) => {}
-                        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
-                        }
-                        Err(e) => return Err(self.err("creating it", e)),
+            let made = match link(handle, &self.name).await {
+                Some(_) => false,
+                None => match handle
+                    .link()
+                    .add(LinkBridge::new(&self.name).build())
+                    .execute()
+                    .await
+                {
+                    Ok(()) => true,
+                    // Another monitor made it meanwhile: it adds the address.
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
+                        false
                     }
-                    index(handle, &self.name)
-                        .await
-                        .ok_or_else(|| self.err("creating it", "it vanished"))?
-                }
+                    Err(e) => return Err(self.err("creating it", e)),
+                },
             };
-            if let Some((ip, prefix)) = address {
+            let (index, mtu) = link(handle, &self.name)
+                .await
+                .ok_or_else(|| self.err("creating it", "it vanished"))?;
+            if let (true, Some((ip, prefix))) = (made, address) {
                 match handle
                     .address()
                     .add(index, ip.into(), prefix)
@@ -105,12 +111,17 @@ impl Bridge {
                 .execute()
                 .await
                 .map_err(|e| self.err("bringing it up", e))?;
-            Ok(index)
+            Ok((index, mtu))
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The bridge's MTU, which its ports (and so the guest) must keep to.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
     }
 
     /// Plugs interface `port` into the bridge, down (see [`Bridge::set_up`]).
@@ -150,13 +161,22 @@ impl Bridge {
     }
 }
 
-async fn index(handle: &Handle, name: &str) -> Option<u32> {
+/// The MTU a guest on `bridge` is told: the bridge's, if below the
+/// Ethernet default (a pod network's overlay); else none, and the guest
+/// keeps to 1500, which any bridge above it carries.
+pub fn guest_mtu(bridge: &Bridge) -> Option<u32> {
+    (bridge.mtu() < 1500).then_some(bridge.mtu())
+}
+
+/// The index and MTU of the link `name`, if it exists.
+async fn link(handle: &Handle, name: &str) -> Option<(u32, u32)> {
     use futures_util::TryStreamExt;
+    use rtnetlink::packet_route::link::LinkAttribute;
     let mut links = handle.link().get().match_name(name.to_string()).execute();
-    links
-        .try_next()
-        .await
-        .ok()
-        .flatten()
-        .map(|link| link.header.index)
+    let link = links.try_next().await.ok().flatten()?;
+    let mtu = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(mtu) => Some(*mtu),
+        _ => None,
+    });
+    Some((link.header.index, mtu.unwrap_or(1500)))
 }

@@ -31,6 +31,8 @@ pub struct NetConfig {
     pub ipv4: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// The link's MTU (the bridge's), when the guest must keep under 1500.
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +144,10 @@ impl Domain {
         if let Some(gw) = net.gateway {
             self.toolstack
                 .write(&format!("{home}/gateway"), &gw.to_string())?;
+        }
+        if let Some(mtu) = net.mtu {
+            self.toolstack
+                .write(&format!("{home}/mtu"), &mtu.to_string())?;
         }
         Ok(())
     }

@@ -1,8 +1,10 @@
 //! The guest's network: on the node's own bridge (`ctr run`, no CNI) or in
-//! a Kubernetes pod's namespace, wired to the pod's `eth0`.
+//! a Kubernetes pod's namespace, wired to the pod's `eth0` (a KVM guest's
+//! TAP beside it, a Xen domain's vif through a bridge in dom0).
 
 pub mod bridge;
 pub mod pod;
+pub mod xen_pod;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::state::{state_dir, ContainerKey};
 use bridge::Ipam;
 use pod::PodLink;
+use xen_pod::XenPodLinks;
 
 pub type NetResult<T> = Result<T, String>;
 
@@ -35,6 +38,13 @@ pub enum Network {
         tap: String,
         link: PodLink,
     },
+    /// A Xen domain's vif on a bridge of the pod's own in dom0, joined to
+    /// the pod's `eth0` by a veth pair.
+    XenPod {
+        netns: PathBuf,
+        links: XenPodLinks,
+        link: PodLink,
+    },
 }
 
 impl Network {
@@ -43,7 +53,7 @@ impl Network {
         match self {
             Network::Sandbox { .. } => None,
             Network::Bridge { ip, .. } | Network::Vif { ip } => Some(*ip),
-            Network::Pod { link, .. } => Some(link.ip),
+            Network::Pod { link, .. } | Network::XenPod { link, .. } => Some(link.ip),
         }
     }
 
@@ -55,8 +65,10 @@ impl Network {
         hypervisor: Hypervisor,
     ) -> NetResult<Network> {
         match (netns, hypervisor) {
-            (Some(_), Hypervisor::Xen) => {
-                Err("a pod's network on Xen is not supported yet: run the pod on a KVM node".into())
+            (Some(netns), Hypervisor::Xen) => {
+                let links = XenPodLinks::of(key);
+                let link = xen_pod::wire(&netns, &links).await?;
+                Ok(Network::XenPod { netns, links, link })
             }
             (None, Hypervisor::Xen) => {
                 let ip = Ipam::new(&state_dir()).allocate(&key.describe())?;
@@ -105,6 +117,7 @@ impl Network {
                 Ok(())
             }
             Network::Pod { netns, tap, .. } => pod::unwire(netns, tap).await,
+            Network::XenPod { netns, links, .. } => xen_pod::unwire(netns, links).await,
         }
     }
 }

@@ -58,13 +58,36 @@ pub fn tap_name(key: &ContainerKey) -> String {
 /// `eth0` both ways. One unikernel per pod: eth0's ingress qdisc is the
 /// claim, so a second one is refused before it touches anything.
 pub async fn wire(netns: &Path, tap: &str) -> NetResult<PodLink> {
-    let tap = tap.to_string();
+    wire_port(netns, tap, Port::NewTap).await
+}
+
+/// The interface that takes `eth0`'s frames.
+#[derive(Clone, Copy)]
+pub(super) enum Port {
+    /// A TAP, made here (a KVM guest's).
+    NewTap,
+    /// One that is in the namespace already (a veth end moved there).
+    Existing,
+}
+
+/// Joins `port` to `eth0` both ways, as [`wire`] does; `eth0`'s link, for
+/// the guest to take over.
+pub(super) async fn wire_port(netns: &Path, port: &str, kind: Port) -> NetResult<PodLink> {
+    let port = port.to_string();
     in_netns(netns, move || async move {
         let handle = handle().await?;
         let link = pod_link(&handle).await?;
         let eth0 = index(&handle, POD_IFACE).await?.ok_or("no eth0")?;
         add_ingress(&handle, eth0, POD_IFACE).await?;
-        if let Err(e) = redirect_between(&handle, eth0, &tap, link.mtu).await {
+        let joined = match kind {
+            Port::NewTap => redirect_between(&handle, eth0, &port, link.mtu).await,
+            Port::Existing => match index(&handle, &port).await {
+                Ok(Some(at)) => redirect(&handle, eth0, at, &port, link.mtu).await,
+                Ok(None) => Err(format!("{port} is not in the pod's namespace")),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = joined {
             // Undo only what this call made: the qdisc on eth0 is ours.
             let _ = delete_ingress(&handle, eth0).await;
             return Err(e);

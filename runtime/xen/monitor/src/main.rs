@@ -134,6 +134,7 @@ pub(crate) fn config(args: &Args) -> Result<DomainConfig> {
                 ipv4,
                 prefix_len,
                 gateway: args.gw,
+                mtu: None,
             })
         }
         None => None,
@@ -160,7 +161,7 @@ fn run(args: Args) -> Result<u8> {
         return lazy::run(&args);
     }
     let start = Instant::now();
-    let config = config(&args)?;
+    let mut config = config(&args)?;
     // Blocked before anything else, so that a signal during the build is
     // seen (and destroys the domain) rather than killing us halfway.
     let signals = termination_signals()?;
@@ -169,8 +170,10 @@ fn run(args: Args) -> Result<u8> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let toolstack = Toolstack::open(verbosity)?;
-    if let Some(net) = &config.net {
-        jitsu_xen::bridge::Bridge::ensure(&net.bridge, net.gateway.map(|gw| (gw, net.prefix_len)))?;
+    if let Some(net) = &mut config.net {
+        let gateway = net.gateway.map(|gw| (gw, net.prefix_len));
+        let bridge = jitsu_xen::bridge::Bridge::ensure(&net.bridge, gateway)?;
+        net.mtu = jitsu_xen::bridge::guest_mtu(&bridge);
     }
     let mut domain = Domain::create_paused(std::rc::Rc::new(toolstack), &config)
         .with_context(|| format!("{}", args.kernel().display()))?;

@@ -16,15 +16,22 @@ use crate::{env_path, leaves_nothing, our_domains, text, xenstore, Result, TIMEO
 const RUNTIME: &str = "io.containerd.jitsu.v1";
 
 /// containerd with private root, state and socket, our shim on its PATH.
-struct Dom0Containerd {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
+pub(crate) struct Dom0Containerd {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) socket: PathBuf,
     state: PathBuf,
     process: std::process::Child,
 }
 
 impl Dom0Containerd {
     fn start() -> std::result::Result<Dom0Containerd, Failed> {
+        Dom0Containerd::start_with(|_| Ok(None))
+    }
+
+    /// With the config `config` writes into containerd's folder, if any.
+    pub(crate) fn start_with(
+        config: impl FnOnce(&Path) -> std::result::Result<Option<String>, Failed>,
+    ) -> std::result::Result<Dom0Containerd, Failed> {
         let dir = tempfile::tempdir()?;
         let socket = dir.path().join("containerd.sock");
         let state = dir.path().join("jitsu");
@@ -46,6 +53,11 @@ impl Dom0Containerd {
             .stdout(Stdio::null())
             // containerd's log, its shims' included.
             .stderr(std::fs::File::create(dir.path().join("containerd.log"))?);
+        if let Some(toml) = config(dir.path())? {
+            let file = dir.path().join("config.toml");
+            std::fs::write(&file, toml)?;
+            cmd.arg("--config").arg(file);
+        }
         let c = Dom0Containerd {
             process: cmd.spawn()?,
             dir,
@@ -62,7 +74,12 @@ impl Dom0Containerd {
         Ok(c)
     }
 
-    fn ctr(&self, args: &[&str]) -> std::result::Result<Output, Failed> {
+    /// The shim's state folder (`JITSU_STATE_DIR`).
+    pub(crate) fn state(&self) -> &Path {
+        &self.state
+    }
+
+    pub(crate) fn ctr(&self, args: &[&str]) -> std::result::Result<Output, Failed> {
         Ok(Command::new("ctr")
             .arg("--address")
             .arg(&self.socket)
@@ -71,7 +88,7 @@ impl Dom0Containerd {
             .output()?)
     }
 
-    fn ctr_ok(&self, args: &[&str]) -> std::result::Result<String, Failed> {
+    pub(crate) fn ctr_ok(&self, args: &[&str]) -> std::result::Result<String, Failed> {
         let out = self.ctr(args)?;
         if !out.status.success() {
             return Err(format!("ctr {args:?}: {}{}", text(&out.stdout), text(&out.stderr)).into());
@@ -82,6 +99,17 @@ impl Dom0Containerd {
     /// `jitsu pack` of `kernels` (its --kernel / --xen-kernel options and
     /// files) and `extra`, imported as `name`.
     fn import(&self, name: &str, kernels: &[(&str, PathBuf)], extra: &[&str]) -> Result {
+        self.import_in("default", name, kernels, extra)
+    }
+
+    /// [`Dom0Containerd::import`] into containerd's `namespace`.
+    pub(crate) fn import_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        kernels: &[(&str, PathBuf)],
+        extra: &[&str],
+    ) -> Result {
         let archive = self
             .dir
             .path()
@@ -95,7 +123,13 @@ impl Dom0Containerd {
         if !out.status.success() {
             return Err(format!("jitsu pack: {}", text(&out.stderr)).into());
         }
-        self.ctr_ok(&["images", "import", archive.to_str().unwrap()])?;
+        self.ctr_ok(&[
+            "-n",
+            namespace,
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ])?;
         Ok(())
     }
 
@@ -140,7 +174,7 @@ impl Dom0Containerd {
 
     /// A test's `result`, with containerd's log if it failed; then, that
     /// the shim left no file behind.
-    fn verdict(&self, result: Result) -> Result {
+    pub(crate) fn verdict(&self, result: Result) -> Result {
         let leftovers = self.leftovers();
         if let Err(e) = result {
             let why = e.message().unwrap_or_default();
@@ -188,9 +222,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The domain of container `id` (the shim names it `jitsu-<ip>-<id>`):
-/// its address, its domain id and its `xl list` state flags.
-fn domain_of(id: &str) -> Option<(Ipv4Addr, u32, String)> {
+/// The domain of container `id` (the shim names it `jitsu-<ip>-<id>`, the
+/// id cut to 40 characters): its address, its domain id and its `xl list`
+/// state flags.
+pub(crate) fn domain_of(id: &str) -> Option<(Ipv4Addr, u32, String)> {
+    let id: String = id.chars().take(40).collect();
     let out = Command::new("xl").arg("list").output().ok()?;
     text(&out.stdout).lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -202,7 +238,7 @@ fn domain_of(id: &str) -> Option<(Ipv4Addr, u32, String)> {
     })
 }
 
-fn await_domain(
+pub(crate) fn await_domain(
     id: &str,
     pred: impl Fn(&(Ipv4Addr, u32, String)) -> bool,
 ) -> std::result::Result<(Ipv4Addr, u32, String), Failed> {
@@ -218,7 +254,7 @@ fn await_domain(
     Err(format!("container {id}'s domain never got there; last {last:?}").into())
 }
 
-fn hello_xen() -> PathBuf {
+pub(crate) fn hello_xen() -> PathBuf {
     crate::guest("hello-http")
 }
 

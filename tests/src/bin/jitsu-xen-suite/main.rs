@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod containerd;
+mod cri;
 mod lazy;
 
 type Result = std::result::Result<(), Failed>;
@@ -224,8 +225,13 @@ fn our_vifs() -> Vec<String> {
     text(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        // The vifs, and the TAPs lazy monitors stand in with.
-        .filter(|name| name.starts_with("vif") || name.starts_with("jsi"))
+        // The vifs, the TAPs lazy monitors stand in with, and a Xen pod's
+        // bridge and veth in dom0.
+        .filter(|name| {
+            ["vif", "jsi", "jb", "jv"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        })
         .map(String::from)
         .collect()
 }
@@ -595,6 +601,10 @@ fn main() {
         Trial::test(
             "the_domain_of_a_killed_monitor_goes_at_delete",
             containerd::the_domain_of_a_killed_monitor_goes_at_delete,
+        ),
+        Trial::test(
+            "pods_are_xen_domains_on_their_own_addresses",
+            cri::pods_are_xen_domains_on_their_own_addresses,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
