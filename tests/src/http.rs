@@ -17,14 +17,17 @@ pub const PARKINGS: [f64; 4] = [3.0, 0.5, 1.0, 5.0];
 /// GETs `/` on a fresh connection (call it inside the right namespace);
 /// returns the reply and the connection's total retransmissions.
 pub fn get(addr: SocketAddr) -> (String, u32) {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: jitsu\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    try_get(addr).unwrap_or_else(|e| panic!("GET http://{addr}/: {e}"))
+}
+
+/// [`get`], with the error of a connection that failed.
+pub fn try_get(addr: SocketAddr) -> std::io::Result<(String, u32)> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: jitsu\r\nConnection: close\r\n\r\n")?;
     let mut reply = String::new();
-    stream.read_to_string(&mut reply).expect("read reply");
-    (reply, total_retrans(&stream))
+    stream.read_to_string(&mut reply)?;
+    Ok((reply, total_retrans(&stream)))
 }
 
 /// TCP_INFO's count of segments this connection sent again.

@@ -144,6 +144,15 @@ impl NetNs {
 
     /// Runs `f` on a thread that has entered the namespace, so that sockets
     /// it opens live there.
+    /// The namespace's neighbour table, as `ip neigh` shows it.
+    pub fn neighbours(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-s", "neigh", "show"])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         let file = File::open(format!("/run/netns/{}", self.name)).expect("open netns");
         std::thread::scope(|scope| {

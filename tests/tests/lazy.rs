@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use jitsu_e2e::http::{get, PARKINGS};
+use jitsu_e2e::http::{get, try_get, PARKINGS};
 use jitsu_e2e::lazy::LazyHello;
 use jitsu_e2e::packet::{arp_request, tcp_syn, PacketSocket};
 
@@ -386,11 +386,30 @@ fn a_console_nobody_reads_never_holds_up_stop_idle_or_sigterm() {
     drop(held);
 }
 
+/// The client's ARP entries go stale after about `ms` and are probed again
+/// a second later: many more neighbour state changes than a minute-long
+/// soak sees at the kernel's defaults (30 s, 5 s).
+fn churn_neighbours(server: &LazyHello, ms: String) {
+    let tap = server.ns.tap.clone();
+    server.ns.run_in(move || {
+        for (key, value) in [
+            ("base_reachable_time_ms", ms.as_str()),
+            ("delay_first_probe_time", "1"),
+        ] {
+            let path = format!("/proc/sys/net/ipv4/neigh/{tap}/{key}");
+            std::fs::write(&path, value).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    });
+}
+
 /// A soak on real timelines: at least 200 boot/idle cycles, the gap before
 /// each request drawn at random from 0.1x to 5x the idle timeout (so some
 /// land while the VM runs, some just as it is re-parked, most after). Every
 /// request is answered with one SYN, and nothing grows: descriptors,
-/// threads, memory, interfaces. `JITSU_SOAK_SEED` repeats a run.
+/// threads, memory, interfaces. `JITSU_SOAK_SEED` repeats a run;
+/// `JITSU_SOAK_NEIGH_MS` churns the client's ARP entries (see
+/// [`churn_neighbours`]). A failed request shows the monitor's status and
+/// the client's neighbour table.
 #[test]
 fn a_soak_of_random_gaps_around_the_idle_timeout() {
     const IDLE: Duration = Duration::from_millis(100);
@@ -408,6 +427,9 @@ fn a_soak_of_random_gaps_around_the_idle_timeout() {
     eprintln!("JITSU_SOAK_SEED={seed}");
     let mut random = jitsu_e2e::Junk::new(seed);
     let server = LazyHello::start(&["--idle-timeout", "100ms"]);
+    if let Ok(ms) = std::env::var("JITSU_SOAK_NEIGH_MS") {
+        churn_neighbours(&server, ms);
+    }
     let a = addr(&server);
     let mut before = None;
     let mut requests = 0;
@@ -420,8 +442,17 @@ fn a_soak_of_random_gaps_around_the_idle_timeout() {
         );
         let draw = u16::from_le_bytes(random.bytes(2).try_into().unwrap()) as f64 / 65536.0;
         std::thread::sleep(IDLE.mul_f64(0.1 + 4.9 * draw));
-        let (reply, retrans) = server.ns.run_in(move || get(a));
+        let started = std::time::Instant::now();
+        let answer = server.ns.run_in(move || try_get(a));
         requests += 1;
+        let (reply, retrans) = answer.unwrap_or_else(|e| {
+            panic!(
+                "request {requests} (seed {seed}) failed after {:?}: {e}\nthe monitor: {}\nneighbours:\n{}",
+                started.elapsed(),
+                server.status(),
+                server.ns.neighbours()
+            )
+        });
         assert!(
             reply.starts_with("HTTP/1.1 200"),
             "request {requests}: {reply}"
