@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jitsu_e2e::http::{get, try_get, PARKINGS};
 use jitsu_e2e::lazy::LazyHello;
@@ -499,6 +499,52 @@ fn only_frames_for_the_guest_reach_the_monitor() {
         "frames for others never reached Synjitsu: {after}"
     );
     assert_eq!(after["boots"], 0, "nor booted anything");
+}
+
+/// A client's broadcast ARP for a running guest is the guest's to answer:
+/// asked every 100 ms for 2 s (four times its idle timeout), the guest
+/// answers each one itself (Synjitsu never does) and stays up.
+#[test]
+fn a_running_guest_answers_every_arp_and_is_kept_up_by_them() {
+    const ASKS: u32 = 20;
+    let server = LazyHello::start(&["--idle-timeout", "500ms"]);
+    server.command("boot");
+    server.wait_until(|s| s["state"] == "running", TIMEOUT);
+    let (host, guest) = (server.ns.host_ip, server.ns.guest_ip);
+    let (tap, host_mac) = (server.ns.tap.clone(), server.ns.tap_mac());
+    let answered = server.ns.run_in(move || {
+        let socket = PacketSocket::bind(&tap).expect("packet socket");
+        let is_reply = |f: &[u8]| {
+            f.len() >= 32
+                && f[12..14] == [8, 6]
+                && f[20..22] == [0, 2]
+                && f[28..32] == guest.octets()
+        };
+        let mut answered = 0;
+        for _ in 0..ASKS {
+            let next = Instant::now() + Duration::from_millis(100);
+            socket.send(&arp_request(host_mac, host, guest)).unwrap();
+            while let Some(frame) =
+                socket.recv_incoming(next.saturating_duration_since(Instant::now()))
+            {
+                if is_reply(&frame) {
+                    answered += 1;
+                    break;
+                }
+            }
+            // The client's pace, not a wait for a condition.
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        answered
+    });
+    let status = server.status();
+    assert_eq!(answered, ASKS, "{status}");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["boots"], 1, "{status}");
+    assert_eq!(
+        status["arp_replies"], 0,
+        "Synjitsu never stood in: {status}"
+    );
 }
 
 /// A parked VM's code and read-only data are the image file's own pages

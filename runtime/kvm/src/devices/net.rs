@@ -19,10 +19,9 @@ pub struct NetDevice {
     /// guest reads them before anything from the TAP.
     pending: VecDeque<Vec<u8>>,
     /// When a frame last moved either way (`clock::now_ns`), for idle stop.
-    /// Only frames the guest sends or that are addressed to its MAC count:
-    /// broadcast and multicast chatter on the link must not keep it awake.
+    /// Chatter on the link cannot keep the guest awake: the TAP's filter
+    /// (`Tap::admit_only`) never lets it through.
     activity: Arc<AtomicU64>,
-    mac: [u8; 6],
     /// What the guest may send (its own addresses only).
     egress: EgressFilter,
     /// The count of refused frames that outlives this VM.
@@ -61,7 +60,6 @@ impl NetDevice {
             max_frame,
             pending: VecDeque::new(),
             activity,
-            mac: egress.mac,
             egress,
             refused,
             stats: NetStats::default(),
@@ -103,7 +101,6 @@ impl NetDevice {
     /// Reads every waiting frame that fits into `buf`. Returns (frames, bytes used).
     pub fn read_batch(&mut self, buf: &mut [u8]) -> std::io::Result<(u64, usize)> {
         let (mut frames, mut used) = (0, 0);
-        let mut for_me = false;
         while let Some(frame) = self.pending.front() {
             if buf.len() - used < FRAME_HEADER_LEN + frame.len() {
                 break;
@@ -119,7 +116,6 @@ impl NetDevice {
             let body = &mut buf[used + FRAME_HEADER_LEN..used + FRAME_HEADER_LEN + self.max_frame];
             match self.tap.file().read(body) {
                 Ok(n) => {
-                    for_me |= body[..n].starts_with(&self.mac);
                     buf[used..used + FRAME_HEADER_LEN].copy_from_slice(&(n as u16).to_le_bytes());
                     used += FRAME_HEADER_LEN + n;
                     frames += 1;
@@ -134,7 +130,12 @@ impl NetDevice {
             }
         }
         self.stats.rx_frames += frames;
-        if for_me {
+        // Every frame the TAP's filter lets through is the guest's: to its
+        // MAC, or an ARP for its address. A frame read counts as activity
+        // at once, or an idle stop decided before the guest's next exit
+        // would drop a request it has read and not answered yet (a
+        // client's broadcast ARP, answered by nobody until it asked again).
+        if frames > 0 {
             self.touch();
         }
         Ok((frames, used))
