@@ -33,6 +33,8 @@ pub use platform::hypercall;
 
 pub use boot::Boot;
 pub use jitsu_abi as abi;
+/// Conduit's channel (libxenvchan's layout), the same code the host tests.
+pub use jitsu_vchan as vchan;
 pub use smoltcp;
 
 /// The platform this guest was built for: `"kvm"` or `"xen-pvh"`.
