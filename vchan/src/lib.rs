@@ -10,7 +10,9 @@
 //!   through atomics and bounds-checked copies;
 //! - [`endpoint`]: one end of a channel (the server, which lays the page
 //!   out, or the client), its reads and writes, its notifications and the
-//!   peer's liveness.
+//!   peer's liveness;
+//! - [`rendezvous`]: where the two ends find each other in XenStore
+//!   (`/conduit`), its paths written and parsed strictly.
 //!
 //! Nothing the peer writes is trusted: an index that claims more data (or
 //! space) than its ring holds is reported as [`Error::Corrupt`], and no copy
@@ -20,6 +22,7 @@
 
 pub mod endpoint;
 pub mod layout;
+pub mod rendezvous;
 pub mod shared;
 #[cfg(test)]
 mod tests;
