@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use jitsu_spec::{Hypervisor, UnikernelSpec};
 
 use crate::network::bridge::{BRIDGE, GATEWAY, PREFIX};
+use crate::network::pod::PodLink;
 use crate::network::Network;
 use crate::state::Record;
 
@@ -130,16 +131,7 @@ fn kvm_args(cmd: &mut Command, record: &Record) {
         }
         Network::Pod { netns, tap, link } => {
             cmd.arg("--netns").arg(netns);
-            cmd.args([
-                "--net",
-                tap,
-                "--ip",
-                &format!("{}/{}", link.ip, link.prefix),
-            ])
-            .args(["--mac", &link.mac_string()]);
-            if let Some(gw) = link.gateway {
-                cmd.args(["--gw", &gw.to_string()]);
-            }
+            pod_link_args(cmd, tap, link);
         }
         Network::Sandbox { .. } | Network::Vif { .. } | Network::XenPod { .. } => {}
     }
@@ -153,18 +145,22 @@ fn xen_args(cmd: &mut Command, record: &Record) {
             cmd.args(["--net", BRIDGE, "--ip", &format!("{ip}/{PREFIX}")])
                 .args(["--gw", &GATEWAY.to_string()]);
         }
-        Network::XenPod { links, link, .. } => {
-            cmd.args(["--net", &links.bridge])
-                .args(["--ip", &format!("{}/{}", link.ip, link.prefix)])
-                .args(["--mac", &link.mac_string()]);
-            if let Some(gw) = link.gateway {
-                cmd.args(["--gw", &gw.to_string()]);
-            }
-        }
+        Network::XenPod { links, link, .. } => pod_link_args(cmd, &links.bridge, link),
         Network::Sandbox { .. } | Network::Bridge { .. } | Network::Pod { .. } => {}
     }
     if let Some(name) = &record.xen_domain {
         cmd.args(["--domain-name", name]);
+    }
+}
+
+/// Both monitors' flags for a guest that takes over a pod's link, on the
+/// interface `net` (a KVM TAP, a Xen bridge).
+fn pod_link_args(cmd: &mut Command, net: &str, link: &PodLink) {
+    cmd.args(["--net", net])
+        .args(["--ip", &format!("{}/{}", link.ip, link.prefix)])
+        .args(["--mac", &link.mac_string()]);
+    if let Some(gw) = link.gateway {
+        cmd.args(["--gw", &gw.to_string()]);
     }
 }
 
@@ -291,7 +287,6 @@ mod tests {
     /// pod's own bridge (never the node's, whose gateway it would get).
     #[test]
     fn a_xen_pod_gets_the_pods_link_on_a_bridge_of_its_own() {
-        use crate::network::pod::PodLink;
         use crate::network::xen_pod::XenPodLinks;
         let mut pod = record("c1", "10.77.0.9".parse().unwrap());
         let links = XenPodLinks::of(&pod.key);

@@ -96,12 +96,32 @@ impl Ring {
         Ok(self.size - used)
     }
 
-    /// Copies `n` bytes starting at free-running index `at` out (or in),
-    /// in at most two pieces across the ring's end.
-    fn pieces(&self, at: u32, n: usize) -> [(usize, usize); 2] {
-        let start = (at & (self.size - 1)) as usize;
+    /// The ring's bytes for `n` bytes from our index on: at most two
+    /// pieces, split at the ring's end, as (offset, length).
+    fn pieces(&self, n: usize) -> [(usize, usize); 2] {
+        let start = (self.mine & (self.size - 1)) as usize;
         let first = n.min(self.size as usize - start);
         [(start, first), (0, n - first)]
+    }
+
+    /// Copies `buf.len()` bytes (all readable) out, and moves our index.
+    fn take(&mut self, buf: &mut [u8]) {
+        let mut done = 0;
+        for (at, len) in self.pieces(buf.len()) {
+            self.data.copy_out(at, &mut buf[done..done + len]);
+            done += len;
+        }
+        self.mine = self.mine.wrapping_add(buf.len() as u32);
+    }
+
+    /// Copies `data` (which fits) in, and moves our index.
+    fn put(&mut self, data: &[u8]) {
+        let mut done = 0;
+        for (at, len) in self.pieces(data.len()) {
+            self.data.copy_in(at, &data[done..done + len]);
+            done += len;
+        }
+        self.mine = self.mine.wrapping_add(data.len() as u32);
     }
 }
 
@@ -224,12 +244,7 @@ impl Endpoint {
         if n == 0 {
             return Ok(Transfer::default());
         }
-        let mut done = 0;
-        for (at, len) in self.read.pieces(self.read.mine, n) {
-            self.read.data.copy_out(at, &mut buf[done..done + len]);
-            done += len;
-        }
-        self.read.mine = self.read.mine.wrapping_add(n as u32);
+        self.read.take(&mut buf[..n]);
         self.ctrl
             .u32_at(self.read.cons_at)
             .store(self.read.mine, Ordering::Release);
@@ -248,12 +263,7 @@ impl Endpoint {
         if n == 0 {
             return Ok(Transfer::default());
         }
-        let mut done = 0;
-        for (at, len) in self.write.pieces(self.write.mine, n) {
-            self.write.data.copy_in(at, &data[done..done + len]);
-            done += len;
-        }
-        self.write.mine = self.write.mine.wrapping_add(n as u32);
+        self.write.put(&data[..n]);
         self.ctrl
             .u32_at(self.write.prod_at)
             .store(self.write.mine, Ordering::Release);

@@ -134,7 +134,7 @@ impl XenBackend {
         let net: &mut NetConfig = config.net.as_mut().ok_or(XenError::NoNetwork)?;
         let gateway = net.gateway.map(|gw| (gw, net.prefix_len));
         let bridge = Bridge::ensure(&net.bridge, gateway)?;
-        net.mtu = crate::bridge::guest_mtu(&bridge);
+        net.mtu = bridge.guest_mtu();
         let tap = Tap::create_private(stand_in)?;
         tap.admit_only(net.mac, net.ipv4)?;
         let stand_in_index =

@@ -119,9 +119,11 @@ impl Bridge {
         &self.name
     }
 
-    /// The bridge's MTU, which its ports (and so the guest) must keep to.
-    pub fn mtu(&self) -> u32 {
-        self.mtu
+    /// The MTU a guest on the bridge is told: the bridge's, if below the
+    /// Ethernet default (a pod network's overlay); else none, and the guest
+    /// keeps to 1500, which any bridge above it carries.
+    pub fn guest_mtu(&self) -> Option<u32> {
+        (self.mtu < 1500).then_some(self.mtu)
     }
 
     /// Plugs interface `port` into the bridge, down (see [`Bridge::set_up`]).
@@ -159,13 +161,6 @@ impl Bridge {
             .block_on(request.execute())
             .map_err(|e| self.err("pinning the service's MAC to a port", e))
     }
-}
-
-/// The MTU a guest on `bridge` is told: the bridge's, if below the
-/// Ethernet default (a pod network's overlay); else none, and the guest
-/// keeps to 1500, which any bridge above it carries.
-pub fn guest_mtu(bridge: &Bridge) -> Option<u32> {
-    (bridge.mtu() < 1500).then_some(bridge.mtu())
 }
 
 /// The index and MTU of the link `name`, if it exists.

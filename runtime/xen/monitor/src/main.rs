@@ -173,7 +173,7 @@ fn run(args: Args) -> Result<u8> {
     if let Some(net) = &mut config.net {
         let gateway = net.gateway.map(|gw| (gw, net.prefix_len));
         let bridge = jitsu_xen::bridge::Bridge::ensure(&net.bridge, gateway)?;
-        net.mtu = jitsu_xen::bridge::guest_mtu(&bridge);
+        net.mtu = bridge.guest_mtu();
     }
     let mut domain = Domain::create_paused(std::rc::Rc::new(toolstack), &config)
         .with_context(|| format!("{}", args.kernel().display()))?;
