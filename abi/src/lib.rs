@@ -83,7 +83,15 @@ pub mod hypercall {
     pub const NET_WRITE: u16 = 3;
     pub const NET_READ: u16 = 4;
     pub const HALT: u16 = 5;
-    pub const COUNT: u16 = 6;
+    /// The conduit device (see [`crate::conduit`]).
+    pub const CONDUIT_LISTEN: u16 = 6;
+    pub const CONDUIT_CONNECT: u16 = 7;
+    pub const CONDUIT_EVENTS: u16 = 8;
+    pub const CONDUIT_CLOSE: u16 = 9;
+    /// POLL that first signals the peers of the channels named: one exit
+    /// for both, where a round trip would otherwise take two.
+    pub const SIGNAL_POLL: u16 = 10;
+    pub const COUNT: u16 = 11;
     /// Ports `PORT_BASE..PORT_BASE + PORT_WINDOW` are open to the guest (a
     /// 4-byte `out` touches four of them); numbers past `COUNT` are refused.
     pub const PORT_WINDOW: u16 = 16;
@@ -97,13 +105,63 @@ pub mod hypercall {
     /// Malformed batch (a frame length that runs past the buffer, or a
     /// frame larger than the MTU allows). Nothing after it was sent.
     pub const RET_INVALID: u64 = 3;
+    /// Refused: a name that is not this guest's, a slot that is not open.
+    pub const RET_DENIED: u64 = 4;
+    /// Every channel slot is taken.
+    pub const RET_BUSY: u64 = 5;
 
     /// Bits of [`Poll::ready`].
     pub const READY_NET: u64 = 1 << 0;
+    /// A conduit event waits (CONDUIT_EVENTS).
+    pub const READY_CONDUIT_EVENT: u64 = 1 << 1;
+    /// A channel's peer signalled (SIGNAL_POLL says which).
+    pub const READY_CONDUIT_SIGNAL: u64 = 1 << 2;
 
     /// Frames in NET_READ / NET_WRITE buffers are packed back to back, each as
     /// a little-endian `u16` length followed by that many bytes.
     pub const FRAME_HEADER_LEN: usize = 2;
+}
+
+/// The conduit device, version 1: named shared-memory channels (Conduit's
+/// vchans) to other unikernels on the node. Each open channel is a slot of
+/// the window above guest memory, mapped only while the channel is open;
+/// it holds the vchan's control page and then its rings' own pages
+/// (`jitsu_vchan::layout::Region`). The guest's own memory is never shared.
+pub mod conduit {
+    /// The version in [`crate::ConduitInfo::version`]; 0: no device.
+    pub const VERSION: u32 = 1;
+    /// Guest-physical address of slot 0: above the highest guest memory.
+    pub const WINDOW_BASE: u64 = super::layout::MEM_MAX;
+    /// Bytes of window per slot (a control page and two rings of order 20
+    /// fit).
+    pub const SLOT_SIZE: u64 = 4 << 20;
+    /// Slots per guest; bit `n` of a signal mask is slot `n`.
+    pub const SLOTS: u32 = 64;
+    /// Names and ports are DNS labels of at most this many bytes.
+    pub const LABEL_MAX: usize = 63;
+
+    /// [`crate::ConduitEvent::kind`].
+    /// A client connected to this guest's name: `slot`, `peer`, `port`.
+    pub const EVENT_ACCEPTED: u32 = 1;
+    /// This guest's connect succeeded: `slot` is open.
+    pub const EVENT_CONNECTED: u32 = 2;
+    /// This guest's connect failed: `slot` is free again, `reason` says why.
+    pub const EVENT_REFUSED: u32 = 3;
+
+    /// [`crate::ConduitEvent::reason`] of a refusal.
+    /// No unikernel on this node listens under the name.
+    pub const REFUSED_NO_LISTENER: u32 = 1;
+    /// The listener does not allow this guest (not in its group, not on
+    /// its allow-list).
+    pub const REFUSED_NOT_ALLOWED: u32 = 2;
+    /// The listener has no free channel slot.
+    pub const REFUSED_BUSY: u32 = 3;
+    /// The listener's monitor did not answer, or broke the protocol.
+    pub const REFUSED_UNREACHABLE: u32 = 4;
+
+    /// Ring orders (log2 of bytes) a connect asks for when it names none:
+    /// 64 KiB each way.
+    pub const DEFAULT_ORDER: u16 = 16;
 }
 
 /// Ethernet header (14) + the largest MTU the monitor offers a guest.
@@ -153,6 +211,110 @@ pub struct NetIo {
     pub ret: u64,
 }
 
+/// CONDUIT_LISTEN: accept connections for `name` (the guest's own
+/// Conduit name, which its monitor was given; any other is RET_DENIED).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConduitListen {
+    pub name: u64,
+    pub name_len: u64,
+    /// Out.
+    pub ret: u64,
+}
+
+/// CONDUIT_CONNECT: ask for a channel to `name` on `port`. Returns at once
+/// with the slot reserved; an EVENT_CONNECTED or EVENT_REFUSED follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConduitConnect {
+    pub name: u64,
+    pub name_len: u64,
+    pub port: u64,
+    pub port_len: u64,
+    /// Ring orders wished for: left (this guest writes) in bits 0–15,
+    /// right in 16–31; 0 for [`conduit::DEFAULT_ORDER`]. The listener's
+    /// monitor has the last word (the control page says what it chose).
+    pub orders: u64,
+    /// Out: the slot.
+    pub slot: u64,
+    /// Out.
+    pub ret: u64,
+}
+
+/// CONDUIT_EVENTS: fill `data` with waiting [`ConduitEvent`]s.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConduitEvents {
+    pub data: u64,
+    /// Bytes of room at `data`.
+    pub len: u64,
+    /// Out: events written.
+    pub count: u64,
+    /// Out.
+    pub ret: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConduitEvent {
+    pub slot: u32,
+    /// `conduit::EVENT_*`.
+    pub kind: u32,
+    /// `conduit::REFUSED_*` for a refusal, else 0.
+    pub reason: u32,
+    /// Bytes of the channel's memory in the slot (what is mapped there;
+    /// the rings the control page names must fit in it).
+    pub size: u32,
+    pub peer_len: u8,
+    pub port_len: u8,
+    pub _reserved: [u8; 6],
+    /// The other end's name and the port (accepted: the client's; a
+    /// connect's own otherwise).
+    pub peer: [u8; 64],
+    pub port: [u8; 64],
+}
+
+impl Default for ConduitEvent {
+    fn default() -> ConduitEvent {
+        ConduitEvent {
+            slot: 0,
+            kind: 0,
+            reason: 0,
+            size: 0,
+            peer_len: 0,
+            port_len: 0,
+            _reserved: [0; 6],
+            peer: [0; 64],
+            port: [0; 64],
+        }
+    }
+}
+
+/// CONDUIT_CLOSE: the guest is done with `slot`: it leaves the window, the
+/// peer is told, and the slot is free again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConduitClose {
+    pub slot: u64,
+    /// Out.
+    pub ret: u64,
+}
+
+/// SIGNAL_POLL: signal the peer of every slot whose bit is set in `signal`,
+/// then block as POLL does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalPoll {
+    pub signal: u64,
+    pub timeout_nanos: u64,
+    /// Out: `READY_*` bits.
+    pub ready: u64,
+    /// Out: the slots whose peers signalled since the last poll.
+    pub signalled: u64,
+    /// Out.
+    pub ret: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Halt {
@@ -171,6 +333,36 @@ pub struct NetConfig {
     pub gateway: [u8; 4],
     pub mtu: u16,
     pub _reserved: [u8; 6],
+}
+
+/// The conduit device as the guest finds it. `version == 0`: no device
+/// (the monitor was given no Conduit name).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConduitInfo {
+    pub version: u32,
+    pub slots: u32,
+    /// Guest-physical address of slot 0, and each slot's size.
+    pub window: u64,
+    pub slot_size: u64,
+    /// The guest's own Conduit name (what CONDUIT_LISTEN takes).
+    pub name_len: u32,
+    pub _reserved: u32,
+    pub name: [u8; 64],
+}
+
+impl Default for ConduitInfo {
+    fn default() -> ConduitInfo {
+        ConduitInfo {
+            version: 0,
+            slots: 0,
+            window: 0,
+            slot_size: 0,
+            name_len: 0,
+            _reserved: 0,
+            name: [0; 64],
+        }
+    }
 }
 
 /// Written by the monitor at [`layout::BOOT_INFO_ADDR`]; RDI points at it on entry.
@@ -193,6 +385,7 @@ pub struct BootInfo {
     /// The guest may store its first `rdtsc` here; the monitor reads it to
     /// time the first guest instruction.
     pub entry_tsc: u64,
+    pub conduit: ConduitInfo,
 }
 
 /// Why a command line cannot be handed to a guest.
@@ -243,12 +436,26 @@ mod tests {
         assert_eq!(size_of::<AbiNote>(), 8);
         assert_eq!(size_of::<AbiNoteSection>(), 28);
         assert_eq!(size_of::<NetConfig>(), 24);
-        assert_eq!(size_of::<BootInfo>(), 96);
+        assert_eq!(size_of::<BootInfo>(), 192);
+        assert_eq!(core::mem::offset_of!(BootInfo, entry_tsc), 88);
+        assert_eq!(size_of::<ConduitInfo>(), 96);
+        assert_eq!(size_of::<ConduitListen>(), 24);
+        assert_eq!(size_of::<ConduitConnect>(), 56);
+        assert_eq!(size_of::<ConduitEvents>(), 32);
+        assert_eq!(size_of::<ConduitEvent>(), 152);
+        assert_eq!(size_of::<ConduitClose>(), 16);
+        assert_eq!(size_of::<SignalPoll>(), 40);
         assert_eq!(size_of::<ConsoleWrite>(), 24);
         assert_eq!(size_of::<Poll>(), 24);
         assert_eq!(size_of::<NetIo>(), 40);
         assert_eq!(size_of::<Halt>(), 8);
     }
+
+    // The conduit window lies above all guest memory, a signal mask has a
+    // bit per slot, and slots are whole 2 MiB pages.
+    const _: () = assert!(conduit::WINDOW_BASE >= layout::MEM_MAX);
+    const _: () = assert!(conduit::SLOTS <= 64);
+    const _: () = assert!(conduit::SLOT_SIZE.is_multiple_of(2 << 20));
 
     #[test]
     fn cmdline_fits_below_the_image() {

@@ -57,6 +57,8 @@ pub struct LazyConfig {
     pub hold: bool,
     /// Register the service in XenStore under this name.
     pub registry: Option<RegistryConfig>,
+    /// The unikernel's Conduit broker: a connection to its name boots it.
+    pub conduit: Option<jitsu_conduit::Broker>,
 }
 
 pub struct RegistryConfig {
@@ -109,6 +111,7 @@ struct Ready {
     done: bool,
     link: bool,
     boot_requested: bool,
+    conduit_requested: bool,
     control: Vec<bool>,
 }
 
@@ -136,6 +139,9 @@ pub struct Status {
     pub hypervisor: &'static str,
     /// Xen's id of the domain standing for the service now.
     pub domid: Option<u32>,
+    /// Conduit channels open now, and connections to the name refused.
+    pub conduit_channels: Option<u32>,
+    pub conduit_refused: Option<u64>,
 }
 
 pub struct Supervisor<B: Backend> {
@@ -231,6 +237,9 @@ impl<B: Backend> Supervisor<B> {
             if ready.boot_requested {
                 self.registry_boot();
             }
+            if ready.conduit_requested {
+                self.conduit_boot();
+            }
             // A backend's done and link fds may be one (Xen's watch): on
             // either, look at both, since each look reads past the event.
             if ready.link || ready.done || self.link_pending() {
@@ -276,6 +285,21 @@ impl<B: Backend> Supervisor<B> {
         self.boot(Instant::now());
     }
 
+    /// A Conduit connection (or request) for our name: boots a parked guest.
+    /// Unlike a registry request it names no parking: the channel it made
+    /// waits for whichever guest runs next.
+    fn conduit_boot(&mut self) {
+        let asked = self
+            .config
+            .conduit
+            .as_ref()
+            .is_some_and(jitsu_conduit::Broker::take_boot_request);
+        if asked && matches!(self.state, Some(State::Parked(_))) {
+            tracing::info!("boot requested through Conduit");
+            self.boot(Instant::now());
+        }
+    }
+
     /// Waits for the next event; which sources are watched depends on the
     /// state. Frames are read while parked, and while a booted guest's link
     /// is not up yet (Synjitsu still stands in).
@@ -296,6 +320,12 @@ impl<B: Backend> Supervisor<B> {
         let done_at = watch(running.map(|vm| vm.done_fd()));
         let link_at = watch(running.and_then(|vm| vm.link_pending()));
         let agent_at = watch(self.agent.as_ref().map(RegistryAgent::boot_fd));
+        let conduit_at = watch(
+            self.config
+                .conduit
+                .as_ref()
+                .map(jitsu_conduit::Broker::boot_fd),
+        );
         let control_from = fds.len();
         let control_fds = self
             .control
@@ -322,6 +352,7 @@ impl<B: Backend> Supervisor<B> {
             done: is_ready(done_at),
             link: is_ready(link_at),
             boot_requested: is_ready(agent_at),
+            conduit_requested: is_ready(conduit_at),
             control: ready[control_from..].to_vec(),
         })
     }
@@ -612,6 +643,16 @@ impl<B: Backend> Supervisor<B> {
                 Some(State::Running(vm)) => vm.domain_id(),
                 None => None,
             },
+            conduit_channels: self
+                .config
+                .conduit
+                .as_ref()
+                .map(jitsu_conduit::Broker::open_channels),
+            conduit_refused: self
+                .config
+                .conduit
+                .as_ref()
+                .map(jitsu_conduit::Broker::refused),
         }
     }
 }

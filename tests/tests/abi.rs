@@ -221,7 +221,7 @@ fn unknown_hypercall_stops_the_guest() {
     assert_monitor_alive(&out);
     assert_eq!(out.status.code(), Some(GUEST_FAULT));
     assert!(
-        stderr(&out).contains("unknown hypercall port 0x506"),
+        stderr(&out).contains("unknown hypercall port 0x50b"),
         "{}",
         stderr(&out)
     );

@@ -145,11 +145,21 @@ impl Endpoint {
         left_pages: Option<Shared>,
         right_pages: Option<Shared>,
     ) -> Result<Endpoint, Error> {
+        rings(&ctrl, left_order, right_order, left_pages, right_pages)?;
+        Endpoint::lay_out(&ctrl, left_order, right_order)?;
+        Endpoint::open_server(ctrl, left_pages, right_pages)
+    }
+
+    /// Lays a fresh control page out for a server: orders, indices and
+    /// flags; the server's live byte says connected, the client's not yet.
+    /// A monitor does this for a guest that is not running yet (which then
+    /// takes the page over with [`Endpoint::open_server`]).
+    pub fn lay_out(ctrl: &Shared, left_order: u16, right_order: u16) -> Result<(), Error> {
         ctrl.part(0, PAGE_SIZE).ok_or(Error::TooSmall {
             need: PAGE_SIZE,
             have: ctrl.len(),
         })?;
-        let (left, right) = rings(&ctrl, left_order, right_order, left_pages, right_pages)?;
+        layout::placements(left_order, right_order)?;
         // Indices, flags and grants zero; the rings' bytes need not be.
         ctrl.part(0, layout::GRANTS)
             .expect("inside the page")
@@ -165,11 +175,38 @@ impl Endpoint {
             .store(layout::NOTIFY_WRITE, Ordering::Relaxed);
         ctrl.u8_at(layout::SRV_LIVE)
             .store(layout::CONNECTED, Ordering::Release);
+        Ok(())
+    }
+
+    /// Becomes the server of a control page laid out for it (by
+    /// [`Endpoint::lay_out`], here or in a monitor), taking the orders it
+    /// names (checked) and the indices as they stand: a client may have
+    /// written already.
+    pub fn open_server(
+        ctrl: Shared,
+        left_pages: Option<Shared>,
+        right_pages: Option<Shared>,
+    ) -> Result<Endpoint, Error> {
+        let region = layout::region_of(&ctrl)?;
+        let (left, right) = rings(
+            &ctrl,
+            region.left_order,
+            region.right_order,
+            left_pages,
+            right_pages,
+        )?;
+        if ctrl.u8_at(layout::SRV_LIVE).load(Ordering::Acquire) != layout::CONNECTED {
+            return Err(Error::PeerGone);
+        }
+        let mut read = Ring::new(true, region.left_order, left);
+        let mut write = Ring::new(false, region.right_order, right);
+        read.mine = ctrl.u32_at(read.cons_at).load(Ordering::Acquire);
+        write.mine = ctrl.u32_at(write.prod_at).load(Ordering::Acquire);
         Ok(Endpoint {
-            read: Ring::new(true, left_order, left),
-            write: Ring::new(false, right_order, right),
             ctrl,
             role: Role::Server,
+            read,
+            write,
         })
     }
 
@@ -290,11 +327,7 @@ impl Endpoint {
 
     /// Says we are gone. The peer should be signalled (always).
     pub fn close(&mut self) {
-        let at = match self.role {
-            Role::Server => layout::SRV_LIVE,
-            Role::Client => layout::CLI_LIVE,
-        };
-        self.ctrl.u8_at(at).store(layout::GONE, Ordering::Release);
+        mark_gone(&self.ctrl, self.role);
     }
 
     /// Sets `bit` in the byte the peer checks after it moves data.
@@ -331,6 +364,17 @@ impl Endpoint {
             Role::Client => layout::SRV_NOTIFY,
         }
     }
+}
+
+/// Marks `role`'s end gone in the control page: what a monitor does for
+/// its guest once it has stopped, or for a peer whose monitor went away,
+/// so that the other end sees end-of-stream.
+pub fn mark_gone(ctrl: &Shared, role: Role) {
+    let at = match role {
+        Role::Server => layout::SRV_LIVE,
+        Role::Client => layout::CLI_LIVE,
+    };
+    ctrl.u8_at(at).store(layout::GONE, Ordering::Release);
 }
 
 /// The two rings' bytes for `left_order` and `right_order`: parts of the

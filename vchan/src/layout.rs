@@ -19,6 +19,9 @@
 //! The indices run free: `prod - cons` (wrapping) is what is in a ring.
 
 use core::fmt;
+use core::sync::atomic::Ordering;
+
+use crate::shared::Shared;
 
 pub const PAGE_SIZE: usize = 4096;
 
@@ -100,6 +103,88 @@ pub fn placements(left: u16, right: u16) -> Result<(Placement, Placement), Error
     Ok((l, r))
 }
 
+/// A channel in one contiguous piece of memory (how a KVM monitor shares
+/// it, as one memfd): the control page, then the left ring's own pages (if
+/// it has any), then the right ring's. Offsets are from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub left_order: u16,
+    pub right_order: u16,
+    /// Where each ring's own pages start (None: it lives in the control page).
+    pub left_pages: Option<usize>,
+    pub right_pages: Option<usize>,
+    /// Bytes in all, a whole number of pages.
+    pub len: usize,
+}
+
+impl Region {
+    pub fn of(left_order: u16, right_order: u16) -> Result<Region, Error> {
+        let (left, right) = placements(left_order, right_order)?;
+        let mut len = PAGE_SIZE;
+        let mut own = |placement| match placement {
+            Placement::OwnPages(pages) => {
+                let at = len;
+                len += pages * PAGE_SIZE;
+                Some(at)
+            }
+            Placement::InControlPage(_) => None,
+        };
+        let (left_pages, right_pages) = (own(left), own(right));
+        Ok(Region {
+            left_order,
+            right_order,
+            left_pages,
+            right_pages,
+            len,
+        })
+    }
+
+    /// The control page and the rings' own pages, as parts of `memory`.
+    pub fn parts(&self, memory: &Shared) -> Result<ChannelParts, Error> {
+        let part = |at: usize, len: usize| {
+            memory.part(at, len).ok_or(Error::TooSmall {
+                need: at + len,
+                have: memory.len(),
+            })
+        };
+        let ring = |at: Option<usize>, order: u16| at.map(|at| part(at, 1 << order)).transpose();
+        Ok(ChannelParts {
+            ctrl: part(0, PAGE_SIZE)?,
+            left: ring(self.left_pages, self.left_order)?,
+            right: ring(self.right_pages, self.right_order)?,
+        })
+    }
+}
+
+/// What [`crate::Endpoint`] takes: the control page and the pages of rings
+/// that have their own.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelParts {
+    pub ctrl: Shared,
+    pub left: Option<Shared>,
+    pub right: Option<Shared>,
+}
+
+/// The orders a laid-out control page names (checked), and so the region
+/// its channel takes.
+pub fn region_of(ctrl: &Shared) -> Result<Region, Error> {
+    if ctrl.len() < PAGE_SIZE {
+        return Err(Error::TooSmall {
+            need: PAGE_SIZE,
+            have: ctrl.len(),
+        });
+    }
+    let left = ctrl.u16_at(LEFT_ORDER).load(Ordering::Acquire);
+    let right = ctrl.u16_at(RIGHT_ORDER).load(Ordering::Acquire);
+    Region::of(left, right)
+}
+
+/// The four ring indices as they stand (left cons, left prod, right cons,
+/// right prod): what a monitor compares to tell whether a channel moved.
+pub fn indices(ctrl: &Shared) -> [u32; 4] {
+    [LEFT_CONS, LEFT_PROD, RIGHT_CONS, RIGHT_PROD].map(|at| ctrl.u32_at(at).load(Ordering::Relaxed))
+}
+
 /// Why a channel cannot be set up, or goes on no more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
@@ -163,5 +248,24 @@ mod tests {
         assert_eq!(placements(20, 10), Err(Error::TooManyGrants(256)));
         assert!(placements(20, 11).is_ok());
         assert!(placements(20, 20).is_ok());
+    }
+
+    #[test]
+    fn regions_put_own_pages_after_the_control_page() {
+        let small = Region::of(10, 11).unwrap();
+        assert_eq!(
+            (small.left_pages, small.right_pages, small.len),
+            (None, None, 4096)
+        );
+        let big = Region::of(12, 14).unwrap();
+        assert_eq!(big.left_pages, Some(4096));
+        assert_eq!(big.right_pages, Some(8192));
+        assert_eq!(big.len, 8192 + 16384);
+        let mixed = Region::of(11, 13).unwrap();
+        assert_eq!((mixed.left_pages, mixed.right_pages), (None, Some(4096)));
+        assert_eq!(mixed.len, 4096 + 8192);
+        let largest = Region::of(20, 20).unwrap();
+        assert_eq!(largest.len, 4096 + (2 << 20));
+        assert_eq!(Region::of(10, 10), Err(Error::SameSlot(10)));
     }
 }

@@ -27,6 +27,6 @@ pub mod shared;
 #[cfg(test)]
 mod tests;
 
-pub use endpoint::{Endpoint, Peer, Role, Transfer};
-pub use layout::Error;
+pub use endpoint::{mark_gone, Endpoint, Peer, Role, Transfer};
+pub use layout::{ChannelParts, Error, Region};
 pub use shared::Shared;

@@ -304,3 +304,57 @@ fn two_threads_stream_through_small_rings() {
     assert_eq!(b.join().unwrap(), TOTAL as u64);
     assert!(memory.guards_intact());
 }
+
+/// A monitor lays the page out before its guest runs; the client attaches
+/// and writes at once; the server guest takes the page over later and
+/// reads everything, in order. Both sides live in one contiguous region.
+#[test]
+fn a_server_takes_over_a_page_its_monitor_laid_out() {
+    let region = crate::Region::of(11, 14).unwrap();
+    let mut buf = vec![0u8; region.len + PAGE_SIZE];
+    let at = (buf.as_ptr() as usize).next_multiple_of(PAGE_SIZE) - buf.as_ptr() as usize;
+    // SAFETY: inside `buf`, which outlives both ends.
+    let memory = unsafe { Shared::new(buf.as_mut_ptr().add(at), region.len).unwrap() };
+    let parts = region.parts(&memory).unwrap();
+    Endpoint::lay_out(&parts.ctrl, 11, 14).unwrap();
+    let mut client = Endpoint::attach(parts.ctrl, parts.left, parts.right).unwrap();
+    assert!(
+        client.write(b"early").unwrap().notify,
+        "the page asks for it"
+    );
+    let mut server = Endpoint::open_server(parts.ctrl, parts.left, parts.right).unwrap();
+    let mut got = [0u8; 8];
+    let t = server.read(&mut got).unwrap();
+    assert_eq!(&got[..t.bytes], b"early");
+    let big = vec![3u8; 10_000];
+    assert_eq!(
+        server.write(&big).unwrap().bytes,
+        10_000,
+        "order 14: 16 KiB"
+    );
+    assert_eq!(layout::region_of(&parts.ctrl), Ok(region));
+    assert!(region
+        .parts(&memory.part(0, region.len - 1).unwrap())
+        .is_err());
+}
+
+/// A monitor marks an end gone for its guest (stopped) or for a peer whose
+/// monitor went away: the other end sees it, and data already written
+/// stays readable.
+#[test]
+fn an_end_marked_gone_by_its_monitor_is_seen_gone() {
+    let mut memory = Memory::new(10, 11);
+    let (mut server, mut client) = memory.pair(10, 11);
+    let _ = client.write(b"last words").unwrap();
+    crate::mark_gone(&memory.ctrl(), crate::Role::Client);
+    assert_eq!(server.peer(), Peer::Gone);
+    let mut buf = [0u8; 32];
+    assert_eq!(server.read(&mut buf).unwrap().bytes, 10);
+    crate::mark_gone(&memory.ctrl(), crate::Role::Server);
+    assert_eq!(client.peer(), Peer::Gone);
+    assert_eq!(client.write(b"x"), Err(Error::PeerGone));
+    assert_eq!(
+        Endpoint::open_server(memory.ctrl(), None, None).unwrap_err(),
+        Error::PeerGone
+    );
+}

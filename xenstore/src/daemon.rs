@@ -80,7 +80,14 @@ impl Daemon {
     }
 
     /// A new socket client acting as domain `domid` (unprivileged unless 0).
+    /// A domain gets its home, `/local/domain/<domid>`, at its first
+    /// connection, as a toolstack makes it when it builds a domain: there
+    /// it may write what it publishes (a Conduit listener, its vchans'
+    /// metadata), and nobody else may.
     pub fn connect_as(&mut self, domid: u32) -> ConnId {
+        if domid != 0 {
+            self.make_home(domid);
+        }
         let id = self.next_conn;
         self.next_conn += 1;
         self.conns.insert(
@@ -92,6 +99,22 @@ impl Daemon {
             },
         );
         id
+    }
+
+    fn make_home(&mut self, domid: u32) {
+        let home = path::domain_path(domid);
+        if self.store.get(&home).is_some() {
+            return;
+        }
+        let quota = self.limits.quota();
+        let mut next = self.store.clone();
+        let made = next
+            .mkdir(&home, 0, &quota)
+            .and_then(|_| next.set_perms(&home, Perms::owned_by(domid), 0, &quota));
+        match made {
+            Ok(_) => self.store = next,
+            Err(e) => tracing::warn!(domid, ?e, "making a domain's home"),
+        }
     }
 
     /// Drops the client's watches and open transactions.

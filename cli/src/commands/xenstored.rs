@@ -48,6 +48,9 @@ pub async fn start_store(
     jitsu_registry::prepare_root(&client)
         .await
         .context("making the registry's root")?;
+    jitsu_conduit::rendezvous::prepare_root(&client)
+        .await
+        .context("making Conduit's root")?;
     Ok(serving)
 }
 

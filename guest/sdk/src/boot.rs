@@ -14,7 +14,7 @@ pub struct Boot {
 impl Boot {
     /// The KVM monitor's boot information, as it wrote it.
     #[cfg(not(feature = "xen-pvh"))]
-    pub fn info(&self) -> &jitsu_abi::BootInfo {
+    pub fn info(&self) -> &'static jitsu_abi::BootInfo {
         self.info
     }
 

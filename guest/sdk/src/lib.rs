@@ -15,6 +15,7 @@
 
 pub mod boot;
 pub mod clock;
+pub mod conduit;
 pub mod console;
 pub mod heap;
 mod libc;

@@ -12,6 +12,7 @@ use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, Ipv4Address};
 
+use crate::conduit::Conduit;
 pub use crate::platform::net::NetDevice;
 use crate::{clock, heap, Boot};
 
@@ -92,6 +93,39 @@ impl Stack {
             };
             let timeout = wake.map_or(u64::MAX, |d| d.total_micros().saturating_mul(1000));
             self.device.wait(timeout);
+        }
+    }
+
+    /// Runs the event loop forever over the network and Conduit streams:
+    /// as [`Stack::run`], with the streams' signals sent and theirs waited
+    /// for in the same one exit per round.
+    pub fn run_with(
+        &mut self,
+        conduit: &mut Conduit,
+        mut app: impl FnMut(&mut SocketSet<'static>, &mut Conduit, Instant) -> Option<Duration>,
+    ) -> ! {
+        loop {
+            let now = clock::now();
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            let app_wake = app(&mut self.sockets, conduit, now);
+            self.iface.poll(now, &mut self.device, &mut self.sockets);
+            self.device.flush();
+            let news = conduit.spin_then_look(Some(&mut self.device));
+            let signal = conduit.take_signals();
+            let busy = news || self.device.pending();
+            if busy && signal == 0 {
+                continue;
+            }
+            let wake = match (self.iface.poll_delay(now, &self.sockets), app_wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = match (busy, wake) {
+                (true, _) => 0,
+                (false, wake) => wake.map_or(u64::MAX, |d| d.total_micros().saturating_mul(1000)),
+            };
+            let ready = crate::platform::conduit::wait(Some(&mut self.device), signal, timeout);
+            conduit.after_wait(ready);
         }
     }
 }

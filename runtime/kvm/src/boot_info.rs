@@ -58,6 +58,8 @@ pub struct BootParams<'a> {
     pub walltime_nanos: u64,
     pub cmdline: &'a str,
     pub net: Option<GuestNet>,
+    /// The guest's Conduit name, if it has the conduit device.
+    pub conduit: Option<&'a str>,
 }
 
 #[derive(Debug, Error)]
@@ -66,6 +68,20 @@ pub enum WriteError {
     Invalid(#[from] BootInfoError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
+}
+
+fn conduit_info(name: &str) -> jitsu_abi::ConduitInfo {
+    let mut info = jitsu_abi::ConduitInfo {
+        version: jitsu_abi::conduit::VERSION,
+        slots: jitsu_abi::conduit::SLOTS,
+        window: jitsu_abi::conduit::WINDOW_BASE,
+        slot_size: jitsu_abi::conduit::SLOT_SIZE,
+        ..jitsu_abi::ConduitInfo::default()
+    };
+    let len = name.len().min(jitsu_abi::conduit::LABEL_MAX);
+    info.name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    info.name_len = len as u32;
+    info
 }
 
 /// Writes the boot info and command line; returns the boot info's address.
@@ -84,6 +100,9 @@ pub fn write(mem: &mut GuestMemory, params: &BootParams) -> Result<u64, WriteErr
             Some(net) => net.to_abi()?,
             None => NetConfig::default(),
         },
+        conduit: params
+            .conduit
+            .map_or_else(jitsu_abi::ConduitInfo::default, conduit_info),
         ..BootInfo::default()
     };
     mem.write(layout::BOOT_INFO_ADDR, &info)?;
@@ -112,7 +131,7 @@ mod tests {
         ) {
             let mut mem = GuestMemory::new(2 << 20).unwrap();
             let net = GuestNet { mac, ipv4: ip.into(), prefix_len: prefix, gateway: gw.map(Into::into), mtu };
-            let params = BootParams { image_end: 0x10_3000, tsc_hz, walltime_nanos: 7, cmdline: &cmdline, net: Some(net) };
+            let params = BootParams { image_end: 0x10_3000, tsc_hz, walltime_nanos: 7, cmdline: &cmdline, net: Some(net), conduit: None };
             let at = write(&mut mem, &params).unwrap();
             let info: BootInfo = mem.read(at).unwrap();
             prop_assert_eq!(info.magic, BOOT_INFO_MAGIC);

@@ -6,13 +6,18 @@ use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jitsu_abi::hypercall as hc;
-use jitsu_abi::{ConsoleWrite, Halt, NetIo, Poll, Walltime};
+use jitsu_abi::{
+    ConduitClose, ConduitConnect, ConduitEvent, ConduitEvents, ConduitListen, ConsoleWrite, Halt,
+    NetIo, Poll, SignalPoll, Walltime,
+};
+use kvm_ioctls::VmFd;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::time::TimeSpec;
 use thiserror::Error;
 
 use std::sync::Arc;
 
+use crate::devices::conduit::{CallError, ConduitDevice};
 use crate::devices::console::Console;
 use crate::devices::net::NetDevice;
 use crate::layout::AccessMap;
@@ -49,8 +54,19 @@ pub enum Action {
 pub struct Devices {
     pub console: &'static Console,
     pub net: Option<NetDevice>,
+    pub conduit: Option<ConduitDevice>,
     /// Wakes the poll hypercall when the monitor is asked to stop the guest.
     pub stop: Arc<StopSignal>,
+}
+
+impl Devices {
+    /// Whether the guest has been idle for `d`, as its devices see it now.
+    pub fn quiet_for(&mut self, d: Duration) -> bool {
+        if let Some(conduit) = self.conduit.as_mut() {
+            conduit.moved();
+        }
+        self.net.as_ref().is_none_or(|n| n.quiet_for(d))
+    }
 }
 
 pub fn name(nr: u16) -> &'static str {
@@ -61,14 +77,21 @@ pub fn name(nr: u16) -> &'static str {
         hc::NET_WRITE => "net_write",
         hc::NET_READ => "net_read",
         hc::HALT => "halt",
+        hc::CONDUIT_LISTEN => "conduit_listen",
+        hc::CONDUIT_CONNECT => "conduit_connect",
+        hc::CONDUIT_EVENTS => "conduit_events",
+        hc::CONDUIT_CLOSE => "conduit_close",
+        hc::SIGNAL_POLL => "signal_poll",
         _ => "unknown",
     }
 }
 
-/// The guest memory and what the guest may reach of it.
+/// The guest memory and what the guest may reach of it, and its VM (where
+/// conduit channels are put into its window).
 pub struct Guest<'a> {
     pub mem: &'a mut GuestMemory,
     pub access: &'a AccessMap,
+    pub vm: &'a VmFd,
 }
 
 impl Guest<'_> {
@@ -148,9 +171,14 @@ pub fn dispatch(
     match nr {
         hc::WALLTIME => walltime(guest, gpa),
         hc::CONSOLE_WRITE => console_write(guest, gpa, devices.console),
-        hc::POLL => poll(guest, gpa, devices.net.as_ref(), &devices.stop),
+        hc::POLL => poll(guest, gpa, devices),
         hc::NET_WRITE => net_write(guest, gpa, devices.net.as_mut()),
         hc::NET_READ => net_read(guest, gpa, devices.net.as_mut()),
+        hc::CONDUIT_LISTEN => conduit_listen(guest, gpa, devices.conduit.as_mut()),
+        hc::CONDUIT_CONNECT => conduit_connect(guest, gpa, devices.conduit.as_mut()),
+        hc::CONDUIT_EVENTS => conduit_events(guest, gpa, devices.conduit.as_mut()),
+        hc::CONDUIT_CLOSE => conduit_close(guest, gpa, devices.conduit.as_mut()),
+        hc::SIGNAL_POLL => signal_poll(guest, gpa, devices),
         _ => halt(guest, gpa),
     }
 }
@@ -172,48 +200,101 @@ fn console_write(guest: &mut Guest, gpa: u64, console: &Console) -> Result<Actio
     Ok(Action::Resume)
 }
 
-fn poll(
+fn poll(guest: &mut Guest, gpa: u64, devices: &mut Devices) -> Result<Action, HypercallError> {
+    let mut arg: Poll = guest.arg("poll", gpa)?;
+    let outcome = wait(guest.vm, devices, arg.timeout_nanos);
+    (arg.ready, arg.ret) = (outcome.ready, outcome.ret);
+    guest.reply("poll", gpa, &arg)?;
+    Ok(Action::Resume)
+}
+
+fn signal_poll(
     guest: &mut Guest,
     gpa: u64,
-    net: Option<&NetDevice>,
-    stop: &StopSignal,
+    devices: &mut Devices,
 ) -> Result<Action, HypercallError> {
-    let mut arg: Poll = guest.arg("poll", gpa)?;
-    if net.is_some_and(NetDevice::has_pending) {
-        arg.ready = hc::READY_NET;
-        arg.ret = hc::RET_OK;
-        guest.reply("poll", gpa, &arg)?;
-        return Ok(Action::Resume);
+    let mut arg: SignalPoll = guest.arg("signal_poll", gpa)?;
+    if let Some(conduit) = devices.conduit.as_mut() {
+        conduit.signal(arg.signal);
     }
-    let timeout = (arg.timeout_nanos != u64::MAX)
-        .then(|| TimeSpec::from_duration(Duration::from_nanos(arg.timeout_nanos)));
-    // The stop eventfd first, the NIC (if any) second.
-    let stop_fd = PollFd::new(stop.fd(), PollFlags::POLLIN);
-    let (mut both, mut one);
-    let fds: &mut [PollFd] = match net {
-        Some(net) => {
-            both = [
-                stop_fd,
-                PollFd::new(net.tap().file().as_fd(), PollFlags::POLLIN),
-            ];
-            &mut both
-        }
-        None => {
-            one = [stop_fd];
-            &mut one
-        }
+    let outcome = wait(guest.vm, devices, arg.timeout_nanos);
+    (arg.ready, arg.signalled, arg.ret) = (outcome.ready, outcome.signalled, outcome.ret);
+    guest.reply("signal_poll", gpa, &arg)?;
+    Ok(Action::Resume)
+}
+
+/// What a wait found.
+struct Waited {
+    ready: u64,
+    signalled: u64,
+    ret: u64,
+}
+
+/// Blocks until a device has input, a stop is asked for, or the timeout
+/// (`u64::MAX`: none; 0: just look) passes.
+fn wait(vm: &VmFd, devices: &mut Devices, timeout_nanos: u64) -> Waited {
+    let mut out = Waited {
+        ready: 0,
+        signalled: 0,
+        ret: hc::RET_OK,
     };
-    arg.ready = 0;
-    arg.ret = match nix::poll::ppoll(fds, timeout, None) {
+    let net_pending = devices.net.as_ref().is_some_and(NetDevice::has_pending);
+    let events_pending = devices
+        .conduit
+        .as_ref()
+        .is_some_and(ConduitDevice::has_events);
+    let timeout = if net_pending || events_pending {
+        Some(TimeSpec::from_duration(Duration::ZERO))
+    } else {
+        (timeout_nanos != u64::MAX)
+            .then(|| TimeSpec::from_duration(Duration::from_nanos(timeout_nanos)))
+    };
+    // The stop eventfd first, then the NIC, the broker and the channels.
+    let mut fds = vec![PollFd::new(devices.stop.fd(), PollFlags::POLLIN)];
+    let net_at = devices.net.as_ref().map(|net| {
+        fds.push(PollFd::new(net.tap().file().as_fd(), PollFlags::POLLIN));
+        fds.len() - 1
+    });
+    let mut slots = Vec::new();
+    let broker_at = devices.conduit.as_ref().map(|conduit| {
+        let (broker, wakes) = conduit.poll_fds();
+        fds.push(PollFd::new(broker, PollFlags::POLLIN));
+        let at = fds.len() - 1;
+        for (slot, fd) in wakes {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            slots.push(slot);
+        }
+        at
+    });
+    out.ret = match nix::poll::ppoll(&mut fds, timeout, None) {
         Ok(_) | Err(nix::Error::EINTR) => hc::RET_OK,
         Err(_) => hc::RET_IO_ERROR,
     };
-    let net_ready = fds.get(1).and_then(PollFd::revents);
-    if net_ready.is_some_and(|r| r.contains(PollFlags::POLLIN)) {
-        arg.ready |= hc::READY_NET;
+    let ready: Vec<bool> = fds
+        .iter()
+        .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+        .collect();
+    drop(fds);
+    if net_pending || net_at.is_some_and(|at| ready[at]) {
+        out.ready |= hc::READY_NET;
     }
-    guest.reply("poll", gpa, &arg)?;
-    Ok(Action::Resume)
+    if let (Some(conduit), Some(at)) = (devices.conduit.as_mut(), broker_at) {
+        let woken: Vec<usize> = slots
+            .iter()
+            .zip(&ready[at + 1..])
+            .filter(|(_, &r)| r)
+            .map(|(&slot, _)| slot)
+            .collect();
+        let (signalled, events) = conduit.after_poll(vm, ready[at], &woken);
+        out.signalled = signalled;
+        if events {
+            out.ready |= hc::READY_CONDUIT_EVENT;
+        }
+        if signalled != 0 {
+            out.ready |= hc::READY_CONDUIT_SIGNAL;
+        }
+    }
+    out
 }
 
 fn net_write(
@@ -255,4 +336,99 @@ fn net_read(
 fn halt(guest: &mut Guest, gpa: u64) -> Result<Action, HypercallError> {
     let arg: Halt = guest.arg("halt", gpa)?;
     Ok(Action::Halt(arg.status as u8))
+}
+
+/// A guest label (a name or a port) the guest named by address and length.
+fn label<'g>(
+    guest: &'g Guest,
+    call: &'static str,
+    gpa: u64,
+    len: u64,
+) -> Result<&'g [u8], HypercallError> {
+    // A longer one is no label; refuse it without reading it.
+    guest.buffer(call, gpa, len.min(jitsu_abi::conduit::LABEL_MAX as u64 + 1))
+}
+
+fn ret_of(result: Result<(), CallError>) -> u64 {
+    match result {
+        Ok(()) => hc::RET_OK,
+        Err(CallError::Invalid) => hc::RET_INVALID,
+        Err(CallError::Denied) => hc::RET_DENIED,
+        Err(CallError::Busy) => hc::RET_BUSY,
+    }
+}
+
+fn conduit_listen(
+    guest: &mut Guest,
+    gpa: u64,
+    conduit: Option<&mut ConduitDevice>,
+) -> Result<Action, HypercallError> {
+    let mut arg: ConduitListen = guest.arg("conduit_listen", gpa)?;
+    let name = label(guest, "conduit_listen", arg.name, arg.name_len)?.to_vec();
+    arg.ret = match conduit {
+        None => hc::RET_NO_DEVICE,
+        Some(conduit) => ret_of(conduit.listen(guest.vm, &name)),
+    };
+    guest.reply("conduit_listen", gpa, &arg)?;
+    Ok(Action::Resume)
+}
+
+fn conduit_connect(
+    guest: &mut Guest,
+    gpa: u64,
+    conduit: Option<&mut ConduitDevice>,
+) -> Result<Action, HypercallError> {
+    let mut arg: ConduitConnect = guest.arg("conduit_connect", gpa)?;
+    let server = label(guest, "conduit_connect", arg.name, arg.name_len)?.to_vec();
+    let port = label(guest, "conduit_connect", arg.port, arg.port_len)?.to_vec();
+    (arg.slot, arg.ret) = match conduit {
+        None => (0, hc::RET_NO_DEVICE),
+        Some(conduit) => match conduit.connect(&server, &port, arg.orders) {
+            Ok(slot) => (slot as u64, hc::RET_OK),
+            Err(e) => (0, ret_of(Err(e))),
+        },
+    };
+    guest.reply("conduit_connect", gpa, &arg)?;
+    Ok(Action::Resume)
+}
+
+fn conduit_events(
+    guest: &mut Guest,
+    gpa: u64,
+    conduit: Option<&mut ConduitDevice>,
+) -> Result<Action, HypercallError> {
+    let mut arg: ConduitEvents = guest.arg("conduit_events", gpa)?;
+    let room =
+        (arg.len as usize / size_of::<ConduitEvent>()).min(jitsu_abi::conduit::SLOTS as usize);
+    let bytes = (room * size_of::<ConduitEvent>()) as u64;
+    // Checked before anything is taken: a bad buffer loses no event.
+    guest.buffer_mut("conduit_events", arg.data, bytes)?;
+    (arg.count, arg.ret) = match conduit {
+        None => (0, hc::RET_NO_DEVICE),
+        Some(conduit) => {
+            let mut events = vec![ConduitEvent::default(); room];
+            let n = conduit.take_events(guest.vm, &mut events);
+            for (i, event) in events[..n].iter().enumerate() {
+                let at = arg.data + (i * size_of::<ConduitEvent>()) as u64;
+                guest.reply("conduit_events", at, event)?;
+            }
+            (n as u64, hc::RET_OK)
+        }
+    };
+    guest.reply("conduit_events", gpa, &arg)?;
+    Ok(Action::Resume)
+}
+
+fn conduit_close(
+    guest: &mut Guest,
+    gpa: u64,
+    conduit: Option<&mut ConduitDevice>,
+) -> Result<Action, HypercallError> {
+    let mut arg: ConduitClose = guest.arg("conduit_close", gpa)?;
+    arg.ret = match conduit {
+        None => hc::RET_NO_DEVICE,
+        Some(conduit) => ret_of(conduit.close(guest.vm, arg.slot)),
+    };
+    guest.reply("conduit_close", gpa, &arg)?;
+    Ok(Action::Resume)
 }

@@ -9,9 +9,13 @@
 //! 0x3000..PT_END    page tables                   not mapped at all
 //! 1 MiB..           image segments                user, R-X / R-- / RW- (NX)
 //! image end..top    heap and stack                user, RW, NX
+//! 4 GiB..           the conduit window            user, RW, NX; backed
+//!                                                 only where a channel is open
 //! ```
 //! The image's 2 MiB region(s) use 4 KiB pages so that each segment gets its
-//! own permissions; the heap above uses 2 MiB pages.
+//! own permissions; the heap above uses 2 MiB pages, and so does the conduit
+//! window, whose slots have no memory behind them (an access is an exit the
+//! monitor reports as a crash) until a channel's memory is put there.
 
 use jitsu_abi::hypercall as hc;
 use jitsu_abi::layout::{BOOT_INFO_ADDR, IMAGE_MIN_ADDR, PAGE_SIZE};
@@ -31,7 +35,9 @@ pub const PML4_ADDR: u64 = 0x3000;
 const PDPT_ADDR: u64 = 0x4000;
 /// One page directory per GiB, up to the 4 GiB guest-memory limit.
 const PD_ADDR: u64 = 0x5000;
-const PT_ADDR: u64 = 0x9000;
+/// The page directory of the conduit window (the fifth GiB).
+const CONDUIT_PD_ADDR: u64 = 0x9000;
+const PT_ADDR: u64 = 0xa000;
 const PT_END: u64 = 0xf_0000;
 
 const LARGE_PAGE: u64 = 0x20_0000;
@@ -109,8 +115,13 @@ impl AccessMap {
     }
 }
 
-/// Writes GDT, TSS and page tables into `mem` and returns the access map.
-pub fn build(mem: &mut GuestMemory, image: &KernelImage) -> Result<AccessMap, LayoutError> {
+/// Writes GDT, TSS and page tables into `mem` and returns the access map;
+/// with `conduit`, the window's pages are mapped too.
+pub fn build(
+    mem: &mut GuestMemory,
+    image: &KernelImage,
+    conduit: bool,
+) -> Result<AccessMap, LayoutError> {
     let mem_size = mem.size();
     let heap_start = image.end();
     let small_end = heap_start.next_multiple_of(LARGE_PAGE);
@@ -144,7 +155,26 @@ pub fn build(mem: &mut GuestMemory, image: &KernelImage) -> Result<AccessMap, La
         };
         mem.write(PD_ADDR + chunk * 8, &entry)?;
     }
+    if conduit {
+        map_conduit_window(mem)?;
+    }
     Ok(access_map(image, heap_start, mem_size))
+}
+
+/// The window's slots as user pages (2 MiB each), in a page directory of
+/// their own. The hypercalls never take an address there (the access map
+/// leaves it out): the monitor only ever touches guest memory.
+fn map_conduit_window(mem: &mut GuestMemory) -> Result<(), LayoutError> {
+    use jitsu_abi::conduit::{SLOTS, SLOT_SIZE, WINDOW_BASE};
+    let gib = WINDOW_BASE / GIB;
+    let end = WINDOW_BASE + SLOTS as u64 * SLOT_SIZE;
+    debug_assert!(WINDOW_BASE % GIB == 0 && end <= (gib + 1) * GIB);
+    mem.write(PDPT_ADDR + gib * 8, &(CONDUIT_PD_ADDR | TABLE))?;
+    for addr in (WINDOW_BASE..end).step_by(LARGE_PAGE as usize) {
+        let index = (addr - WINDOW_BASE) / LARGE_PAGE;
+        mem.write(CONDUIT_PD_ADDR + index * 8, &(addr | P | RW | US | PS | NX))?;
+    }
+    Ok(())
 }
 
 fn small_page_entry(page: u64, image: &KernelImage, heap_start: u64, mem_size: u64) -> u64 {
@@ -260,7 +290,7 @@ mod tests {
     #[test]
     fn pages_carry_segment_permissions() {
         let mut mem = GuestMemory::new(8 << 20).unwrap();
-        let map = build(&mut mem, &image()).unwrap();
+        let map = build(&mut mem, &image(), false).unwrap();
         assert_eq!(pte(&mem, 0), 0, "null page unmapped");
         assert_eq!(pte(&mem, PML4_ADDR), 0, "page tables unmapped");
         assert_eq!(pte(&mem, GDT_ADDR) & US, 0, "GDT supervisor-only");
@@ -289,6 +319,33 @@ mod tests {
         );
         assert!(!map.allows((8 << 20) - 4, 8, true));
         assert!(map.allows(0x1000, 0, true));
+    }
+
+    #[test]
+    fn the_conduit_window_is_mapped_only_for_a_guest_that_has_the_device() {
+        use jitsu_abi::conduit::{SLOTS, SLOT_SIZE, WINDOW_BASE};
+        let mut without = GuestMemory::new(4 << 20).unwrap();
+        build(&mut without, &image(), false).unwrap();
+        assert_eq!(without.read::<u64>(PDPT_ADDR + 4 * 8).unwrap(), 0);
+        let mut with = GuestMemory::new(4 << 20).unwrap();
+        let map = build(&mut with, &image(), true).unwrap();
+        assert_eq!(
+            with.read::<u64>(PDPT_ADDR + 4 * 8).unwrap(),
+            CONDUIT_PD_ADDR | TABLE
+        );
+        let last = (SLOTS as u64 * SLOT_SIZE) / LARGE_PAGE - 1;
+        let entry = with.read::<u64>(CONDUIT_PD_ADDR + last * 8).unwrap();
+        assert_eq!(
+            entry,
+            (WINDOW_BASE + last * LARGE_PAGE) | P | RW | US | PS | NX
+        );
+        let past = with.read::<u64>(CONDUIT_PD_ADDR + (last + 1) * 8).unwrap();
+        assert_eq!(past, 0, "nothing past the last slot");
+        assert!(
+            !map.allows(WINDOW_BASE, 8, false),
+            "no hypercall reaches the window"
+        );
+        const { assert!(CONDUIT_PD_ADDR + PAGE_SIZE <= PT_ADDR) };
     }
 
     #[test]

@@ -165,6 +165,12 @@ unsafe impl Plain for jitsu_abi::ConsoleWrite {}
 unsafe impl Plain for jitsu_abi::Poll {}
 unsafe impl Plain for jitsu_abi::NetIo {}
 unsafe impl Plain for jitsu_abi::Halt {}
+unsafe impl Plain for jitsu_abi::ConduitListen {}
+unsafe impl Plain for jitsu_abi::ConduitConnect {}
+unsafe impl Plain for jitsu_abi::ConduitEvents {}
+unsafe impl Plain for jitsu_abi::ConduitEvent {}
+unsafe impl Plain for jitsu_abi::ConduitClose {}
+unsafe impl Plain for jitsu_abi::SignalPoll {}
 unsafe impl Plain for u64 {}
 
 #[cfg(test)]

@@ -48,18 +48,19 @@ use kvm_bindings as kb;
 pub const KVM_RUN: u64 = io(0x80);
 pub const KVM_GET_REGS: u64 = ior(0x81, size_of::<kb::kvm_regs>());
 pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kb::kvm_sregs>());
+pub const KVM_SET_USER_MEMORY_REGION: u64 = iow(0x46, size_of::<kb::kvm_userspace_memory_region>());
 
 /// The KVM requests the monitor makes to build and run VMs: on `/dev/kvm`,
 /// on a VM and on a vCPU.
 const KVM_REQUESTS: [u64; 20] = [
-    io(0x00),                                                // KVM_GET_API_VERSION
-    io(0x01),                                                // KVM_CREATE_VM
-    io(0x03),                                                // KVM_CHECK_EXTENSION
-    io(0x04),                                                // KVM_GET_VCPU_MMAP_SIZE
-    iowr(0x05, size_of::<kb::kvm_cpuid2>()),                 // KVM_GET_SUPPORTED_CPUID
-    io(0x41),                                                // KVM_CREATE_VCPU
-    iow(0x46, size_of::<kb::kvm_userspace_memory_region>()), // KVM_SET_USER_MEMORY_REGION
-    io(0x47),                                                // KVM_SET_TSS_ADDR
+    io(0x00),                                // KVM_GET_API_VERSION
+    io(0x01),                                // KVM_CREATE_VM
+    io(0x03),                                // KVM_CHECK_EXTENSION
+    io(0x04),                                // KVM_GET_VCPU_MMAP_SIZE
+    iowr(0x05, size_of::<kb::kvm_cpuid2>()), // KVM_GET_SUPPORTED_CPUID
+    io(0x41),                                // KVM_CREATE_VCPU
+    KVM_SET_USER_MEMORY_REGION,
+    io(0x47), // KVM_SET_TSS_ADDR
     KVM_RUN,
     KVM_GET_REGS,
     iow(0x82, size_of::<kb::kvm_regs>()), // KVM_SET_REGS
@@ -86,6 +87,11 @@ pub struct VcpuFds {
     pub tap: Option<RawFd>,
     /// Eventfd the thread writes when the guest has ended.
     pub done: RawFd,
+    /// The VM, whose memory slots the conduit device changes.
+    pub vm: RawFd,
+    /// The guest has the conduit device: the thread signals and drains
+    /// eventfds in [`jitsu_conduit::channel::SIGNAL_FDS`].
+    pub conduit: bool,
 }
 
 fn fd_is(arg: u8, fd: RawFd) -> Result<Cond, seccompiler::BackendError> {
@@ -95,7 +101,7 @@ fn fd_is(arg: u8, fd: RawFd) -> Result<Cond, seccompiler::BackendError> {
 fn rules(fds: &VcpuFds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let allow = Vec::new;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let ioctl = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]
+    let mut ioctl: Vec<SeccompRule> = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]
         .into_iter()
         .map(|req| {
             SeccompRule::new(vec![
@@ -104,15 +110,33 @@ fn rules(fds: &VcpuFds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
             ])
         })
         .collect::<Result<_, _>>()?;
+    if fds.conduit {
+        ioctl.push(SeccompRule::new(vec![
+            fd_is(0, fds.vm)?,
+            Cond::new(1, Len::Dword, Op::Eq, KVM_SET_USER_MEMORY_REGION)?,
+        ])?);
+    }
     rules.insert(libc::SYS_ioctl, ioctl);
+    // Channel signals: eventfds, 8 bytes at a time, in their own range.
+    let signal_fds = || -> Result<SeccompRule, seccompiler::BackendError> {
+        let range = jitsu_conduit::channel::SIGNAL_FDS;
+        SeccompRule::new(vec![
+            Cond::new(0, Len::Dword, Op::Ge, range.start as u64)?,
+            Cond::new(0, Len::Dword, Op::Lt, range.end as u64)?,
+            Cond::new(2, Len::Qword, Op::Eq, 8)?,
+        ])
+    };
     let mut writers = vec![fds.console, libc::STDERR_FILENO, fds.done];
     writers.extend(fds.tap);
     writers.sort_unstable();
     writers.dedup();
-    let write = writers
+    let mut write: Vec<SeccompRule> = writers
         .iter()
         .map(|&fd| SeccompRule::new(vec![fd_is(0, fd)?]))
         .collect::<Result<_, _>>()?;
+    if fds.conduit {
+        write.push(signal_fds()?);
+    }
     rules.insert(libc::SYS_write, write);
     if fds.console_is_socket {
         rules.insert(
@@ -120,11 +144,15 @@ fn rules(fds: &VcpuFds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
             vec![SeccompRule::new(vec![fd_is(0, fds.console)?])?],
         );
     }
+    let mut read = Vec::new();
     if let Some(tap) = fds.tap {
-        rules.insert(
-            libc::SYS_read,
-            vec![SeccompRule::new(vec![fd_is(0, tap)?])?],
-        );
+        read.push(SeccompRule::new(vec![fd_is(0, tap)?])?);
+    }
+    if fds.conduit {
+        read.push(signal_fds()?);
+    }
+    if !read.is_empty() {
+        rules.insert(libc::SYS_read, read);
     }
     let no_exec = |arg| Cond::new(arg, Len::Dword, Op::MaskedEq(libc::PROT_EXEC as u64), 0);
     rules.insert(libc::SYS_mmap, vec![SeccompRule::new(vec![no_exec(2)?])?]);
@@ -249,6 +277,12 @@ fn monitor_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
         libc::SYS_getpeername,
         // The control socket's name, on the way out (a no-op in the jail).
         libc::SYS_unlink,
+        // Conduit: a channel's memory (a sealed memfd), and a name's group
+        // in the socket directory (a symlink's target).
+        libc::SYS_memfd_create,
+        libc::SYS_ftruncate,
+        libc::SYS_readlink,
+        libc::SYS_readlinkat,
         libc::SYS_futex,
         libc::SYS_set_robust_list,
         libc::SYS_rseq,

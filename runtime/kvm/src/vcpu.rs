@@ -32,12 +32,8 @@ pub(crate) struct VcpuState {
 pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
     let mut exited = false;
     loop {
-        let net = state.devices.net.as_ref();
-        if state
-            .devices
-            .stop
-            .should_stop(|d| net.is_none_or(|n| n.quiet_for(d)))
-        {
+        let stop = state.devices.stop.clone();
+        if stop.should_stop(|d| state.devices.quiet_for(d)) {
             return Outcome::Stopped;
         }
         let exit = state.vcpu.run();
@@ -57,6 +53,7 @@ pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
                 let mut guest = Guest {
                     mem: &mut state.mem,
                     access: &state.access,
+                    vm: &state._vm,
                 };
                 match hypercall::dispatch(port, &buf[..len], &mut guest, &mut state.devices) {
                     Ok(Action::Resume) => continue,

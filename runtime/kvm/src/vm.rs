@@ -17,6 +17,7 @@ use thiserror::Error;
 use crate::boot_clock::BootClock;
 use crate::boot_info::{self, BootParams, GuestNet};
 use crate::cpu;
+use crate::devices::conduit::ConduitDevice;
 use crate::devices::console::Console;
 use crate::devices::net::NetDevice;
 use crate::elf::{ElfError, KernelImage};
@@ -96,6 +97,9 @@ pub struct VmConfig {
     /// `/dev/kvm`, opened once (before the monitor gives up the right to
     /// open files): every VM of the monitor is created through it.
     pub kvm: Arc<Kvm>,
+    /// The Conduit broker, if the guest has a Conduit name: it then gets
+    /// the conduit device.
+    pub conduit: Option<jitsu_conduit::BrokerHandle>,
 }
 
 /// Opens `/dev/kvm`.
@@ -146,7 +150,7 @@ impl Vm {
         let t = Instant::now();
         let tap = config.net.as_ref().map(|n| n.tap.clone());
         image.load(kernel, Some(kernel.file()), &mut mem)?;
-        let access = layout::build(&mut mem, &image)?;
+        let access = layout::build(&mut mem, &image, config.conduit.is_some())?;
         let net = config
             .net
             .as_ref()
@@ -166,6 +170,7 @@ impl Vm {
                 .map_or(0, |d| d.as_nanos() as u64),
             cmdline: &config.cmdline,
             net,
+            conduit: config.conduit.as_ref().map(|c| c.name()),
         };
         let boot_info = boot_info::write(&mut mem, &params)?;
         cpu::set_registers(&vcpu, image.entry, mem_size, boot_info)
@@ -186,6 +191,10 @@ impl Vm {
             net: tap.zip(egress).map(|(tap, (filter, refused))| {
                 NetDevice::new(tap, filter, refused, activity.clone())
             }),
+            conduit: config
+                .conduit
+                .clone()
+                .map(|broker| ConduitDevice::new(broker, activity.clone())),
             stop,
         };
         let state = VcpuState {
@@ -233,6 +242,8 @@ impl Vm {
                 .as_ref()
                 .map(|n| n.tap().file().as_raw_fd()),
             done: done.as_fd().as_raw_fd(),
+            vm: self.state._vm.as_raw_fd(),
+            conduit: self.state.devices.conduit.is_some(),
         };
         let filter = seccomp::vcpu_filter(&fds)?;
         stop::install_kick_handler();

@@ -3,6 +3,7 @@
 //! DNS server, XenStore daemon, image writer or other commands, so that
 //! every parked service costs as little as it can.
 
+mod conduit;
 mod run;
 
 use std::process::ExitCode;

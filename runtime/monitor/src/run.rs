@@ -96,6 +96,8 @@ pub struct RunArgs {
     /// shim inside the image); KERNEL is then only its name in messages.
     #[arg(long, value_name = "FD")]
     kernel_fd: Option<i32>,
+    #[command(flatten)]
+    conduit: crate::conduit::ConduitArgs,
     /// The unikernel ELF.
     kernel: PathBuf,
     /// Command line handed to the guest.
@@ -159,27 +161,45 @@ fn run_monitor(
             ControlServer::bind(path).with_context(|| format!("control socket {}", path.display()))
         })
         .transpose()?;
+    let runs_as = args
+        .jail_uid
+        .unwrap_or_else(|| nix::unistd::getuid().as_raw());
+    let conduit = args.conduit.bind(runs_as)?;
     let registry_socket = jitsu_xenstore::server::default_socket_path();
-    let registry_socket = match (args.jail_uid, args.jail_gid, &args.jail_root) {
+    let conduit_dir = conduit.as_ref().map(|c| c.dir().to_path_buf());
+    let (registry_socket, conduit_dir) = match (args.jail_uid, args.jail_gid, &args.jail_root) {
         (Some(uid), Some(gid), Some(root)) => {
-            let seen_as = jail(uid, gid, root, &registry_socket, args.name.is_some())?;
+            let uses_xenstore = args.name.is_some() || conduit.is_some();
+            let seen_as = jail(JailPlan {
+                uid,
+                gid,
+                root,
+                registry_socket: &registry_socket,
+                uses_xenstore,
+                conduit_dir: conduit_dir.as_deref(),
+            })?;
             if args.die_with_parent {
                 // A change of credentials clears the parent-death signal.
                 die_with_parent()?;
             }
             seen_as
         }
-        _ => registry_socket,
+        _ => (registry_socket, conduit_dir),
     };
     // From here on, every thread is confined; nothing untrusted was read
     // before this line.
     let filters = jitsu_kvm::seccomp::monitor_filter().context("the seccomp filter")?;
     jitsu_kvm::seccomp::apply_to_process(&filters).context("the seccomp filter")?;
+    let broker = match (conduit, conduit_dir) {
+        (Some(bound), Some(dir)) => Some(bound.start(dir, registry_socket.clone())?),
+        _ => None,
+    };
     let config = VmConfig {
         mem_size: args.mem,
         cmdline: args.args.join(" "),
         net,
         kvm,
+        conduit: broker.as_ref().map(jitsu_conduit::Broker::handle),
     };
     if args.lazy {
         let address = config.net.as_ref().map(|n| ServiceAddress {
@@ -196,6 +216,7 @@ fn run_monitor(
             idle_timeout: args.idle_timeout,
             control,
             hold: !args.no_hold,
+            conduit: broker,
             registry: args
                 .name
                 .as_deref()
@@ -211,6 +232,9 @@ fn run_monitor(
         Vm::create(&bytes, &config, start).with_context(|| format!("{}", args.kernel.display()))?;
     let (report, signal) =
         run_until_signal(vm).with_context(|| format!("{}", args.kernel.display()))?;
+    // The guest's channels went back to the broker as it ended; now the
+    // broker takes the name out of XenStore.
+    drop(broker);
     describe_end(&args.kernel, &report);
     if let Some(refused) = report.net.map(|n| n.tx_refused).filter(|&n| n > 0) {
         eprintln!(
@@ -231,34 +255,43 @@ fn die_with_parent() -> Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("PR_SET_PDEATHSIG")
 }
 
-/// Enters the jail (see [`jitsu_runtime::jail`]); the XenStore daemon's
-/// directory stays visible, read-only, as `/xenstore`. Returns where its
-/// socket is seen from inside.
-fn jail(
+/// What the jail keeps visible, and as whom the monitor runs in it.
+struct JailPlan<'a> {
     uid: u32,
     gid: u32,
-    root: &std::path::Path,
-    registry_socket: &std::path::Path,
-    registered: bool,
-) -> Result<PathBuf> {
+    root: &'a std::path::Path,
+    registry_socket: &'a std::path::Path,
+    uses_xenstore: bool,
+    conduit_dir: Option<&'a std::path::Path>,
+}
+
+/// Enters the jail (see [`jitsu_runtime::jail`]); the XenStore daemon's
+/// directory stays visible, read-only, as `/xenstore`, and the Conduit
+/// socket directory as `/conduit`. Returns where the socket and the
+/// directory are seen from inside.
+fn jail(plan: JailPlan) -> Result<(PathBuf, Option<PathBuf>)> {
     let mut binds = Vec::new();
-    let mut inside = registry_socket.to_path_buf();
+    let mut inside = plan.registry_socket.to_path_buf();
     if let (true, Some(dir), Some(file)) = (
-        registered,
-        registry_socket.parent(),
-        registry_socket.file_name(),
+        plan.uses_xenstore,
+        plan.registry_socket.parent(),
+        plan.registry_socket.file_name(),
     ) {
         binds.push((dir.to_path_buf(), "xenstore".into()));
         inside = PathBuf::from("/xenstore").join(file);
     }
+    let conduit_dir = plan.conduit_dir.map(|dir| {
+        binds.push((dir.to_path_buf(), "conduit".into()));
+        PathBuf::from("/conduit")
+    });
     let jail = jitsu_runtime::jail::Jail {
-        uid,
-        gid,
-        root: root.to_path_buf(),
+        uid: plan.uid,
+        gid: plan.gid,
+        root: plan.root.to_path_buf(),
         binds,
     };
     jail.enter()?;
-    Ok(inside)
+    Ok((inside, conduit_dir))
 }
 
 /// Blocks SIGINT and SIGTERM for this thread and the threads it starts

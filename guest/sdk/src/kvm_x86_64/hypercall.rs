@@ -5,7 +5,10 @@
 use core::arch::asm;
 
 use jitsu_abi::hypercall::{self as hc, PORT_BASE};
-use jitsu_abi::{ConsoleWrite, Halt, NetIo, Poll, Walltime};
+use jitsu_abi::{
+    ConduitClose, ConduitConnect, ConduitEvent, ConduitEvents, ConduitListen, ConsoleWrite, Halt,
+    NetIo, Poll, SignalPoll, Walltime,
+};
 
 /// Issues hypercall `nr` with `arg`, which the monitor may read and write.
 fn call<T>(nr: u16, arg: &mut T) {
@@ -45,6 +48,66 @@ pub fn poll(timeout_nanos: u64) -> u64 {
     };
     call(hc::POLL, &mut arg);
     arg.ready
+}
+
+/// Signals the peers of the conduit slots in `signal`, then blocks as
+/// [`poll`] does. Returns (`READY_*` bits, the slots whose peers signalled).
+pub fn signal_poll(signal: u64, timeout_nanos: u64) -> (u64, u64) {
+    let mut arg = SignalPoll {
+        signal,
+        timeout_nanos,
+        ..SignalPoll::default()
+    };
+    call(hc::SIGNAL_POLL, &mut arg);
+    (arg.ready, arg.signalled)
+}
+
+/// Listens under `name`; the `RET_*` code.
+pub fn conduit_listen(name: &str) -> u64 {
+    let mut arg = ConduitListen {
+        name: name.as_ptr() as u64,
+        name_len: name.len() as u64,
+        ret: 0,
+    };
+    call(hc::CONDUIT_LISTEN, &mut arg);
+    arg.ret
+}
+
+/// Asks for a channel to `name` on `port`: the slot, or the `RET_*` code.
+pub fn conduit_connect(name: &str, port: &str, orders: u64) -> Result<u32, u64> {
+    let mut arg = ConduitConnect {
+        name: name.as_ptr() as u64,
+        name_len: name.len() as u64,
+        port: port.as_ptr() as u64,
+        port_len: port.len() as u64,
+        orders,
+        ..ConduitConnect::default()
+    };
+    call(hc::CONDUIT_CONNECT, &mut arg);
+    match arg.ret {
+        hc::RET_OK => Ok(arg.slot as u32),
+        ret => Err(ret),
+    }
+}
+
+/// Fills `out` with waiting conduit events; how many.
+pub fn conduit_events(out: &mut [ConduitEvent]) -> usize {
+    let mut arg = ConduitEvents {
+        data: out.as_mut_ptr() as u64,
+        len: core::mem::size_of_val(out) as u64,
+        ..ConduitEvents::default()
+    };
+    call(hc::CONDUIT_EVENTS, &mut arg);
+    (arg.count as usize).min(out.len())
+}
+
+pub fn conduit_close(slot: u32) -> u64 {
+    let mut arg = ConduitClose {
+        slot: slot as u64,
+        ret: 0,
+    };
+    call(hc::CONDUIT_CLOSE, &mut arg);
+    arg.ret
 }
 
 /// Outcome of a batched network call.

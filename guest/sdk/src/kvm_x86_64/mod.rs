@@ -1,6 +1,7 @@
 //! Jitsu's own KVM monitor: the guest runs at CPL 3 in long mode set up by
 //! the monitor, and every hypercall is an `out` to a port (see `runtime/kvm/ABI.md`).
 
+pub(crate) mod conduit;
 pub mod hypercall;
 pub(crate) mod net;
 mod start;

@@ -116,6 +116,11 @@ impl NetDevice {
             self.rx.fill();
         }
     }
+
+    /// Reads the frames a poll said are there.
+    pub(crate) fn fill(&mut self) {
+        self.rx.fill();
+    }
 }
 
 pub struct RxToken<'a> {

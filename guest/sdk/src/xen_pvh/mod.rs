@@ -4,6 +4,7 @@
 //! channels underneath). Xen's structures and the ring protocol are in
 //! `xen-abi/` (`jitsu-xen-abi`), where they are tested on the host.
 
+pub(crate) mod conduit;
 mod console;
 mod events;
 mod grant;
