@@ -202,6 +202,13 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(config: BrokerConfig) -> std::io::Result<Broker> {
+        // A peer reads the listener's credentials as they were at its
+        // last listen(): listening again now gives it the uid this
+        // monitor runs as (in its jail), the one its socket file names.
+        nix::sys::socket::listen(
+            &config.listener,
+            nix::sys::socket::Backlog::new(128).expect("a valid backlog"),
+        )?;
         let ready = signal_eventfd()?;
         let commanded = signal_eventfd()?;
         let shared = Arc::new(Shared {
@@ -276,13 +283,33 @@ struct Context {
     shared: Arc<Shared>,
     /// The XenStore connection, while there is one.
     xenstore: RefCell<Option<Client>>,
+    /// Told whenever the XenStore connection is (re)made.
+    connected: Notify,
     /// How to end each open channel's connection, by channel.
     links: RefCell<HashMap<usize, Rc<Notify>>>,
+    /// The requests this monitor has filed and not withdrawn yet (the
+    /// broker withdraws them if it ends first).
+    filed: RefCell<std::collections::HashSet<(String, String)>>,
 }
 
 impl Context {
     fn xenstore(&self) -> Option<Client> {
         self.xenstore.borrow().clone()
+    }
+
+    /// The XenStore connection, waiting a while for one (a guest may ask
+    /// for a channel before its monitor has registered).
+    async fn xenstore_soon(&self) -> Option<Client> {
+        let wait = async {
+            loop {
+                let told = self.connected.notified();
+                if let Some(client) = self.xenstore() {
+                    return client;
+                }
+                told.await;
+            }
+        };
+        tokio::time::timeout(XENSTORE_DEADLINE, wait).await.ok()
     }
 
     fn refuse(&self, slot: u32, reason: Reason, why: &str) {
@@ -314,9 +341,11 @@ async fn serve(config: BrokerConfig, shared: Arc<Shared>, shutdown: Arc<Notify>)
         config,
         shared,
         xenstore: RefCell::new(None),
+        connected: Notify::new(),
         links: RefCell::new(HashMap::new()),
+        filed: RefCell::new(Default::default()),
     });
-    tokio::task::spawn_local(keep_registered(ctx.clone()));
+    let registration = tokio::task::spawn_local(keep_registered(ctx.clone()));
     loop {
         tokio::select! {
             biased;
@@ -344,17 +373,38 @@ async fn serve(config: BrokerConfig, shared: Arc<Shared>, shutdown: Arc<Notify>)
         }
     }
     // Every open channel's connection goes with this thread's end (the
-    // descriptors close as the tasks are dropped); the name leaves XenStore.
-    if let Some(client) = ctx.xenstore() {
+    // descriptors close as the tasks are dropped); the requests this side
+    // filed are withdrawn, and the name leaves XenStore.
+    // Nothing registers the name again from here on.
+    registration.abort();
+    let client = match ctx.xenstore() {
+        Some(client) => Some(client),
+        None => tokio::time::timeout(
+            Duration::from_secs(1),
+            Client::connect(&ctx.config.xenstore),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok),
+    };
+    if let Some(client) = client {
         let name = ctx.config.name.clone();
         let domid = ctx.config.domid;
-        let removed = tokio::time::timeout(
-            Duration::from_secs(1),
-            rendezvous::unregister(&client, &name, domid),
-        )
+        let filed: Vec<(String, String)> = ctx.filed.borrow_mut().drain().collect();
+        let removed = tokio::time::timeout(XENSTORE_DEADLINE, async {
+            rendezvous::unregister(&client, &name, domid).await?;
+            for (server, port) in filed {
+                if let Ok(request) = Request::new(&server, &name, &port) {
+                    rendezvous::withdraw(&client, &request).await?;
+                }
+            }
+            Ok::<(), jitsu_xenstore::ClientError>(())
+        })
         .await;
-        if !matches!(removed, Ok(Ok(()))) {
-            tracing::warn!(name, "taking the Conduit name out of XenStore");
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%e, name, "taking the Conduit name out of XenStore"),
+            Err(_) => tracing::warn!(name, "taking the Conduit name out of XenStore: no answer"),
         }
     }
 }
@@ -401,6 +451,7 @@ async fn keep_registered(ctx: Rc<Context>) {
         };
         tracing::info!(name, "Conduit name registered");
         *ctx.xenstore.borrow_mut() = Some(client);
+        ctx.connected.notify_waiters();
         while let Some(event) = watch.next().await {
             if rendezvous::request_for(&name, &event.path).is_some() {
                 ctx.shared.ask_for_boot();
@@ -512,7 +563,8 @@ async fn accept(
     let request = Request::new(&config.name, client, port)
         .map_err(|e| (Reason::Unreachable, e.to_string()))?;
     let xs = ctx
-        .xenstore()
+        .xenstore_soon()
+        .await
         .ok_or((Reason::Unreachable, "XenStore is unreachable".to_string()))?;
     match rendezvous::filed_by(&xs, &request).await {
         Ok(Some(domain)) if domain == peer => {}
@@ -631,7 +683,7 @@ async fn connect_out(
             &format!("the peer on {} is not {server}'s monitor", path.display()),
         );
     }
-    let Some(xs) = ctx.xenstore() else {
+    let Some(xs) = ctx.xenstore_soon().await else {
         return ctx.refuse(slot, Reason::Unreachable, "XenStore is unreachable");
     };
     if let Err(e) = rendezvous::file(&xs, &request, config.domid).await {
@@ -641,6 +693,8 @@ async fn connect_out(
             &format!("filing the request: {e}"),
         );
     }
+    let filed = (server.to_string(), port.to_string());
+    ctx.filed.borrow_mut().insert(filed.clone());
     let hello = Packet::Connect {
         client: config.name.clone(),
         port: port.into(),
@@ -679,7 +733,9 @@ async fn connect_out(
         Err((reason, why)) => ctx.refuse(slot, reason, &why),
     }
     if let Some(xs) = ctx.xenstore() {
-        let _ = rendezvous::withdraw(&xs, &request).await;
+        if rendezvous::withdraw(&xs, &request).await.is_ok() {
+            ctx.filed.borrow_mut().remove(&filed);
+        }
     }
 }
 

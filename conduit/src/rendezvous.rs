@@ -44,11 +44,22 @@ pub fn metadata_dir(request: &Request, server: u32, client: u32) -> String {
 }
 
 /// Registers `name` for domain `domid`: its node holds the domid, and any
-/// domain may read it and file requests below it.
+/// domain may read it and file requests below it. A node left by an
+/// earlier holder of the name (a monitor that was killed) is replaced, with
+/// whatever requests it held: whoever registers has just bound the name's
+/// socket, which no live monitor holds.
 pub async fn register(client: &Client, name: &str, domid: u32) -> Result<(), ClientError> {
     let path = listener_path(name);
-    client.write(&path, domid.to_string()).await?;
-    client.set_perms(&path, &[&format!("b{domid}")]).await
+    client
+        .transact(|tx| {
+            let path = path.clone();
+            async move {
+                tx.rm(&path).await?;
+                tx.write(&path, domid.to_string()).await?;
+                tx.set_perms(&path, &[&format!("b{domid}")]).await
+            }
+        })
+        .await
 }
 
 /// Removes `name`'s registration (and its pending requests), if it is
@@ -80,8 +91,24 @@ pub async fn filed_by(client: &Client, request: &Request<'_>) -> Result<Option<u
     }
 }
 
+/// Withdraws `request`, and the client's folder under the server if it
+/// holds no other request.
 pub async fn withdraw(client: &Client, request: &Request<'_>) -> Result<(), ClientError> {
-    client.rm(&request_path(request)).await
+    let path = request_path(request);
+    let folder = format!("{ROOT}/{}/{}", request.server, request.client);
+    client
+        .transact(|tx| {
+            let (path, folder) = (path.clone(), folder.clone());
+            async move {
+                tx.rm(&path).await?;
+                match tx.directory(&folder).await {
+                    Ok(ports) if ports.is_empty() => tx.rm(&folder).await,
+                    Ok(_) | Err(ClientError::Xs(XsError::NoEnt)) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await
 }
 
 /// Writes the channel's metadata for the client to read (and nobody else):

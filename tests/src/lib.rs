@@ -5,6 +5,7 @@
 //! These tests need root and /dev/kvm. Without them they fail with a message
 //! saying so: a skipped test would hide that nothing was checked.
 
+pub mod conduit;
 pub mod containerd;
 pub mod cri;
 pub mod fleet;

@@ -106,6 +106,7 @@ impl Counter {
                 Some(entry) => {
                     entry.1.reset();
                     entry.0 = Some(stream);
+                    println!("counter: {} connected", conduit.peer(stream));
                 }
                 None => conduit.close(stream),
             }
@@ -115,6 +116,7 @@ impl Counter {
             let mut transport = OverConduit { conduit, stream };
             let done = converse(session, &mut self.count, self.scratch, &mut transport);
             if done {
+                println!("counter: {} is done", conduit.peer(stream));
                 conduit.close(stream);
                 *entry = None;
             }

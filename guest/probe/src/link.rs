@@ -20,15 +20,22 @@ pub enum Link {
 
 /// What a link needs to move bytes: the loop's sockets and streams.
 pub struct Io<'a> {
-    pub sockets: &'a mut SocketSet<'static>,
+    pub sockets: Option<&'a mut SocketSet<'static>>,
     pub conduit: &'a mut Conduit,
+}
+
+impl Io<'_> {
+    fn socket(&mut self, handle: SocketHandle) -> Result<&mut tcp::Socket<'static>, &'static str> {
+        let sockets = self.sockets.as_deref_mut().ok_or("no network")?;
+        Ok(sockets.get_mut::<tcp::Socket>(handle))
+    }
 }
 
 impl Link {
     pub fn open(
         transport: &str,
         target: &str,
-        stack: &mut Stack,
+        stack: Option<&mut Stack>,
         conduit: &mut Conduit,
     ) -> Result<Link, &'static str> {
         match transport {
@@ -37,6 +44,7 @@ impl Link {
                 .map(Link::Conduit)
                 .map_err(|_| "cannot ask for a stream (a Conduit name?)"),
             "tcp" => {
+                let stack = stack.ok_or("no network")?;
                 let ip: Ipv4Address = target.parse().map_err(|_| "not an IPv4 address")?;
                 let rx = heap::bytes(TCP_BUFFER).ok_or("out of memory")?;
                 let tx = heap::bytes(TCP_BUFFER).ok_or("out of memory")?;
@@ -64,7 +72,7 @@ impl Link {
                 Err(e) => Err(stream_error(e)),
             },
             Link::Tcp(handle) => {
-                let socket = io.sockets.get_mut::<tcp::Socket>(*handle);
+                let socket = io.socket(*handle)?;
                 match socket.state() {
                     tcp::State::SynSent | tcp::State::SynReceived => Ok(false),
                     tcp::State::Established => Ok(true),
@@ -78,8 +86,7 @@ impl Link {
         match self {
             Link::Conduit(stream) => io.conduit.send(*stream, data).map_err(stream_error),
             Link::Tcp(handle) => io
-                .sockets
-                .get_mut::<tcp::Socket>(*handle)
+                .socket(*handle)?
                 .send_slice(data)
                 .map_err(|_| "the TCP connection ended"),
         }
@@ -89,8 +96,7 @@ impl Link {
         match self {
             Link::Conduit(stream) => io.conduit.recv(*stream, buf).map_err(stream_error),
             Link::Tcp(handle) => io
-                .sockets
-                .get_mut::<tcp::Socket>(*handle)
+                .socket(*handle)?
                 .recv_slice(buf)
                 .map_err(|_| "the TCP connection ended"),
         }

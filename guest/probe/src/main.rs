@@ -55,13 +55,6 @@ fn main(boot: &Boot) -> i32 {
             return 2;
         }
     };
-    let mut stack = match Stack::new(boot, 2) {
-        Ok(stack) => stack,
-        Err(e) => {
-            println!("probe: {e}");
-            return 1;
-        }
-    };
     let mut conduit = match Conduit::new(boot) {
         Ok(conduit) => conduit,
         Err(e) => {
@@ -69,7 +62,16 @@ fn main(boot: &Boot) -> i32 {
             return 1;
         }
     };
-    let link = match Link::open(transport, target, &mut stack, &mut conduit) {
+    // Over Conduit the probe needs no network.
+    let mut stack = match (transport, Stack::new(boot, 2)) {
+        (_, Ok(stack)) => Some(stack),
+        ("conduit", Err(_)) => None,
+        (_, Err(e)) => {
+            println!("probe: {e}");
+            return 1;
+        }
+    };
+    let link = match Link::open(transport, target, stack.as_mut(), &mut conduit) {
         Ok(link) => link,
         Err(why) => {
             println!("probe: {transport} {target}: {why}");
@@ -80,30 +82,43 @@ fn main(boot: &Boot) -> i32 {
         println!("probe: out of memory");
         return 1;
     };
-    stack.run_with(&mut conduit, move |sockets, conduit, _now| {
-        let mut io = link::Io { sockets, conduit };
-        match run.step(&mut io) {
-            Ok(true) => {
-                run.report();
-                exit(0)
-            }
-            Ok(false) if clock::now_nanos() > run.started + DEADLINE_NS => {
-                println!("probe: no end within {} s", DEADLINE_NS / 1_000_000_000);
-                exit(1)
-            }
-            Ok(false) => Some(Duration::from_millis(100)),
-            Err(why) => {
-                println!("probe: {why}");
-                exit(1)
-            }
+    let mut round = move |io: &mut link::Io| match run.step(io) {
+        Ok(true) => {
+            run.report();
+            exit(0)
         }
-    })
+        Ok(false) if clock::now_nanos() > run.started + DEADLINE_NS => {
+            println!("probe: no end within {} s", DEADLINE_NS / 1_000_000_000);
+            exit(1)
+        }
+        Ok(false) => Some(Duration::from_millis(100)),
+        Err(why) => {
+            println!("probe: {why}");
+            exit(1)
+        }
+    };
+    match stack.as_mut() {
+        Some(stack) => stack.run_with(&mut conduit, |sockets, conduit, _| {
+            round(&mut link::Io {
+                sockets: Some(sockets),
+                conduit,
+            })
+        }),
+        None => conduit.run(|conduit, _| {
+            round(&mut link::Io {
+                sockets: None,
+                conduit,
+            })
+        }),
+    }
 }
 
 struct Run {
     plan: Plan,
     link: Link,
     transport: &'static str,
+    /// Said once the link is open (a test waits for it).
+    open: bool,
     started: u64,
     /// Round trips: when the ping in flight went out, and the samples.
     sent_at: Option<u64>,
@@ -133,6 +148,7 @@ impl Run {
             plan,
             link,
             transport,
+            open: false,
             started: clock::now_nanos(),
             sent_at: None,
             samples,
@@ -151,6 +167,10 @@ impl Run {
     fn step(&mut self, io: &mut link::Io) -> Result<bool, &'static str> {
         if !self.link.is_open(io)? {
             return Ok(false);
+        }
+        if !self.open {
+            self.open = true;
+            println!("probe: open");
         }
         loop {
             let progressed = match self.plan {

@@ -129,11 +129,13 @@ pub struct Stream {
     generation: u32,
 }
 
-/// What a wait found for Conduit. (Which peers signalled does not matter:
-/// the next round looks at every open stream.)
+/// What a wait found for Conduit.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Ready {
     pub(crate) events: bool,
+    /// Slots whose peers signalled (the signal is taken: the application
+    /// must get a round to see why).
+    pub(crate) signalled: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -522,6 +524,10 @@ impl Conduit {
             if signal != 0 {
                 let ready = crate::platform::conduit::wait(net, signal, 0);
                 self.after_wait(ready);
+                // A peer's signal taken here (its end, say) is news.
+                if ready.events || ready.signalled != 0 {
+                    return true;
+                }
             }
             if self.spin() {
                 return true;

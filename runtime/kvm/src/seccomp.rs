@@ -266,6 +266,8 @@ fn monitor_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
         libc::SYS_connect,
         libc::SYS_accept,
         libc::SYS_accept4,
+        // Conduit's listener again, once jailed (see `jitsu_conduit::Broker`).
+        libc::SYS_listen,
         libc::SYS_sendto,
         libc::SYS_recvfrom,
         libc::SYS_sendmsg,

@@ -82,7 +82,7 @@ impl Device {
 /// for a frame, a conduit event or signal, or the timeout; reads frames
 /// that came.
 pub(crate) fn wait(net: Option<&mut NetDevice>, signal: u64, timeout_nanos: u64) -> Ready {
-    let (ready, _signalled) = hypercall::signal_poll(signal, timeout_nanos);
+    let (ready, signalled) = hypercall::signal_poll(signal, timeout_nanos);
     if ready & READY_NET != 0 {
         if let Some(net) = net {
             net.fill();
@@ -90,5 +90,6 @@ pub(crate) fn wait(net: Option<&mut NetDevice>, signal: u64, timeout_nanos: u64)
     }
     Ready {
         events: ready & READY_CONDUIT_EVENT != 0,
+        signalled,
     }
 }

@@ -126,6 +126,7 @@ impl ConduitDevice {
         channel.hang_up();
         self.broker.release(channel);
         self.touch();
+        tracing::debug!(slot, "conduit slot closed by the guest");
         Ok(())
     }
 
@@ -191,6 +192,7 @@ impl ConduitDevice {
         if signalled != 0 {
             self.touch();
         }
+        tracing::trace!(signalled, woken = ?woken, broker_ready, "conduit poll");
         (signalled, self.has_events())
     }
 
@@ -221,6 +223,7 @@ impl ConduitDevice {
     /// Takes what the broker delivered.
     fn collect(&mut self, vm: &VmFd) {
         while let Some(delivery) = self.broker.take() {
+            tracing::debug!(?delivery, "conduit delivery");
             match delivery {
                 Delivery::Accepted(channel) if !self.listening => self.backlog.push_back(channel),
                 Delivery::Accepted(channel) => self.open_accepted(vm, channel),
