@@ -17,6 +17,16 @@ mkdir -p "$OUT"
 "$JITSU" pack --kernel "$GUESTS/hello-http" --name jitsu/hello-eager:latest \
   --boot eager -o "$OUT/hello-eager.tar"
 
+# counter and hello-counter: the Conduit pair. The counter keeps a count
+# for whoever asks over Conduit (its name: counter); hello-counter is
+# hello-http showing each page's visit number, asked of the counter. Both
+# park; a page boots hello-counter, whose question boots the counter.
+"$JITSU" pack --kernel "$GUESTS/counter" --name jitsu/counter:latest \
+  --conduit counter --idle-timeout 30s -o "$OUT/counter.tar"
+"$JITSU" pack --kernel "$GUESTS/hello-http" --name jitsu/hello-counter:latest \
+  --conduit hello-counter --dns-name hello-counter --idle-timeout 30s \
+  --cmdline "hello-counter counter=counter" -o "$OUT/hello-counter.tar"
+
 # installer: the node installer DaemonSet's image (k8s-manifests/installer.yaml),
 # `jitsu`, the monitor and the shim linked statically (the image has no libc).
 STATIC=target/x86_64-unknown-linux-gnu/release

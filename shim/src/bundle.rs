@@ -11,6 +11,8 @@ use thiserror::Error;
 /// containerd's CRI plugin marks a pod's containers with these.
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// The Kubernetes namespace of the pod (CRI sets it on every container).
+pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 
 /// A `config.json` larger than this is not containerd's.
 const CONFIG_MAX: u64 = 4 << 20;
@@ -45,6 +47,8 @@ pub struct BundleSpec {
     pub role: Role,
     /// The pod, for a container made through CRI.
     pub sandbox_id: Option<String>,
+    /// The pod's Kubernetes namespace, for a container made through CRI.
+    pub pod_namespace: Option<String>,
     /// `linux.namespaces[type=network].path`, if the container joins one.
     pub netns: Option<PathBuf>,
     /// `linux.cgroupsPath`: the container's cgroup.
@@ -87,6 +91,7 @@ impl BundleSpec {
         Ok(BundleSpec {
             role,
             sandbox_id: annotations.get(SANDBOX_ID).cloned(),
+            pod_namespace: annotations.get(SANDBOX_NAMESPACE).cloned(),
             netns: network_namespace(&spec)?,
             cgroups_path: spec
                 .linux()

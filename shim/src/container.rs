@@ -11,6 +11,7 @@ use containerd_shim::asynchronous::monitor::{monitor_subscribe, monitor_unsubscr
 use containerd_shim::monitor::{Subject, Topic};
 use jitsu_spec::{BootPolicy, Hypervisor};
 
+use crate::conduit::ConduitName;
 use crate::image::Unikernel;
 use tokio::sync::watch;
 
@@ -28,6 +29,14 @@ pub enum Status {
 
 /// How long a monitor may take to check its ELF and park the VM.
 const PARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a unikernel's container lives: its pod's network namespace and
+/// Kubernetes namespace (none for `ctr run`), and its cgroup.
+pub struct Placement<'a> {
+    pub netns: Option<PathBuf>,
+    pub pod_namespace: Option<&'a str>,
+    pub cgroups_path: Option<&'a str>,
+}
 
 /// How the monitor ended: exit status and when.
 pub type Exit = Option<(u32, std::time::SystemTime)>;
@@ -60,10 +69,24 @@ impl Container {
         bundle: &Path,
         unikernel: Unikernel,
         rootfs_mounted: bool,
-        netns: Option<PathBuf>,
-        cgroups_path: Option<&str>,
+        place: Placement<'_>,
         stdio: (&str, &str),
     ) -> Result<Container, String> {
+        let Placement {
+            netns,
+            pod_namespace,
+            cgroups_path,
+        } = place;
+        let conduit = unikernel.spec.conduit.clone().map(|name| ConduitName {
+            name,
+            group: crate::conduit::group_of(pod_namespace, &key.namespace),
+        });
+        if conduit.is_some() && unikernel.hypervisor == Hypervisor::Xen {
+            return Err(
+                "the unikernel has a Conduit name (org.jitsu.conduit), and Conduit between Xen domains is not supported yet"
+                    .into(),
+            );
+        }
         let mut record = Record {
             key,
             bundle: bundle.into(),
@@ -74,6 +97,7 @@ impl Container {
             uid_slot: None,
             cgroup: None,
             xen_domain: None,
+            conduit,
         };
         claim(&record).await?;
         let xen = unikernel.hypervisor == Hypervisor::Xen;
@@ -208,6 +232,7 @@ impl Container {
             uid_slot: None,
             cgroup: None,
             xen_domain: None,
+            conduit: None,
         };
         claim(&record).await?;
         if let Err(e) = record.make_cgroup(cgroups_path, PAUSE_MEMORY_MAX) {

@@ -5,6 +5,7 @@
 
 mod bundle;
 mod cgroup;
+mod conduit;
 mod container;
 mod identity;
 mod image;

@@ -106,6 +106,19 @@ pub fn monitor_command(
     if let Some(name) = &spec.dns_name {
         cmd.args(["--name", name, "--owner", &record.key.describe()]);
     }
+    if let Some(conduit) = &record.conduit {
+        cmd.args([
+            "--conduit",
+            &conduit.name,
+            "--conduit-group",
+            &conduit.group,
+        ])
+        .arg("--conduit-dir")
+        .arg(crate::conduit::socket_dir());
+        if !spec.conduit_allow.is_empty() {
+            cmd.args(["--conduit-allow", &spec.conduit_allow]);
+        }
+    }
     // A name for its messages only: the monitor reads the descriptor.
     let kernel_name = spec.kernel_for(hypervisor).unwrap_or(&spec.kernel);
     cmd.arg(Path::new("/").join(kernel_name));
@@ -258,6 +271,7 @@ mod tests {
             uid_slot: None,
             cgroup: None,
             xen_domain: None,
+            conduit: None,
         }
     }
 

@@ -20,7 +20,7 @@ use containerd_shim::{Config, Error, Flags, StartOpts, TtrpcResult};
 use tokio::sync::Mutex;
 
 use crate::bundle::{self, BundleSpec, Role};
-use crate::container::{self, Container, Status};
+use crate::container::{self, Container, Placement, Status};
 use crate::image;
 use crate::state::{ContainerKey, Record};
 
@@ -216,7 +216,12 @@ impl Service {
         let stdio = (req.stdout.as_str(), req.stderr.as_str());
         let cgroup = spec.cgroups_path.as_deref();
         let key = self.key(&req.id);
-        Ok(Container::create(key, bundle, unikernel, mounted, netns, cgroup, stdio).await)
+        let place = Placement {
+            netns,
+            pod_namespace: spec.pod_namespace.as_deref(),
+            cgroups_path: cgroup,
+        };
+        Ok(Container::create(key, bundle, unikernel, mounted, place, stdio).await)
     }
 }
 

@@ -85,6 +85,10 @@ pub struct Record {
     /// if its monitor could not do it).
     #[serde(default)]
     pub xen_domain: Option<String>,
+    /// The unikernel's Conduit name and group (its socket and registration
+    /// are removed at cleanup, if its monitor could not).
+    #[serde(default)]
+    pub conduit: Option<crate::conduit::ConduitName>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +200,10 @@ impl Record {
         self.unmount_rootfs();
         if let Some(name) = &self.dns_name {
             remove_registry_entry(name, &self.key.describe()).await;
+        }
+        if let Some(conduit) = &self.conduit {
+            let uid = self.uid_slot.map(jitsu_registry::identity::monitor_uid);
+            crate::conduit::clean_up(&conduit.name, uid).await;
         }
         if let Some(slot) = self.uid_slot {
             crate::identity::release(slot);

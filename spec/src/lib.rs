@@ -36,8 +36,12 @@ pub enum SpecError {
     DnsName(String),
     #[error("command line: {0}")]
     Cmdline(String),
+    #[error("Conduit name {0:?} is not a DNS label (a-z, 0-9, '-', at most 63)")]
+    ConduitName(String),
+    #[error("Conduit allow-list: {0}")]
+    ConduitAllow(String),
     #[error(
-        "unknown annotation {0} (known: kernel, xen-kernel, hypervisor, mem, cmdline, dns-name, idle-timeout, boot, ports)"
+        "unknown annotation {0} (known: kernel, xen-kernel, hypervisor, mem, cmdline, dns-name, idle-timeout, boot, ports, conduit, conduit-allow)"
     )]
     UnknownAnnotation(String),
     #[error("annotation {key}: {reason}")]
@@ -118,6 +122,14 @@ pub struct Metadata {
     pub boot: BootPolicy,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// The unikernel's Conduit name: other unikernels on the node reach it
+    /// by it (a connection boots it when parked), and it may connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conduit: Option<String>,
+    /// Who besides its own group (Kubernetes namespace) may connect:
+    /// comma-separated NAME, GROUP/NAME or GROUP/*.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub conduit_allow: String,
 }
 
 fn default_mem() -> String {
@@ -137,6 +149,8 @@ pub struct UnikernelSpec {
     pub idle_timeout: Option<Duration>,
     pub boot: BootPolicy,
     pub ports: Vec<u16>,
+    pub conduit: Option<String>,
+    pub conduit_allow: String,
 }
 
 impl UnikernelSpec {
@@ -167,6 +181,8 @@ impl Metadata {
             idle_timeout: None,
             boot: BootPolicy::Lazy,
             ports: Vec::new(),
+            conduit: None,
+            conduit_allow: String::new(),
         }
     }
 
@@ -224,6 +240,8 @@ impl Metadata {
                         })
                         .collect::<Result<_, _>>()?
                 }
+                "conduit" => self.conduit = Some(value.clone()),
+                "conduit-allow" => self.conduit_allow = value.clone(),
                 _ => return Err(SpecError::UnknownAnnotation(key.clone())),
             }
         }
@@ -262,6 +280,12 @@ impl Metadata {
         if let Some(t) = &self.idle_timeout {
             put("idle-timeout", t.clone());
         }
+        if let Some(name) = &self.conduit {
+            put("conduit", name.clone());
+        }
+        if !self.conduit_allow.is_empty() {
+            put("conduit-allow", self.conduit_allow.clone());
+        }
         if !self.ports.is_empty() {
             put(
                 "ports",
@@ -292,6 +316,12 @@ impl Metadata {
                 return Err(SpecError::DnsName(name.clone()));
             }
         }
+        if let Some(name) = &self.conduit {
+            if !jitsu_registry::valid_name(name) {
+                return Err(SpecError::ConduitName(name.clone()));
+            }
+        }
+        check_allow_list(&self.conduit_allow)?;
         let idle_timeout = self
             .idle_timeout
             .as_deref()
@@ -308,8 +338,30 @@ impl Metadata {
             idle_timeout,
             boot: self.boot,
             ports: self.ports.clone(),
+            conduit: self.conduit.clone(),
+            conduit_allow: self.conduit_allow.clone(),
         })
     }
+}
+
+/// An allow-list's entries: NAME, GROUP/NAME or GROUP/* (DNS labels),
+/// comma-separated (the monitor reads the same syntax).
+fn check_allow_list(list: &str) -> Result<(), SpecError> {
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let ok = match entry.split_once('/') {
+            None => jitsu_registry::valid_name(entry),
+            Some((group, "*")) => jitsu_registry::valid_name(group),
+            Some((group, name)) => {
+                jitsu_registry::valid_name(group) && jitsu_registry::valid_name(name)
+            }
+        };
+        if !ok {
+            return Err(SpecError::ConduitAllow(format!(
+                "{entry:?}: want NAME, GROUP/NAME or GROUP/* (DNS labels)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn kernel_path(raw: &str) -> Result<PathBuf, SpecError> {
@@ -336,6 +388,32 @@ fn kernel_path(raw: &str) -> Result<PathBuf, SpecError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_conduit_name_and_allow_list_are_checked_and_carried() {
+        let mut m = Metadata::new("counter");
+        let annotations: BTreeMap<String, String> = [
+            ("org.jitsu.conduit", "counter"),
+            ("org.jitsu.conduit-allow", "web, team-b/*, ops/pager"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        m.apply_annotations(&annotations).unwrap();
+        let spec = m.validate().unwrap();
+        assert_eq!(spec.conduit.as_deref(), Some("counter"));
+        assert_eq!(spec.conduit_allow, "web, team-b/*, ops/pager");
+        assert_eq!(m.labels()["org.jitsu.conduit"], "counter");
+        let mut bad = Metadata::new("counter");
+        bad.conduit = Some("Counter".into());
+        assert_eq!(
+            bad.validate(),
+            Err(SpecError::ConduitName("Counter".into()))
+        );
+        bad.conduit = Some("counter".into());
+        bad.conduit_allow = "web, */x".into();
+        assert!(matches!(bad.validate(), Err(SpecError::ConduitAllow(e)) if e.contains("*/x")));
+    }
 
     #[test]
     fn parses_defaults_and_refuses_unknown_keys() {

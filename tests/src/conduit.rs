@@ -100,6 +100,19 @@ impl ConduitNode {
 
     /// A parked counter named `name`; `extra` for its monitor.
     pub fn counter(&self, name: &str, group: &str, extra: &[&str]) -> Listener {
+        self.parked("counter", name, group, extra, &[])
+    }
+
+    /// A parked `kernel` named `name`, on a TAP of the bridge; `extra` for
+    /// its monitor, `args` for the guest.
+    pub fn parked(
+        &self,
+        kernel: &str,
+        name: &str,
+        group: &str,
+        extra: &[&str],
+        args: &[&str],
+    ) -> Listener {
         let jail = self.jail();
         let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
         let tap = format!("jc{n}");
@@ -118,9 +131,11 @@ impl ConduitNode {
                 "10.77.0.1",
             ])
             .args(extra)
-            .arg(guest("counter"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .arg(guest(kernel))
+            .arg("--")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let listener = Listener {
             monitor: Guarded::spawn(&mut cmd),
             control,

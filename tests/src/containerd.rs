@@ -429,6 +429,39 @@ impl Containerd {
             .unwrap()
     }
 
+    /// The address the shim gave container `namespace/id` (on the node's
+    /// bridge, or its pod's).
+    pub fn address_of(&self, namespace: &str, id: &str) -> String {
+        let (_, record) = self
+            .record(namespace, id)
+            .unwrap_or_else(|| panic!("no record of {namespace}/{id}"));
+        let network = &record["network"];
+        ["Bridge", "Pod"]
+            .iter()
+            .find_map(|kind| network[kind]["ip"].as_str())
+            .map(str::to_string)
+            .or_else(|| network["Pod"]["link"]["ip"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no address in {network}"))
+    }
+
+    /// The page at `url`, fetched from the node's namespace.
+    pub fn fetch(&self, url: &str) -> String {
+        let mut cmd = self.ns.command("curl");
+        cmd.args(["-sS", "--max-time", "10", url]);
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(20));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `xenstore-ls PATH` of this node's XenStore.
+    pub fn xenstore_ls(&self, path: &str) -> String {
+        let out = Command::new("xenstore-ls")
+            .env("XENSTORED_PATH", &self.xenstore)
+            .arg(path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Interfaces in the namespace.
     pub fn links(&self) -> Vec<String> {
         let out = Command::new("ip")
@@ -451,7 +484,7 @@ impl Containerd {
         let mut out = Vec::new();
         walk(&self.state, &mut out);
         // The lease folders stay; their leases must not.
-        let folders = ["ipam", "containers", "uids"].map(|f| self.state.join(f));
+        let folders = ["ipam", "containers", "uids", "conduit"].map(|f| self.state.join(f));
         out.retain(|p| !folders.contains(p));
         out
     }

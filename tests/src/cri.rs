@@ -253,11 +253,20 @@ impl CriClient {
 
     /// The pod config the kubelet would send for `name` on `handler`.
     pub fn pod_config(name: &str, annotations: &[(&str, &str)]) -> PodSandboxConfig {
+        CriClient::pod_config_in(name, "default", annotations)
+    }
+
+    /// As `pod_config`, for a pod in the Kubernetes namespace `namespace`.
+    pub fn pod_config_in(
+        name: &str,
+        namespace: &str,
+        annotations: &[(&str, &str)],
+    ) -> PodSandboxConfig {
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "default".into(),
+                uid: format!("uid-{namespace}-{name}"),
+                namespace: namespace.into(),
                 attempt: 0,
             }),
             hostname: name.into(),

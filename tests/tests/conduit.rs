@@ -43,6 +43,56 @@ fn a_connection_to_a_parked_name_boots_it_and_carries_bytes_both_ways() {
     }
 }
 
+/// The example pair: hello-http's pages show their visit number, which it
+/// asks the counter unikernel for over Conduit. Both start parked: a GET
+/// boots hello-http, whose question boots the counter.
+#[test]
+fn hello_http_shows_visits_counted_by_a_parked_counter() {
+    let node = ConduitNode::start();
+    let counter = node.counter("counter", "default", &[]);
+    let hello = node.parked(
+        "hello-http",
+        "hello",
+        "default",
+        &[],
+        &["hello", "counter=counter"],
+    );
+    let url = format!("http://{}/", hello.ip);
+    let page = |url: &str| {
+        let mut cmd = node.ns.command("curl");
+        cmd.args(["-sS", "--max-time", "10", url]);
+        let out = jitsu_e2e::process::run_with_timeout(&mut cmd, Duration::from_secs(20));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = page(&url);
+    assert!(first.contains("Visit number 1,"), "{first}");
+    let pages: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..20).map(|_| s.spawn(|| page(&url))).collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut numbers: Vec<u64> = pages
+        .iter()
+        .map(|p| {
+            let at = p.find("Visit number ").expect(p) + "Visit number ".len();
+            p[at..].split(',').next().unwrap().parse().expect(p)
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (2..=21).collect::<Vec<_>>(),
+        "each visit counted once"
+    );
+    assert!(page(&url).contains("Visit number 22,"));
+    assert_eq!(counter.status()["boots"], 1);
+    assert_eq!(hello.status()["boots"], 1);
+    assert_eq!(
+        counter.status()["conduit_channels"],
+        1,
+        "one stream, kept open"
+    );
+}
+
 #[test]
 fn many_clients_at_once_boot_the_listener_once() {
     let node = ConduitNode::start();

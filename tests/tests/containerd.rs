@@ -498,3 +498,72 @@ fn a_tasks_metrics_are_its_monitors_cgroup() {
     let v2 = std::path::Path::new("/sys/fs/cgroup").join(&cgroup);
     assert!(!v1.exists() && !v2.exists(), "the cgroup {cgroup} is gone");
 }
+
+/// Two `ctr run` tasks talk over Conduit by name: hello-http asks the
+/// counter for each page's visit number; a task in another containerd
+/// namespace (another group) is refused, and its page says so.
+#[test]
+fn ctr_tasks_talk_over_conduit_by_name_within_their_namespace() {
+    let c = Containerd::start();
+    let _daemon = c.start_daemon();
+    c.import_guest_in(
+        "default",
+        "counter",
+        "jitsu/counter:latest",
+        &["--conduit", "counter"],
+    );
+    c.import_hello("jitsu/hello-counter:latest", &[]);
+    c.import_hello_in("other", "jitsu/hello-counter:latest", &[]);
+    c.run_jitsu_ok("docker.io/jitsu/counter:latest", "counter", &[]);
+    let as_client = |name: &str| {
+        [
+            "--annotation".to_string(),
+            format!("org.jitsu.conduit={name}"),
+            "--annotation".to_string(),
+            format!("org.jitsu.cmdline={name} counter=counter"),
+        ]
+    };
+    let args = as_client("hello-1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.run_jitsu_ok("docker.io/jitsu/hello-counter:latest", "h1", &args);
+    let stranger = as_client("hello-2");
+    let stranger: Vec<&str> = stranger.iter().map(String::as_str).collect();
+    c.run_jitsu_ok_in(
+        "other",
+        "docker.io/jitsu/hello-counter:latest",
+        "h2",
+        &stranger,
+    );
+    assert_eq!(status(&c, "counter")["boots"], 0, "parked until asked");
+
+    let h1 = format!("http://{}/", c.address_of("default", "h1"));
+    let first = c.fetch(&h1);
+    assert!(first.contains("Visit number 1,"), "{first}");
+    assert!(c.fetch(&h1).contains("Visit number 2,"));
+    let h2 = format!("http://{}/", c.address_of("other", "h2"));
+    let refused = c.fetch(&h2);
+    assert!(
+        refused.contains("Visits: unknown (the counter refused the stream)"),
+        "{refused}"
+    );
+    let counter = c.monitor_status("counter");
+    assert_eq!(
+        (
+            counter["boots"].as_u64(),
+            counter["conduit_refused"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{counter}"
+    );
+    assert!(c.xenstore_ls("/conduit").contains("counter = "));
+
+    c.remove("counter", "SIGTERM");
+    c.remove("h1", "SIGKILL");
+    c.remove_in("other", "h2", "SIGTERM");
+    assert_clean(&c);
+    let conduit = c.xenstore_ls("/conduit");
+    assert!(
+        conduit.trim().is_empty(),
+        "names left in XenStore: {conduit}"
+    );
+}

@@ -402,3 +402,75 @@ fn container_stats_show_the_unikernels_memory_and_cpu() {
     node.remove_pod(&pod).unwrap();
     assert_eq!(node.containerd.leftovers(), Vec::<PathBuf>::new());
 }
+
+/// Pods talk over Conduit: hello-http pods ask a counter pod for each
+/// page's visit number, by its name. Pods of the counter's Kubernetes
+/// namespace may, and pods its allow-list names; another namespace's pod
+/// is refused, and its page says so. Removing the pods leaves nothing.
+#[test]
+fn pods_talk_over_conduit_within_their_namespace_or_by_allow_list() {
+    const COUNTER: &str = "docker.io/jitsu/counter:cri";
+    let mut node = node_with_hello();
+    let _daemon = node.containerd.start_daemon();
+    node.containerd
+        .import_guest_in(K8S_NAMESPACE, "counter", COUNTER, &[]);
+    node.wait_for_image(COUNTER);
+    let mut pod = |name: &str, namespace: &str, image: &str, annotations: &[(&str, &str)]| {
+        let sandbox = jitsu_e2e::cri::CriClient::pod_config_in(name, namespace, &[]);
+        let pod = node.run_pod(&sandbox, "jitsu").expect("RunPodSandbox");
+        let container = node
+            .create_container(&pod, &sandbox, name, image, annotations)
+            .expect("CreateContainer");
+        node.start_container(&container).expect("StartContainer");
+        (pod, container)
+    };
+    let (counter_pod, counter) = pod(
+        "counter",
+        "team-a",
+        COUNTER,
+        &[
+            ("org.jitsu.conduit", "counter"),
+            ("org.jitsu.conduit-allow", "team-c/*"),
+        ],
+    );
+    let mut client = |name: &str, namespace: &str| {
+        let cmdline = format!("{name} counter=counter");
+        let annotations = [
+            ("org.jitsu.conduit", name),
+            ("org.jitsu.cmdline", cmdline.as_str()),
+        ];
+        pod(name, namespace, HELLO, &annotations).0
+    };
+    let pod_a = client("hello-a", "team-a");
+    let pod_b = client("hello-b", "team-b");
+    let pod_c = client("hello-c", "team-c");
+    let page = |node: &mut CriNode, pod: &str| {
+        let url = format!("http://{}/", node.pod_ip(pod));
+        node.containerd.fetch(&url)
+    };
+    let a = page(&mut node, &pod_a);
+    assert!(a.contains("Visit number 1,"), "same namespace: {a}");
+    let b = page(&mut node, &pod_b);
+    assert!(
+        b.contains("Visits: unknown (the counter refused the stream)"),
+        "another namespace: {b}"
+    );
+    let c = page(&mut node, &pod_c);
+    assert!(c.contains("Visit number 2,"), "on the allow-list: {c}");
+    let status = node.containerd.monitor_status(&counter);
+    assert_eq!(
+        (status["boots"].as_u64(), status["conduit_refused"].as_u64()),
+        (Some(1), Some(1)),
+        "{status}"
+    );
+    for pod in [&pod_a, &pod_b, &pod_c, &counter_pod] {
+        node.remove_pod(pod).expect("RemovePodSandbox");
+    }
+    let left = node.containerd.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let conduit = node.containerd.xenstore_ls("/conduit");
+    assert!(
+        conduit.trim().is_empty(),
+        "names left in XenStore: {conduit}"
+    );
+}

@@ -41,6 +41,13 @@ pub struct PackArgs {
     /// Command line for the guest.
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// The unikernel's Conduit name: others on the node reach it by it.
+    #[arg(long)]
+    conduit: Option<String>,
+    /// Who besides its own group may connect over Conduit: NAME,
+    /// GROUP/NAME or GROUP/*, comma-separated.
+    #[arg(long, default_value = "", requires = "conduit")]
+    conduit_allow: String,
     /// The image archive to write.
     #[arg(short = 'o', long)]
     output: PathBuf,
@@ -60,6 +67,8 @@ pub fn run(args: PackArgs) -> Result<u8> {
     metadata.cmdline = args.cmdline;
     metadata.dns_name = args.dns_name;
     metadata.idle_timeout = args.idle_timeout;
+    metadata.conduit = args.conduit;
+    metadata.conduit_allow = args.conduit_allow;
     metadata.boot = if args.boot == "eager" {
         BootPolicy::Eager
     } else {

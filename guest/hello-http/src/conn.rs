@@ -6,7 +6,10 @@ use jitsu_sdk::smoltcp::iface::{SocketHandle, SocketSet};
 use jitsu_sdk::smoltcp::socket::tcp::{self, State};
 use jitsu_sdk::smoltcp::time::{Duration, Instant};
 
+use jitsu_sdk::conduit::Conduit;
+
 use crate::response::{self, Buf, PageInfo, Status, MAX_RESPONSE};
+use crate::visits::{Count, Visits};
 
 /// The longest request head (request line + headers) we accept.
 const REQUEST_MAX: usize = 4096;
@@ -24,6 +27,15 @@ struct Conn {
     skip: u64,
     closing: bool,
     last_active: Instant,
+    /// The visit number for the request at the head of the buffer.
+    visit: Visit,
+}
+
+#[derive(Clone, Copy)]
+enum Visit {
+    NotAsked,
+    Asked,
+    Got(Count),
 }
 
 impl Conn {
@@ -32,6 +44,8 @@ impl Conn {
         self.skip = 0;
         self.closing = false;
         self.last_active = now;
+        // An answer still on its way finds the connection gone (see `serve`).
+        self.visit = Visit::NotAsked;
     }
 }
 
@@ -40,6 +54,7 @@ pub struct Server {
     port: u16,
     name: &'static str,
     served: u64,
+    visits: Option<Visits>,
 }
 
 /// What one parsed request asks for.
@@ -81,6 +96,7 @@ impl Server {
                 skip: 0,
                 closing: false,
                 last_active: Instant::ZERO,
+                visit: Visit::NotAsked,
             }
         })?;
         // Page names are for people: keep them short enough for one response.
@@ -90,17 +106,38 @@ impl Server {
             port,
             name,
             served: 0,
+            visits: None,
         })
+    }
+
+    /// Pages show their visit number, asked of `counter` over Conduit.
+    pub fn count_visits(&mut self, counter: &'static str) -> bool {
+        self.visits = Visits::new(counter);
+        self.visits.is_some()
     }
 
     /// Serves every connection once; returns when to be called again for
     /// the nearest idle deadline.
-    pub fn serve(&mut self, sockets: &mut SocketSet<'static>, now: Instant) -> Option<Duration> {
+    pub fn serve(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        mut conduit: Option<&mut Conduit>,
+        now: Instant,
+    ) -> Option<Duration> {
         let mut wake: Option<Duration> = None;
+        if let (Some(visits), Some(conduit)) = (self.visits.as_mut(), conduit.as_deref_mut()) {
+            let conns = &mut *self.conns;
+            visits.exchange(conduit, |i, count| {
+                // A connection reset meanwhile asked nothing any more.
+                if let Some(conn) = conns.get_mut(i).filter(|c| matches!(c.visit, Visit::Asked)) {
+                    conn.visit = Visit::Got(count);
+                }
+            });
+        }
         for i in 0..self.conns.len() {
             let handle = self.conns[i].handle;
             let socket = sockets.get_mut::<tcp::Socket>(handle);
-            self.step(i, socket, now);
+            self.step(i, socket, conduit.as_deref_mut(), now);
             let conn = &self.conns[i];
             if socket.is_active() {
                 let left = (conn.last_active + IDLE_TIMEOUT) - now;
@@ -110,7 +147,13 @@ impl Server {
         wake
     }
 
-    fn step(&mut self, i: usize, socket: &mut tcp::Socket, now: Instant) {
+    fn step(
+        &mut self,
+        i: usize,
+        socket: &mut tcp::Socket,
+        mut conduit: Option<&mut Conduit>,
+        now: Instant,
+    ) {
         if !socket.is_open() {
             self.conns[i].reset(now);
             let _ = socket.listen(self.port);
@@ -142,7 +185,7 @@ impl Server {
             if socket.send_capacity() - socket.send_queue() < MAX_RESPONSE {
                 break; // the client is not reading; wait for room
             }
-            if !self.answer(i, socket, now) {
+            if !self.answer(i, socket, conduit.as_deref_mut(), now) {
                 break;
             }
         }
@@ -154,7 +197,13 @@ impl Server {
     }
 
     /// Answers the request at the head of the buffer, if it is complete.
-    fn answer(&mut self, i: usize, socket: &mut tcp::Socket, now: Instant) -> bool {
+    fn answer(
+        &mut self,
+        i: usize,
+        socket: &mut tcp::Socket,
+        conduit: Option<&mut Conduit>,
+        now: Instant,
+    ) -> bool {
         let conn = &mut self.conns[i];
         let request = match parse(&conn.request[..conn.len]) {
             Some(Ok(request)) => request,
@@ -162,11 +211,25 @@ impl Server {
             None if conn.len == conn.request.len() => bad_request(), // head too long
             None => return false,
         };
+        let visits = match (&mut self.visits, conduit, request.status.code) {
+            (Some(visits), Some(conduit), 200) => match conn.visit {
+                Visit::NotAsked if visits.ask(conduit, i) => {
+                    conn.visit = Visit::Asked;
+                    return false;
+                }
+                Visit::NotAsked => Some(Count::Unavailable("the counter cannot be asked")),
+                Visit::Asked => return false,
+                Visit::Got(count) => Some(count),
+            },
+            _ => None,
+        };
+        conn.visit = Visit::NotAsked;
         self.served += 1;
         let info = PageInfo {
             name: self.name,
             uptime_millis: now.total_millis() as u64,
             served: self.served,
+            visits,
         };
         let mut out = Buf::new();
         let written = if request.status.code == 200 {

@@ -62,6 +62,8 @@ pub struct PageInfo<'a> {
     pub name: &'a str,
     pub uptime_millis: u64,
     pub served: u64,
+    /// The visit number from the counter unikernel, if one is asked.
+    pub visits: Option<crate::visits::Count>,
 }
 
 /// Writes a complete response. `body` is left out for HEAD.
@@ -97,7 +99,19 @@ pub fn page(out: &mut Buf, info: &PageInfo) -> fmt::Result {
         info.uptime_millis % 1000,
         info.served,
         name = info.name,
-    )
+    )?;
+    match info.visits {
+        Some(crate::visits::Count::Number(n)) => {
+            writeln!(
+                out,
+                "<p>Visit number {n}, counted by another unikernel over Conduit.</p>"
+            )
+        }
+        Some(crate::visits::Count::Unavailable(why)) => {
+            writeln!(out, "<p>Visits: unknown ({why}).</p>")
+        }
+        None => Ok(()),
+    }
 }
 
 pub fn message(out: &mut Buf, status: &Status) -> fmt::Result {
