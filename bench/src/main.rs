@@ -2,6 +2,7 @@
 //! baseline measured in the same run, because these machines are noisy.
 //! Benchmarks measure; they assert nothing (that is what tests are for).
 
+mod conduit;
 mod containerd;
 mod cri;
 mod dns;
@@ -54,6 +55,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("xenstore") {
         rows.extend(xenstore::rows(quick)?);
+    }
+    if wanted("conduit") {
+        rows.extend(conduit::rows(quick)?);
     }
     if wanted("xen") {
         rows.extend(xen::rows(quick)?);

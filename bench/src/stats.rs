@@ -75,6 +75,8 @@ pub enum Unit {
     Time,
     /// Samples are KiB.
     Memory,
+    /// Samples are MiB/s (higher is better: the ratio is a speed-up).
+    Rate,
 }
 
 impl Unit {
@@ -82,6 +84,7 @@ impl Unit {
         match self {
             Unit::Time => seconds(v),
             Unit::Memory => format!("{v:.0} KiB"),
+            Unit::Rate => format!("{v:.0} MiB/s"),
         }
     }
 }
@@ -117,7 +120,9 @@ pub fn print_table(rows: &[Row]) {
             row.unit.format(row.samples.p99()),
             row.baseline_name,
             row.unit.format(row.baseline.median()),
-            if ratio < 1.0 {
+            if ratio < 0.01 {
+                format!("{ratio:.4}×")
+            } else if ratio < 1.0 {
                 format!("{ratio:.2}×")
             } else {
                 format!("{ratio:.1}×")

@@ -153,6 +153,29 @@ impl ConduitNode {
         run_with_timeout(&mut cmd, Duration::from_secs(60))
     }
 
+    /// A probe with a TAP on the bridge too (for TCP to a listener), run
+    /// to its end.
+    pub fn probe_on_bridge(&self, name: &str, args: &[&str]) -> Output {
+        let n = self.next_ip.fetch_add(1, Ordering::Relaxed);
+        let tap = format!("jc{n}");
+        self.ns.add_bridge_tap(&tap);
+        let ip = std::net::Ipv4Addr::new(10, 77, 0, n as u8);
+        let jail = self.jail();
+        let mut cmd = self.monitor(name, "default", &jail);
+        cmd.args([
+            "--net",
+            &tap,
+            "--ip",
+            &format!("{ip}/16"),
+            "--gw",
+            "10.77.0.1",
+        ])
+        .arg(guest("probe"))
+        .arg("--")
+        .args(args);
+        run_with_timeout(&mut cmd, Duration::from_secs(120))
+    }
+
     pub fn probe_command(&self, name: &str, group: &str, args: &[&str]) -> Command {
         let jail = self.jail();
         let mut cmd = self.monitor(name, group, &jail);

@@ -3,7 +3,8 @@
 //! of lines (`session.rs`); the count is shared by all of them. Over
 //! Conduit it is the other half of hello-http's visit counter, and over
 //! both it is what the benchmarks measure round trips and throughput
-//! against.
+//! against. Its command line may say `spin=MICROSECONDS`: how long its
+//! event loop watches the rings after traffic (see `Conduit::set_spin`).
 
 #![no_std]
 #![no_main]
@@ -43,6 +44,9 @@ fn main(boot: &Boot) -> i32 {
             return 1;
         }
     };
+    if let Some(spin) = spin_option(boot) {
+        conduit.set_spin(spin);
+    }
     let name = conduit.name();
     if let Err(e) = conduit.listen(name) {
         println!("counter: listen {name}: {e}");
@@ -65,6 +69,14 @@ fn main(boot: &Boot) -> i32 {
         counter.serve_tcp(sockets);
         None
     })
+}
+
+/// `spin=MICROSECONDS` on the command line.
+fn spin_option(boot: &Boot) -> Option<jitsu_sdk::smoltcp::time::Duration> {
+    boot.cmdline()
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("spin=")?.parse().ok())
+        .map(jitsu_sdk::smoltcp::time::Duration::from_micros)
 }
 
 impl Counter {

@@ -8,7 +8,9 @@
 //! probe bulk tcp     ADDR MIB
 //! ```
 //! The peer is the counter unikernel (its Conduit name, or its address,
-//! port 9000). Exits 0 with the figures, or 1 saying what failed.
+//! port 9000). A last word `spin=MICROSECONDS` sets how long the event
+//! loop watches the rings after traffic (see `Conduit::set_spin`). Exits 0
+//! with the figures, or 1 saying what failed.
 
 #![no_std]
 #![no_main]
@@ -62,6 +64,12 @@ fn main(boot: &Boot) -> i32 {
             return 1;
         }
     };
+    if let Some(spin) = words
+        .next()
+        .and_then(|w| w.strip_prefix("spin=")?.parse().ok())
+    {
+        conduit.set_spin(Duration::from_micros(spin));
+    }
     // Over Conduit the probe needs no network.
     let mut stack = match (transport, Stack::new(boot, 2)) {
         (_, Ok(stack)) => Some(stack),

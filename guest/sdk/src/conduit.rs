@@ -29,10 +29,11 @@ use crate::Boot;
 
 const SLOTS: usize = abi::SLOTS as usize;
 /// After a stream moved data, the loop looks at the rings for this long
-/// before it sleeps: a peer that answers within it is seen without an exit
-/// on either side (a sleeping reader asks to be signalled; a spinning one
-/// does not, so its writer need not exit to signal it). About what one
-/// sleep and wake-up cost here (an exit is some 20 µs on nested KVM).
+/// before it sleeps (see [`Conduit::set_spin`]): a peer that answers within
+/// it is seen without an exit on either side (a sleeping reader asks to be
+/// signalled; a spinning one does not, so its writer need not exit to
+/// signal it). About what one sleep and wake-up cost here (an exit is some
+/// 20 µs on nested KVM).
 const SPIN_NS: u64 = 50_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +193,7 @@ pub struct Conduit {
     signal: u64,
     /// Until when (`clock::now_nanos`) the loop spins before sleeping.
     spin_until: u64,
+    spin_ns: u64,
 }
 
 impl Conduit {
@@ -210,7 +212,16 @@ impl Conduit {
             accepted: 0,
             signal: 0,
             spin_until: 0,
+            spin_ns: SPIN_NS,
         })
+    }
+
+    /// How long the loop looks at the rings after traffic before it sleeps
+    /// (50 µs unless set; 0: it always sleeps, and every message that finds
+    /// its reader asleep costs a signal). Spinning trades a little CPU after
+    /// each burst for round trips with no exit at all.
+    pub fn set_spin(&mut self, spin: smoltcp::time::Duration) {
+        self.spin_ns = spin.total_micros().saturating_mul(1000);
     }
 
     /// This unikernel's Conduit name, as its monitor was given it.
@@ -303,7 +314,7 @@ impl Conduit {
             self.signal |= bit;
         }
         if got.bytes > 0 {
-            self.spin_until = crate::clock::now_nanos() + SPIN_NS;
+            self.spin_until = crate::clock::now_nanos() + self.spin_ns;
         }
         Ok(got.bytes)
     }
@@ -323,7 +334,7 @@ impl Conduit {
             self.signal |= bit;
         }
         if put.bytes > 0 {
-            self.spin_until = crate::clock::now_nanos() + SPIN_NS;
+            self.spin_until = crate::clock::now_nanos() + self.spin_ns;
         }
         Ok(put.bytes)
     }
