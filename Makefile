@@ -24,7 +24,8 @@ deps:
 guests:
 	cd guest && $(CARGO) build --release
 	cd guest && $(CARGO) build --release --target-dir target/xen \
-	  -p hello-http -p abi-test --features hello-http/xen,abi-test/xen
+	  -p hello-http -p abi-test -p counter -p probe \
+	  --features hello-http/xen,abi-test/xen,counter/xen,probe/xen
 
 ## Host binaries: jitsu, the shim, the test fixtures, the benchmark harness
 ## (and its static native server, the runc baseline).
@@ -43,7 +44,8 @@ lint:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	cd guest && $(CARGO) clippy --release -- -D warnings
 	cd guest && $(CARGO) clippy --release --target-dir target/xen \
-	  -p hello-http -p abi-test --features hello-http/xen,abi-test/xen -- -D warnings
+	  -p hello-http -p abi-test -p counter -p probe \
+	  --features hello-http/xen,abi-test/xen,counter/xen,probe/xen -- -D warnings
 
 ## Every test: unit, property and end to end (needs root and /dev/kvm).
 ## cargo-nextest when present (one summary line at the end), else cargo test.
@@ -87,7 +89,7 @@ xen-shell: build
 	@share=$$(mktemp -d) && trap 'rm -rf "$$share"' EXIT && \
 	  mkdir -p "$$share/bin" "$$share/guests" && \
 	  cp target/release/jitsu target/release/jitsu-xen-monitor target/release/jitsu-xen-suite target/release/containerd-shim-jitsu-v1 "$$share/bin/" && \
-	  cp $(JITSU_XEN_GUESTS)/abi-test $(JITSU_XEN_GUESTS)/hello-http "$$share/guests/" && \
+	  cp $(JITSU_XEN_GUESTS)/abi-test $(JITSU_XEN_GUESTS)/hello-http $(JITSU_XEN_GUESTS)/counter $(JITSU_XEN_GUESTS)/probe "$$share/guests/" && \
 	  scripts/xen-testbed.sh shell --share "$$share"
 
 clean:

@@ -123,11 +123,28 @@ sleep 2.5
 say "containerd sees: $("${CTR[@]}" task ls | tail -1 | tr -s ' ')"
 say "A second cold request (lookup, boot on the way, page):"
 ip netns exec "$NS" curl -sS -o /dev/null -w 'HTTP %{http_code}: lookup %{time_namelookup}s, connect %{time_connect}s, first byte %{time_starttransfer}s\n' http://hello.jitsu.internal/
+say "Conduit: two unikernels on one node talk over shared memory, found by name."
+say "Packing the counter (Conduit name counter) and hello-http asking it for visit numbers (hello-counter):"
+"$JITSU" pack --kernel "$GUESTS/counter" --name jitsu/counter:latest --conduit counter -o "$LOG/counter.tar"
+"$JITSU" pack --kernel "$GUESTS/hello-http" --name jitsu/hello-counter:latest --conduit hello-counter \
+  --dns-name hello-counter --cmdline "hello-counter counter=counter" -o "$LOG/hello-counter.tar"
+"${CTR[@]}" images import "$LOG/counter.tar" >/dev/null
+"${CTR[@]}" images import "$LOG/hello-counter.tar" >/dev/null
+"${CTR[@]}" run -d --runtime io.containerd.jitsu.v1 docker.io/jitsu/counter:latest counter
+"${CTR[@]}" run -d --runtime io.containerd.jitsu.v1 docker.io/jitsu/hello-counter:latest hello-counter
+say "Both parked. XenStore's /conduit (each name and the domain that holds it):"
+XENSTORED_PATH="$XENSTORED_PATH" xenstore-ls /conduit
+say "A page from hello-counter: its GET boots it, and its question over Conduit boots the counter:"
+ip netns exec "$NS" curl -sS http://hello-counter.jitsu.internal/ | grep -o "Visit number [0-9]*, counted by another unikernel over Conduit."
+ip netns exec "$NS" curl -sS http://hello-counter.jitsu.internal/ | grep -o "Visit number [0-9]*, counted by another unikernel over Conduit."
+"$JITSU" ps
 say "Stopping: ctr task kill, task delete, container delete."
-"${CTR[@]}" task kill hello
-until "${CTR[@]}" task ls | grep -q STOPPED; do sleep 0.05; done
-"${CTR[@]}" task delete hello >/dev/null
-"${CTR[@]}" container delete hello
+for task in hello counter hello-counter; do
+  "${CTR[@]}" task kill "$task"
+  until "${CTR[@]}" task ls | grep -E "^$task " | grep -q STOPPED; do sleep 0.05; done
+  "${CTR[@]}" task delete "$task" >/dev/null
+  "${CTR[@]}" container delete "$task"
+done
 say "Left behind: interfaces $(ip -n "$NS" -o link show | awk -F': ' '{print $2}' | tr '\n' ' '); registry: $("$JITSU" ps --json)"
 "$(dirname "$JITSU")/jitsu-cri-demo"
 say "Done. Everything is removed on exit."

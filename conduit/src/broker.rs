@@ -49,19 +49,25 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 /// XenStore requests while serving; a hung daemon costs a reconnect.
 const XENSTORE_DEADLINE: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(50);
+/// A [`BrokerConfig::domid`] that names no domain yet: the name is
+/// registered at the first [`Broker::move_to`].
+pub const NO_DOMAIN: u32 = u32::MAX;
 
 pub struct BrokerConfig {
     /// This unikernel's Conduit name.
     pub name: String,
     pub policy: Policy,
-    /// The socket directory, as this process sees it.
-    pub dir: Dir,
-    /// The name's listener socket, bound (before the jail) with
-    /// [`Dir::bind_listener`].
-    pub listener: OwnedFd,
+    /// The socket directory, as this process sees it, and the name's
+    /// listener socket, bound (before the jail) with [`Dir::bind_listener`].
+    /// None where guests hand channels over themselves (Xen's grants): the
+    /// broker then only keeps the name registered for the guest's domain
+    /// and boots it on a request.
+    pub sockets: Option<(Dir, OwnedFd)>,
     /// The XenStore daemon's socket, as this process sees it.
     pub xenstore: PathBuf,
-    /// This monitor's XenStore domain.
+    /// The domain the name stands for: this monitor's XenStore domain (a
+    /// KVM monitor's), or its guest's (a Xen domain, which changes at each
+    /// parking: [`Broker::move_to`]).
     pub domid: u32,
     /// The XenStore domain of a peer monitor's uid (None: a stranger).
     pub identity: fn(u32) -> Option<u32>,
@@ -107,6 +113,9 @@ struct Shared {
     boot: EventFd,
     open: AtomicU32,
     max_channels: u32,
+    /// The domain the name stands for, and a word when it changes.
+    domid: AtomicU32,
+    moved: Notify,
     /// Connections refused, over the monitor's life.
     refused: AtomicU64,
 }
@@ -205,10 +214,10 @@ impl Broker {
         // A peer reads the listener's credentials as they were at its
         // last listen(): listening again now gives it the uid this
         // monitor runs as (in its jail), the one its socket file names.
-        nix::sys::socket::listen(
-            &config.listener,
-            nix::sys::socket::Backlog::new(128).expect("a valid backlog"),
-        )?;
+        if let Some((_, listener)) = &config.sockets {
+            let backlog = nix::sys::socket::Backlog::new(128).expect("a valid backlog");
+            nix::sys::socket::listen(listener, backlog)?;
+        }
         let ready = signal_eventfd()?;
         let commanded = signal_eventfd()?;
         let shared = Arc::new(Shared {
@@ -220,6 +229,8 @@ impl Broker {
             boot: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
             open: AtomicU32::new(0),
             max_channels: config.max_channels,
+            domid: AtomicU32::new(config.domid),
+            moved: Notify::new(),
             refused: AtomicU64::new(0),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -258,6 +269,15 @@ impl Broker {
     /// Channels open now.
     pub fn open_channels(&self) -> u32 {
         self.handle.shared.open.load(Ordering::Acquire)
+    }
+
+    /// The name now stands for domain `domid` (a Xen guest's fresh domain):
+    /// it is registered again for it.
+    pub fn move_to(&self, domid: u32) {
+        let shared = &self.handle.shared;
+        if shared.domid.swap(domid, Ordering::AcqRel) != domid {
+            shared.moved.notify_one();
+        }
     }
 
     /// Connections this listener refused.
@@ -330,12 +350,15 @@ async fn serve(config: BrokerConfig, shared: Arc<Shared>, shutdown: Arc<Notify>)
             return;
         }
     };
-    let listener = match config.listener.try_clone().and_then(reactor_fd) {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::error!(%e, "the Conduit listener");
-            return;
-        }
+    let listener = match &config.sockets {
+        Some((_, listener)) => match listener.try_clone().and_then(reactor_fd) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::error!(%e, "the Conduit listener");
+                return;
+            }
+        },
+        None => None,
     };
     let ctx = Rc::new(Context {
         config,
@@ -357,8 +380,8 @@ async fn serve(config: BrokerConfig, shared: Arc<Shared>, shutdown: Arc<Notify>)
                     obey(&ctx, command);
                 }
             }
-            accepted = listener.readable() => {
-                let Ok(mut guard) = accepted else { break };
+            accepted = readable(listener.as_ref()) => {
+                let (Ok(mut guard), Some(listener)) = (accepted, listener.as_ref()) else { break };
                 match accept4(listener.get_ref().as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
                     Ok(fd) => {
                         // SAFETY: accept4 returned a fresh descriptor we own.
@@ -389,7 +412,7 @@ async fn serve(config: BrokerConfig, shared: Arc<Shared>, shutdown: Arc<Notify>)
     };
     if let Some(client) = client {
         let name = ctx.config.name.clone();
-        let domid = ctx.config.domid;
+        let domid = ctx.shared.domid.load(Ordering::Acquire);
         let filed: Vec<(String, String)> = ctx.filed.borrow_mut().drain().collect();
         let removed = tokio::time::timeout(XENSTORE_DEADLINE, async {
             rendezvous::unregister(&client, &name, domid).await?;
@@ -431,7 +454,18 @@ fn obey(ctx: &Rc<Context>, command: Command) {
     }
 }
 
-/// Registers the name and watches it; again after every loss of XenStore.
+/// Readable when `fd` is, for ever pending without one.
+async fn readable(
+    fd: Option<&AsyncFd<OwnedFd>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, OwnedFd>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Registers the name and watches it; again after every loss of XenStore,
+/// and for a new domain when the name moves to one.
 async fn keep_registered(ctx: Rc<Context>) {
     let name = ctx.config.name.clone();
     loop {
@@ -440,7 +474,12 @@ async fn keep_registered(ctx: Rc<Context>) {
             continue;
         };
         let client = client.with_deadline(XENSTORE_DEADLINE);
-        if let Err(e) = rendezvous::register(&client, &name, ctx.config.domid).await {
+        let mut domid = ctx.shared.domid.load(Ordering::Acquire);
+        while domid == NO_DOMAIN {
+            ctx.shared.moved.notified().await;
+            domid = ctx.shared.domid.load(Ordering::Acquire);
+        }
+        if let Err(e) = rendezvous::register(&client, &name, domid).await {
             tracing::warn!(%e, name, "registering the Conduit name");
             tokio::time::sleep(RETRY).await;
             continue;
@@ -449,17 +488,37 @@ async fn keep_registered(ctx: Rc<Context>) {
             tokio::time::sleep(RETRY).await;
             continue;
         };
-        tracing::info!(name, "Conduit name registered");
-        *ctx.xenstore.borrow_mut() = Some(client);
+        tracing::info!(name, domid, "Conduit name registered");
+        *ctx.xenstore.borrow_mut() = Some(client.clone());
         ctx.connected.notify_waiters();
-        while let Some(event) = watch.next().await {
-            if rendezvous::request_for(&name, &event.path).is_some() {
-                ctx.shared.ask_for_boot();
+        loop {
+            tokio::select! {
+                event = watch.next() => match event {
+                    Some(event) => {
+                        if rendezvous::request_for(&name, &event.path).is_some() {
+                            ctx.shared.ask_for_boot();
+                        }
+                    }
+                    None => {
+                        tracing::info!("XenStore connection lost; registering the Conduit name again");
+                        *ctx.xenstore.borrow_mut() = None;
+                        tokio::time::sleep(RETRY).await;
+                        break;
+                    }
+                },
+                () = ctx.shared.moved.notified() => {
+                    let now = ctx.shared.domid.load(Ordering::Acquire);
+                    match rendezvous::register(&client, &name, now).await {
+                        Ok(()) => tracing::debug!(name, domid = now, "Conduit name moved"),
+                        Err(e) => {
+                            tracing::warn!(%e, name, "moving the Conduit name");
+                            *ctx.xenstore.borrow_mut() = None;
+                            break;
+                        }
+                    }
+                }
             }
         }
-        tracing::info!("XenStore connection lost; registering the Conduit name again");
-        *ctx.xenstore.borrow_mut() = None;
-        tokio::time::sleep(RETRY).await;
     }
 }
 
@@ -520,7 +579,8 @@ async fn serve_incoming(ctx: &Rc<Context>, conn: OwnedFd) {
             let peer = (ctx.config.identity)(uid).unwrap_or(0);
             hold_link(ctx, conn, channel).await;
             if let Some(xs) = ctx.xenstore() {
-                let _ = rendezvous::remove_metadata(&xs, &request, ctx.config.domid, peer).await;
+                let domid = ctx.shared.domid.load(Ordering::Acquire);
+                let _ = rendezvous::remove_metadata(&xs, &request, domid, peer).await;
             }
         }
         Err((reason, why)) => {
@@ -546,8 +606,9 @@ async fn accept(
     let peer = (config.identity)(uid)
         .ok_or_else(|| not_allowed(format!("uid {uid} is not a monitor's")))?;
     let anchored = config
-        .dir
-        .anchored(client)
+        .sockets
+        .as_ref()
+        .and_then(|(dir, _)| dir.anchored(client))
         .filter(|a| a.uid == uid)
         .ok_or_else(|| {
             not_allowed(format!(
@@ -596,7 +657,8 @@ async fn accept(
         ("left-order", left_order.to_string()),
         ("right-order", right_order.to_string()),
     ];
-    if let Err(e) = rendezvous::publish_metadata(&xs, &request, config.domid, peer, &fields).await {
+    let domid = ctx.shared.domid.load(Ordering::Acquire);
+    if let Err(e) = rendezvous::publish_metadata(&xs, &request, domid, peer, &fields).await {
         return Err((Reason::Unreachable, format!("XenStore: {e}")));
     }
     let accept = Packet::Accept {
@@ -664,7 +726,14 @@ async fn connect_out(
         Ok(request) => request,
         Err(e) => return ctx.refuse(slot, Reason::NoListener, &e.to_string()),
     };
-    let path = config.dir.socket_path(server);
+    let Some((dir, _)) = &config.sockets else {
+        return ctx.refuse(
+            slot,
+            Reason::Unreachable,
+            "this monitor hands no channels over",
+        );
+    };
+    let path = dir.socket_path(server);
     let conn = match dial(&path) {
         Ok(conn) => conn,
         Err(e) => {
@@ -675,7 +744,7 @@ async fn connect_out(
             )
         }
     };
-    let listener_uid = config.dir.anchored(server).map(|a| a.uid);
+    let listener_uid = dir.anchored(server).map(|a| a.uid);
     if peer_uid(&conn).is_none() || peer_uid(&conn) != listener_uid {
         return ctx.refuse(
             slot,
@@ -686,7 +755,8 @@ async fn connect_out(
     let Some(xs) = ctx.xenstore_soon().await else {
         return ctx.refuse(slot, Reason::Unreachable, "XenStore is unreachable");
     };
-    if let Err(e) = rendezvous::file(&xs, &request, config.domid).await {
+    let domid = ctx.shared.domid.load(Ordering::Acquire);
+    if let Err(e) = rendezvous::file(&xs, &request, domid).await {
         return ctx.refuse(
             slot,
             Reason::Unreachable,

@@ -12,7 +12,16 @@
 //! ```
 
 use jitsu_vchan::rendezvous::{write_listener, Request, ROOT};
-use jitsu_xenstore::{Client, ClientError, XsError};
+use jitsu_xenstore::{Client, ClientError, Transaction, XsError};
+
+/// Removes `path` if it is there: Xen's own xenstored says ENOENT for a
+/// missing node, where ours says nothing.
+async fn rm_if_there(tx: &Transaction, path: &str) -> Result<(), ClientError> {
+    match tx.rm(path).await {
+        Err(ClientError::Xs(XsError::NoEnt)) => Ok(()),
+        other => other,
+    }
+}
 
 /// Makes `/conduit`, where any domain may register a listener; for the
 /// XenStore daemon that holds the registry (`jitsu daemon`, `jitsu xenstored`).
@@ -54,7 +63,7 @@ pub async fn register(client: &Client, name: &str, domid: u32) -> Result<(), Cli
         .transact(|tx| {
             let path = path.clone();
             async move {
-                tx.rm(&path).await?;
+                rm_if_there(&tx, &path).await?;
                 tx.write(&path, domid.to_string()).await?;
                 tx.set_perms(&path, &[&format!("b{domid}")]).await
             }
@@ -67,7 +76,10 @@ pub async fn register(client: &Client, name: &str, domid: u32) -> Result<(), Cli
 pub async fn unregister(client: &Client, name: &str, domid: u32) -> Result<(), ClientError> {
     let path = listener_path(name);
     match client.read(&path).await {
-        Ok(value) if value == domid.to_string().as_bytes() => client.rm(&path).await,
+        Ok(value) if value == domid.to_string().as_bytes() => match client.rm(&path).await {
+            Err(ClientError::Xs(XsError::NoEnt)) => Ok(()),
+            other => other,
+        },
         Ok(_) | Err(ClientError::Xs(XsError::NoEnt)) => Ok(()),
         Err(e) => Err(e),
     }
@@ -100,9 +112,9 @@ pub async fn withdraw(client: &Client, request: &Request<'_>) -> Result<(), Clie
         .transact(|tx| {
             let (path, folder) = (path.clone(), folder.clone());
             async move {
-                tx.rm(&path).await?;
+                rm_if_there(&tx, &path).await?;
                 match tx.directory(&folder).await {
-                    Ok(ports) if ports.is_empty() => tx.rm(&folder).await,
+                    Ok(ports) if ports.is_empty() => rm_if_there(&tx, &folder).await,
                     Ok(_) | Err(ClientError::Xs(XsError::NoEnt)) => Ok(()),
                     Err(e) => Err(e),
                 }
@@ -145,7 +157,10 @@ pub async fn remove_metadata(
     server: u32,
     peer: u32,
 ) -> Result<(), ClientError> {
-    client.rm(&metadata_dir(request, server, peer)).await
+    match client.rm(&metadata_dir(request, server, peer)).await {
+        Err(ClientError::Xs(XsError::NoEnt)) => Ok(()),
+        other => other,
+    }
 }
 
 /// A request for `name`, from a watch event on its node (anything else, the

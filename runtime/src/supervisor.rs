@@ -219,6 +219,10 @@ impl<B: Backend> Supervisor<B> {
             );
         }
         let parked = self.backend.prepare().map_err(LazyError::Backend)?;
+        // A Xen guest's Conduit name follows it to each fresh domain.
+        if let (Some(conduit), Some(domid)) = (&self.config.conduit, parked.domain_id()) {
+            conduit.move_to(domid);
+        }
         self.state = Some(State::Parked(parked));
         give_back_freed_memory();
         Ok(())

@@ -106,18 +106,24 @@ pub fn monitor_command(
     if let Some(name) = &spec.dns_name {
         cmd.args(["--name", name, "--owner", &record.key.describe()]);
     }
-    if let Some(conduit) = &record.conduit {
-        cmd.args([
-            "--conduit",
-            &conduit.name,
-            "--conduit-group",
-            &conduit.group,
-        ])
-        .arg("--conduit-dir")
-        .arg(crate::conduit::socket_dir());
-        if !spec.conduit_allow.is_empty() {
-            cmd.args(["--conduit-allow", &spec.conduit_allow]);
+    match (&record.conduit, hypervisor) {
+        (Some(conduit), Hypervisor::Kvm) => {
+            cmd.args([
+                "--conduit",
+                &conduit.name,
+                "--conduit-group",
+                &conduit.group,
+            ])
+            .arg("--conduit-dir")
+            .arg(crate::conduit::socket_dir());
+            if !spec.conduit_allow.is_empty() {
+                cmd.args(["--conduit-allow", &spec.conduit_allow]);
+            }
         }
+        (Some(conduit), Hypervisor::Xen) => {
+            cmd.args(["--conduit", &conduit.name]);
+        }
+        (None, _) => {}
     }
     // A name for its messages only: the monitor reads the descriptor.
     let kernel_name = spec.kernel_for(hypervisor).unwrap_or(&spec.kernel);

@@ -13,7 +13,7 @@ use jitsu_e2e::jitsu_bin;
 use jitsu_e2e::xen_testbed::{self, copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
 
 /// How many tests the suite has; a suite that ran fewer hid something.
-const SUITE_TESTS: usize = 18;
+const SUITE_TESTS: usize = 21;
 
 /// A Linux initramfs whose init prints one line and powers off.
 fn linux_initrd(dir: &Path) -> PathBuf {
@@ -61,7 +61,7 @@ fn the_xen_suite_passes_in_a_xen_dom0() {
     ] {
         copy_stripped(&release_bin(bin), &s.join("bin").join(bin));
     }
-    for guest in ["abi-test", "hello-http"] {
+    for guest in ["abi-test", "hello-http", "counter", "probe"] {
         copy(&xen_guest(guest), &s.join("guests/xen").join(guest));
     }
     for guest in ["abi-test", "hello-http"] {

@@ -7,6 +7,7 @@
 /// Hypercall numbers (`xen.h`).
 pub mod nr {
     pub const MEMORY_OP: usize = 12;
+    pub const GRANT_TABLE_OP: usize = 20;
     pub const SCHED_OP: usize = 29;
     pub const EVENT_CHANNEL_OP: usize = 32;
     pub const HVM_OP: usize = 34;
@@ -75,8 +76,21 @@ pub struct SchedPoll {
 }
 
 /// `event_channel.h`.
+pub const EVTCHNOP_BIND_INTERDOMAIN: usize = 0;
+pub const EVTCHNOP_CLOSE: usize = 3;
 pub const EVTCHNOP_SEND: usize = 4;
 pub const EVTCHNOP_ALLOC_UNBOUND: usize = 6;
+#[repr(C)]
+pub struct EvtchnBindInterdomain {
+    pub remote_dom: u16,
+    pub remote_port: u32,
+    /// Out.
+    pub local_port: u32,
+}
+#[repr(C)]
+pub struct EvtchnClose {
+    pub port: u32,
+}
 #[repr(C)]
 pub struct EvtchnSend {
     pub port: u32,
@@ -140,6 +154,36 @@ pub struct SharedInfo {
 /// `grant_table.h`, version 1 entries.
 pub const GTF_PERMIT_ACCESS: u16 = 1;
 pub const GTF_READONLY: u16 = 1 << 2;
+/// Set by Xen while the grantee has the page mapped.
+pub const GTF_READING: u16 = 1 << 3;
+pub const GTF_WRITING: u16 = 1 << 4;
+pub const GNTTABOP_MAP_GRANT_REF: usize = 0;
+pub const GNTTABOP_UNMAP_GRANT_REF: usize = 1;
+pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+/// `gnttab_map_grant_ref`: maps a page another domain granted at
+/// `host_addr` (for PVH, a guest-physical address).
+#[repr(C)]
+#[derive(Default)]
+pub struct GnttabMapGrantRef {
+    pub host_addr: u64,
+    pub flags: u32,
+    pub gref: u32,
+    pub dom: u16,
+    /// Out: 0 (`GNTST_okay`) or a negative `GNTST_*`.
+    pub status: i16,
+    /// Out.
+    pub handle: u32,
+    pub dev_bus_addr: u64,
+}
+#[repr(C)]
+#[derive(Default)]
+pub struct GnttabUnmapGrantRef {
+    pub host_addr: u64,
+    pub dev_bus_addr: u64,
+    pub handle: u32,
+    /// Out.
+    pub status: i16,
+}
 pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;
 #[repr(C)]
 pub struct GrantEntryV1 {
@@ -174,9 +218,12 @@ pub struct XenstoreInterface {
     pub connection: u32,
     pub error: u32,
 }
+pub const XS_DIRECTORY: u32 = 1;
 pub const XS_READ: u32 = 2;
 pub const XS_WATCH: u32 = 4;
 pub const XS_WRITE: u32 = 11;
+pub const XS_RM: u32 = 13;
+pub const XS_SET_PERMS: u32 = 14;
 pub const XS_WATCH_EVENT: u32 = 15;
 pub const XS_ERROR: u32 = 16;
 #[repr(C)]
@@ -249,6 +296,9 @@ const _: () = {
     assert!(size_of::<VcpuInfo>() == 64);
     assert!(core::mem::offset_of!(SharedInfo, evtchn_pending) == 2048);
     assert!(size_of::<GrantEntryV1>() == 8);
+    assert!(size_of::<GnttabMapGrantRef>() == 32);
+    assert!(size_of::<GnttabUnmapGrantRef>() == 24);
+    assert!(size_of::<EvtchnBindInterdomain>() == 12);
     assert!(size_of::<ConsoleInterface>() == 3088);
     assert!(size_of::<XenstoreInterface>() == 2076);
     assert!(size_of::<SringHeader>() == 64);

@@ -364,6 +364,18 @@ impl Conduit {
         core::mem::take(&mut self.signal)
     }
 
+    pub(crate) fn has_signals(&self) -> bool {
+        self.signal != 0
+    }
+
+    /// The loop's one wait: the signals due go out, then it blocks until
+    /// input (frames, events, peers' signals) or the timeout.
+    pub(crate) fn wait(&mut self, net: Option<&mut crate::net::NetDevice>, timeout_nanos: u64) {
+        let signal = self.take_signals();
+        let ready = crate::platform::conduit::wait(net, &mut self.device, signal, timeout_nanos);
+        self.after_wait(ready);
+    }
+
     /// Whether a stream moved data a moment ago: then the loop spins.
     pub(crate) fn spinning(&self) -> bool {
         self.spin_until > crate::clock::now_nanos()
@@ -463,7 +475,15 @@ impl Conduit {
             abi::EVENT_CONNECTED => {
                 let abandoned = matches!(self.slots[index].state, State::Abandoned);
                 match self.endpoint(index, event.size, Role::Client) {
-                    Some(end) if !abandoned => self.slots[index].state = State::Open(end),
+                    Some(end) if !abandoned => {
+                        self.slots[index].state = State::Open(end);
+                        // A client wakes its server once it is there, at
+                        // once and on its own, as libxenvchan's does: a
+                        // server may wait to see it come before it looks at
+                        // the rings, and would take a signal for a first
+                        // write sent together with it for that alone.
+                        self.device.signal_now(index as u32);
+                    }
                     Some(end) => {
                         hang_up(end);
                         self.device.close(index as u32);
@@ -512,16 +532,14 @@ impl Conduit {
         loop {
             let wake = app(self, crate::clock::now());
             let news = self.spin_then_look(None);
-            let signal = self.take_signals();
-            if news && signal == 0 {
+            if news && !self.has_signals() {
                 continue;
             }
             let timeout = match news {
                 true => 0,
                 false => wake.map_or(u64::MAX, |d| d.total_micros().saturating_mul(1000)),
             };
-            let ready = crate::platform::conduit::wait(None, signal, timeout);
-            self.after_wait(ready);
+            self.wait(None, timeout);
         }
     }
 
@@ -533,7 +551,7 @@ impl Conduit {
         if self.spinning() {
             let signal = self.take_signals();
             if signal != 0 {
-                let ready = crate::platform::conduit::wait(net, signal, 0);
+                let ready = crate::platform::conduit::wait(net, &mut self.device, signal, 0);
                 self.after_wait(ready);
                 // A peer's signal taken here (its end, say) is news.
                 if ready.events || ready.signalled != 0 {

@@ -111,9 +111,8 @@ impl Stack {
             self.iface.poll(now, &mut self.device, &mut self.sockets);
             self.device.flush();
             let news = conduit.spin_then_look(Some(&mut self.device));
-            let signal = conduit.take_signals();
             let busy = news || self.device.pending();
-            if busy && signal == 0 {
+            if busy && !conduit.has_signals() {
                 continue;
             }
             let wake = match (self.iface.poll_delay(now, &self.sockets), app_wake) {
@@ -124,8 +123,7 @@ impl Stack {
                 (true, _) => 0,
                 (false, wake) => wake.map_or(u64::MAX, |d| d.total_micros().saturating_mul(1000)),
             };
-            let ready = crate::platform::conduit::wait(Some(&mut self.device), signal, timeout);
-            conduit.after_wait(ready);
+            conduit.wait(Some(&mut self.device), timeout);
         }
     }
 }

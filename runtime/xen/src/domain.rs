@@ -44,6 +44,8 @@ pub struct DomainConfig {
     pub cmdline: String,
     pub memory: u64,
     pub net: Option<NetConfig>,
+    /// The guest's Conduit name (the SDK reads `jitsu/conduit`).
+    pub conduit: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -129,6 +131,10 @@ impl Domain {
         // From here on, an error drops `domain`, which destroys it.
         if let Some(net) = &config.net {
             domain.write_net(net)?;
+        }
+        if let Some(name) = &config.conduit {
+            let key = format!("/local/domain/{domid}/jitsu/conduit");
+            domain.toolstack.write(&key, name)?;
         }
         domain.console = domain.open_console()?;
         Ok(domain)

@@ -61,6 +61,13 @@ impl Device {
         hypercall::conduit_events(out)
     }
 
+    /// Signals `slot`'s peer now, in an exit of its own.
+    pub(crate) fn signal_now(&mut self, slot: u32) {
+        if slot < self.slots {
+            hypercall::signal_poll(1 << slot, 0);
+        }
+    }
+
     pub(crate) fn close(&mut self, slot: u32) {
         hypercall::conduit_close(slot);
     }
@@ -81,7 +88,12 @@ impl Device {
 /// The one exit of an event loop's round: signals `signal`'s peers, waits
 /// for a frame, a conduit event or signal, or the timeout; reads frames
 /// that came.
-pub(crate) fn wait(net: Option<&mut NetDevice>, signal: u64, timeout_nanos: u64) -> Ready {
+pub(crate) fn wait(
+    net: Option<&mut NetDevice>,
+    _device: &mut Device,
+    signal: u64,
+    timeout_nanos: u64,
+) -> Ready {
     let (ready, signalled) = hypercall::signal_poll(signal, timeout_nanos);
     if ready & READY_NET != 0 {
         if let Some(net) = net {

@@ -74,6 +74,25 @@ pub fn alloc_unbound(remote: u16) -> Result<u32, i64> {
     }
 }
 
+/// Binds a local port to `remote_port` of domain `remote`.
+pub fn bind_interdomain(remote: u16, remote_port: u32) -> Result<u32, i64> {
+    let mut bind = EvtchnBindInterdomain {
+        remote_dom: remote,
+        remote_port,
+        local_port: 0,
+    };
+    match hypercall::event_channel_op(EVTCHNOP_BIND_INTERDOMAIN, &mut bind) {
+        0 => Ok(bind.local_port),
+        rc => Err(rc),
+    }
+}
+
+/// Closes `port` (the other end sees it closed).
+pub fn close(port: u32) {
+    let mut close = EvtchnClose { port };
+    hypercall::event_channel_op(EVTCHNOP_CLOSE, &mut close);
+}
+
 /// Blocks until one of `ports` is pending or `timeout_nanos` passed
 /// (`u64::MAX`: no deadline). Pending bits are left for the caller.
 pub fn wait(ports: &[u32], timeout_nanos: u64) {

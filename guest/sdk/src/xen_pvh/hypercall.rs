@@ -93,3 +93,9 @@ pub fn memory_op<T>(cmd: usize, arg: &mut T) -> i64 {
 pub fn hvm_op<T>(cmd: usize, arg: &mut T) -> i64 {
     op(nr::HVM_OP, cmd, arg)
 }
+
+/// A grant table operation on one structure.
+pub fn grant_table_op<T>(cmd: usize, arg: &mut T) -> i64 {
+    // SAFETY: as in `op`; the count is 1, and `arg` is one structure.
+    unsafe { call3(nr::GRANT_TABLE_OP, cmd as u64, arg as *mut T as u64, 1) }
+}

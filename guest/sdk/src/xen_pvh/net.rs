@@ -232,6 +232,19 @@ impl NetDevice {
         self.rx.next().is_some()
     }
 
+    /// Before a wait on this and other ports: clears the port, asks netback
+    /// to signal news; whether a frame is there already.
+    pub(crate) fn arm(&mut self) -> bool {
+        events::take(self.port);
+        self.rx.ring.arm();
+        self.tx.ring.arm();
+        self.pending()
+    }
+
+    pub(crate) fn port(&self) -> u32 {
+        self.port
+    }
+
     /// Blocks until netback has news or `timeout_nanos` passed.
     pub(crate) fn wait(&mut self, timeout_nanos: u64) {
         events::take(self.port);

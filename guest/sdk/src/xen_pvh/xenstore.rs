@@ -232,6 +232,48 @@ pub fn write(path: &str, value: &str) -> Result<(), Error> {
     .map(|_| ())
 }
 
+/// The names of `path`'s children, read into `buf`.
+pub fn directory<'a>(
+    path: &str,
+    buf: &'a mut [u8],
+) -> Result<impl Iterator<Item = &'a str>, Error> {
+    let n = request(XS_DIRECTORY, &[path.as_bytes(), b"\0"], buf)?;
+    let names = core::str::from_utf8(&buf[..n]).map_err(|_| Error::BadAnswer)?;
+    Ok(names.split('\0').filter(|name| !name.is_empty()))
+}
+
+/// Removes `path` and everything below it (a missing one is not an error).
+pub fn rm(path: &str) -> Result<(), Error> {
+    let mut ok = [0u8; 8];
+    match request(XS_RM, &[path.as_bytes(), b"\0"], &mut ok) {
+        Err(e) if e.is_missing() => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// Sets `path`'s permissions: `owner` may do anything, everyone else
+/// nothing, and `reader` may read.
+pub fn share_with(path: &str, owner: u16, reader: u16) -> Result<(), Error> {
+    let mut own = Text::<8>::new();
+    let mut read = Text::<8>::new();
+    let _ = fmt::Write::write_fmt(&mut own, format_args!("n{owner}"));
+    let _ = fmt::Write::write_fmt(&mut read, format_args!("r{reader}"));
+    let mut ok = [0u8; 8];
+    request(
+        XS_SET_PERMS,
+        &[
+            path.as_bytes(),
+            b"\0",
+            own.as_str().as_bytes(),
+            b"\0",
+            read.as_str().as_bytes(),
+            b"\0",
+        ],
+        &mut ok,
+    )
+    .map(|_| ())
+}
+
 /// Asks to be told (through the store's event channel) when `path` changes.
 pub fn watch(path: &str, token: &str) -> Result<(), Error> {
     let mut ok = [0u8; 8];

@@ -119,8 +119,9 @@ fn run_lazy(args: &crate::Args, ready: &mut Option<ReadyFd>) -> Result<u8> {
         control,
         hold: !lazy.no_hold,
         registry,
-        // On Xen the guests do Conduit's rendezvous themselves.
-        conduit: None,
+        // The guests hand channels over themselves; the name follows the
+        // guest to each fresh domain (the supervisor moves it).
+        conduit: crate::conduit_registration(args)?,
     };
     let mut supervisor = Supervisor::new(lazy_config, backend).with_context(|| kernel.clone())?;
     tracing::info!("parked; waiting for a packet or a boot command");

@@ -52,6 +52,12 @@ pub(crate) struct Args {
     domain_name: Option<String>,
     #[command(flatten)]
     lazy: lazy::LazyArgs,
+    /// The unikernel's Conduit name: the guest listens under it and
+    /// connects as it (over grants and event channels, doing Conduit's
+    /// rendezvous in XenStore itself); this monitor registers it for the
+    /// guest's domain, and a request filed for it boots a parked guest.
+    #[arg(long = "conduit", id = "conduit", value_name = "NAME")]
+    conduit: Option<String>,
     /// Print build, unpause and first console byte, in microseconds.
     #[arg(long)]
     timings: bool,
@@ -150,7 +156,31 @@ pub(crate) fn config(args: &Args) -> Result<DomainConfig> {
         cmdline: args.args.join(" "),
         memory: args.mem,
         net,
+        conduit: args.conduit.clone(),
     })
+}
+
+/// The broker that keeps the guest's Conduit name registered for its
+/// domain (the guests hand channels over themselves, with grants).
+pub(crate) fn conduit_registration(args: &Args) -> Result<Option<jitsu_conduit::Broker>> {
+    let Some(name) = &args.conduit else {
+        return Ok(None);
+    };
+    if !jitsu_vchan::rendezvous::valid_label(name) {
+        bail!("--conduit {name:?}: a Conduit name is a DNS label (a-z, 0-9, '-', at most 63)");
+    }
+    let config = jitsu_conduit::BrokerConfig {
+        name: name.clone(),
+        policy: jitsu_conduit::Policy::new("default", "")?,
+        sockets: None,
+        xenstore: jitsu_xenstore::server::default_socket_path(),
+        domid: jitsu_conduit::broker::NO_DOMAIN,
+        identity: |_| None,
+        max_channels: jitsu_abi::conduit::SLOTS,
+    };
+    Ok(Some(
+        jitsu_conduit::Broker::start(config).context("registering the Conduit name")?,
+    ))
 }
 
 fn run(args: Args) -> Result<u8> {
@@ -177,6 +207,10 @@ fn run(args: Args) -> Result<u8> {
     }
     let mut domain = Domain::create_paused(std::rc::Rc::new(toolstack), &config)
         .with_context(|| format!("{}", args.kernel().display()))?;
+    let conduit = conduit_registration(&args)?;
+    if let Some(conduit) = &conduit {
+        conduit.move_to(domain.domid());
+    }
     let built = start.elapsed();
     if let Some(signal) = pending_signal(&signals) {
         drop(domain);

@@ -62,18 +62,7 @@ impl LazyDomain {
         pred: impl Fn(&serde_json::Value) -> bool,
         timeout: Duration,
     ) -> std::result::Result<serde_json::Value, Failed> {
-        let deadline = Instant::now() + timeout;
-        let mut last = serde_json::Value::Null;
-        while Instant::now() < deadline {
-            if let Ok(status) = self.status() {
-                if pred(&status) {
-                    return Ok(status);
-                }
-                last = status;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(format!("status never reached the condition; last {last}").into())
+        crate::wait_for_status(&self.control, pred, timeout)
     }
 
     /// The domain's id and `xl list` state flags (`p` while paused).

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod conduit;
 mod containerd;
 mod cri;
 mod lazy;
@@ -179,6 +180,27 @@ impl Drop for Monitor {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Polls a lazy monitor's status on its control socket until `pred` holds.
+fn wait_for_status(
+    control: &std::path::Path,
+    pred: impl Fn(&serde_json::Value) -> bool,
+    timeout: Duration,
+) -> std::result::Result<serde_json::Value, Failed> {
+    let deadline = Instant::now() + timeout;
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let reply = jitsu_e2e::lazy::try_request(control, "status");
+        if let Some(status) = reply.ok().and_then(|r| serde_json::from_str(&r).ok()) {
+            if pred(&status) {
+                return Ok(status);
+            }
+            last = status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("status never reached the condition; last {last}").into())
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -605,6 +627,18 @@ fn main() {
         Trial::test(
             "pods_are_xen_domains_on_their_own_addresses",
             cri::pods_are_xen_domains_on_their_own_addresses,
+        ),
+        Trial::test(
+            "conduit_between_domains_boots_a_parked_one_once",
+            conduit::conduit_between_domains_boots_a_parked_one_once,
+        ),
+        Trial::test(
+            "conduit_listener_serves_xens_own_libxenvchan_client",
+            conduit::conduit_listener_serves_xens_own_libxenvchan_client,
+        ),
+        Trial::test(
+            "conduit_client_reaches_xens_own_libxenvchan_server",
+            conduit::conduit_client_reaches_xens_own_libxenvchan_server,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
