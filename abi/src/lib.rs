@@ -71,10 +71,21 @@ pub mod layout {
     pub const CMDLINE_MAX: usize = 2048;
 }
 
-/// Hypercalls: `out dx, eax` with `dx = HYPERCALL_PORT_BASE + nr` and
-/// `eax` = guest-physical address of the call's argument structure.
+/// Hypercalls: the guest hands the monitor the guest-physical address of
+/// the call's argument structure, in 32 bits. On x86-64 with
+/// `out dx, eax`, `dx = PORT_BASE + nr`; on arm64 with a 32-bit store
+/// (`str wN`) to `MMIO_BASE + nr * MMIO_STRIDE`, an address with no memory
+/// behind it, which KVM hands to the monitor as an MMIO exit.
 pub mod hypercall {
     pub const PORT_BASE: u16 = 0x500;
+    /// arm64: the hypercall page, right above the conduit window; the
+    /// monitor maps its 2 MiB block as device memory.
+    pub const MMIO_BASE: u64 =
+        crate::conduit::WINDOW_BASE + crate::conduit::SLOTS as u64 * crate::conduit::SLOT_SIZE;
+    pub const MMIO_STRIDE: u64 = 8;
+    /// arm64: the monitor's exception vectors store here (vector `n` at
+    /// `+ 8 n`) to report an exception; not for guests.
+    pub const MMIO_EXCEPTION: u64 = MMIO_BASE + 0x1000;
 
     /// Hypercall numbers (offsets from [`PORT_BASE`]).
     pub const WALLTIME: u16 = 0;
@@ -375,7 +386,7 @@ pub struct BootInfo {
     pub mem_size: u64,
     /// First byte past the highest loaded segment: the heap may start here.
     pub image_end: u64,
-    pub tsc_hz: u64,
+    pub counter_hz: u64,
     /// Wall clock at boot, nanoseconds since the Unix epoch.
     pub walltime_nanos: u64,
     /// Guest-physical address of the NUL-terminated command line.
@@ -384,7 +395,7 @@ pub struct BootInfo {
     pub net: NetConfig,
     /// The guest may store its first `rdtsc` here; the monitor reads it to
     /// time the first guest instruction.
-    pub entry_tsc: u64,
+    pub entry_counter: u64,
     pub conduit: ConduitInfo,
 }
 
@@ -437,7 +448,7 @@ mod tests {
         assert_eq!(size_of::<AbiNoteSection>(), 28);
         assert_eq!(size_of::<NetConfig>(), 24);
         assert_eq!(size_of::<BootInfo>(), 192);
-        assert_eq!(core::mem::offset_of!(BootInfo, entry_tsc), 88);
+        assert_eq!(core::mem::offset_of!(BootInfo, entry_counter), 88);
         assert_eq!(size_of::<ConduitInfo>(), 96);
         assert_eq!(size_of::<ConduitListen>(), 24);
         assert_eq!(size_of::<ConduitConnect>(), 56);
@@ -456,6 +467,15 @@ mod tests {
     const _: () = assert!(conduit::WINDOW_BASE >= layout::MEM_MAX);
     const _: () = assert!(conduit::SLOTS <= 64);
     const _: () = assert!(conduit::SLOT_SIZE.is_multiple_of(2 << 20));
+    // arm64's hypercall page is a 2 MiB block of its own, in the window's
+    // GiB, and every call and exception vector has its address in it.
+    const _: () = assert!(hypercall::MMIO_BASE.is_multiple_of(2 << 20));
+    const _: () = assert!(hypercall::MMIO_BASE / (1 << 30) == conduit::WINDOW_BASE / (1 << 30));
+    const _: () = assert!(
+        hypercall::MMIO_BASE + hypercall::PORT_WINDOW as u64 * hypercall::MMIO_STRIDE
+            <= hypercall::MMIO_EXCEPTION
+    );
+    const _: () = assert!(hypercall::MMIO_EXCEPTION + 16 * 8 <= hypercall::MMIO_BASE + (2 << 20));
 
     #[test]
     fn cmdline_fits_below_the_image() {

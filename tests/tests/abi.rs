@@ -68,12 +68,14 @@ fn boot_info_carries_memory_and_command_line() {
     assert!(text.contains(&format!("mem_size={}\n", 32 << 20)), "{text}");
     assert!(text.contains("cmdline=bootinfo with some args\n"), "{text}");
     assert!(text.contains("net=none\n"), "{text}");
-    let tsc: u64 = text
+    let hz: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("tsc_hz="))
+        .find_map(|l| l.strip_prefix("counter_hz="))
         .and_then(|v| v.parse().ok())
-        .expect("tsc_hz");
-    assert!(tsc > 100_000_000, "TSC frequency {tsc} is implausible");
+        .expect("counter_hz");
+    // A TSC runs at GHz; arm64's generic timer at 1 MHz or more (62.5 MHz
+    // under QEMU, 1 GHz on Armv8.6 and later).
+    assert!(hz >= 1_000_000, "counter frequency {hz} is implausible");
 }
 
 #[test]
@@ -221,7 +223,7 @@ fn unknown_hypercall_stops_the_guest() {
     assert_monitor_alive(&out);
     assert_eq!(out.status.code(), Some(GUEST_FAULT));
     assert!(
-        stderr(&out).contains("unknown hypercall port 0x50b"),
+        stderr(&out).contains("unknown hypercall number 11"),
         "{}",
         stderr(&out)
     );

@@ -44,7 +44,7 @@ pub fn print_boot_info(boot: &Boot) {
     println!("abi_version={}", info.abi_version);
     println!("mem_size={}", info.mem_size);
     println!("image_end={:#x}", info.image_end);
-    println!("tsc_hz={}", info.tsc_hz);
+    println!("counter_hz={}", info.counter_hz);
     println!("walltime_nanos={}", info.walltime_nanos);
 }
 
@@ -64,9 +64,9 @@ fn hypercalls(n: usize) -> i32 {
         return 1;
     };
     for sample in samples.iter_mut() {
-        let start = clock::rdtsc();
+        let start = clock::counter();
         hypercall::walltime();
-        *sample = clock::ticks_to_nanos(clock::rdtsc() - start);
+        *sample = clock::ticks_to_nanos(clock::counter() - start);
     }
     samples.sort_unstable();
     let median = samples[samples.len() / 2];
@@ -161,9 +161,9 @@ fn write_code() -> i32 {
 }
 
 fn read_monitor_page() -> i32 {
-    // The page tables lie below the boot info and are supervisor-only.
+    // The page tables lie below the image and are not mapped.
     let page_table = 0x3000 as *const u64;
-    // SAFETY: deliberately wrong: the read faults at CPL 3.
+    // SAFETY: deliberately wrong: the read faults.
     let entry = unsafe { page_table.read_volatile() };
     println!("read page table entry {entry:#x}: isolation is broken");
     0
@@ -173,9 +173,13 @@ fn exec_data() -> i32 {
     let Some(buf) = jitsu_sdk::heap::bytes(16) else {
         return 1;
     };
-    buf[0] = 0xc3; // ret
-                   // SAFETY: deliberately wrong: heap pages are no-execute, so the call
-                   // faults before the `ret` runs.
+    #[cfg(target_arch = "x86_64")]
+    let ret: &[u8] = &[0xc3];
+    #[cfg(target_arch = "aarch64")]
+    let ret: &[u8] = &0xd65f_03c0u32.to_le_bytes();
+    buf[..ret.len()].copy_from_slice(ret);
+    // SAFETY: deliberately wrong: heap pages are no-execute, so the call
+    // faults before the `ret` runs.
     let f: extern "C" fn() = unsafe { core::mem::transmute(buf.as_ptr()) };
     f();
     println!("executed data: NX is broken");

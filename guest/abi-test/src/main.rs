@@ -91,9 +91,16 @@ fn sse() -> i32 {
     0
 }
 
+/// An undefined instruction on purpose (`ud2`, `udf`): the monitor ends
+/// the guest and reports the crash. Nothing runs after it.
+#[cfg(not(feature = "xen"))]
 fn crash() -> i32 {
-    // SAFETY: none needed; ud2 raises #UD on purpose, and with no IDT the
-    // guest triple-faults. Nothing runs after it.
+    jitsu_sdk::hypercall::fault()
+}
+
+#[cfg(feature = "xen")]
+fn crash() -> i32 {
+    // SAFETY: none needed; ud2 raises #UD, which ends the domain.
     unsafe { core::arch::asm!("ud2") };
     0
 }

@@ -6,10 +6,11 @@
 //! stack driven by an event loop that blocks between events.
 //!
 //! What differs between hypervisors lives in one folder per platform, with
-//! the same few parts in each (start, console, clock, net device, halt):
-//! `kvm_x86_64/` for Jitsu's own KVM monitor (the default) and `xen_pvh/` for
-//! Xen PVH domains (feature `xen-pvh`). Everything in this folder is shared.
-//! `unsafe` code lives in the platform folders, [`heap`] and [`libc`].
+//! the same few parts in each (start, console, counter, net device, halt):
+//! `kvm/` for Jitsu's own KVM monitor (the default; x86-64 and arm64, one
+//! file each) and `xen_pvh/` for Xen PVH domains (feature `xen-pvh`).
+//! Everything in this folder is shared. `unsafe` code lives in the platform
+//! folders, [`heap`] and [`libc`].
 
 #![no_std]
 
@@ -22,7 +23,7 @@ mod libc;
 pub mod net;
 
 #[cfg(not(feature = "xen-pvh"))]
-#[path = "kvm_x86_64/mod.rs"]
+#[path = "kvm/mod.rs"]
 mod platform;
 #[cfg(feature = "xen-pvh")]
 #[path = "xen_pvh/mod.rs"]

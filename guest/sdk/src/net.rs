@@ -2,7 +2,7 @@
 //! an event loop that blocks until a frame arrives or the next smoltcp (or
 //! application) deadline passes.
 //!
-//! Each platform's device (`kvm_x86_64/net.rs`, `xen_pvh/netfront.rs`)
+//! Each platform's device (`kvm/net.rs`, `xen_pvh/netfront.rs`)
 //! offers smoltcp's `Device` plus three calls: `flush` what was queued to
 //! send, whether received frames are `pending`, and `wait` for more.
 
@@ -49,7 +49,7 @@ impl Stack {
         let net = boot.net().ok_or(NetError::NoDevice)?;
         let mut device = NetDevice::new(&net)?;
         let mut config = Config::new(EthernetAddress(net.mac).into());
-        config.random_seed = clock::rdtsc();
+        config.random_seed = clock::counter();
         let mut iface = Interface::new(config, &mut device, clock::now());
         let [a, b, c, d] = net.ipv4;
         iface.update_ip_addrs(|addrs| {

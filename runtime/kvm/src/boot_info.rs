@@ -54,7 +54,7 @@ pub fn check_cmdline(cmdline: &str) -> Result<(), BootInfoError> {
 /// What goes into the boot info besides what the memory itself knows.
 pub struct BootParams<'a> {
     pub image_end: u64,
-    pub tsc_hz: u64,
+    pub counter_hz: u64,
     pub walltime_nanos: u64,
     pub cmdline: &'a str,
     pub net: Option<GuestNet>,
@@ -92,7 +92,7 @@ pub fn write(mem: &mut GuestMemory, params: &BootParams) -> Result<u64, WriteErr
         abi_version: ABI_VERSION,
         mem_size: mem.size(),
         image_end: params.image_end,
-        tsc_hz: params.tsc_hz,
+        counter_hz: params.counter_hz,
         walltime_nanos: params.walltime_nanos,
         cmdline: CMDLINE_ADDR,
         cmdline_len: params.cmdline.len() as u64,
@@ -127,16 +127,16 @@ mod tests {
             prefix in 0u8..=32,
             gw in proptest::option::of(any::<[u8; 4]>()),
             mtu in 68u16..=9000,
-            tsc_hz in any::<u64>(),
+            counter_hz in any::<u64>(),
         ) {
             let mut mem = GuestMemory::new(2 << 20).unwrap();
             let net = GuestNet { mac, ipv4: ip.into(), prefix_len: prefix, gateway: gw.map(Into::into), mtu };
-            let params = BootParams { image_end: 0x10_3000, tsc_hz, walltime_nanos: 7, cmdline: &cmdline, net: Some(net), conduit: None };
+            let params = BootParams { image_end: 0x10_3000, counter_hz, walltime_nanos: 7, cmdline: &cmdline, net: Some(net), conduit: None };
             let at = write(&mut mem, &params).unwrap();
             let info: BootInfo = mem.read(at).unwrap();
             prop_assert_eq!(info.magic, BOOT_INFO_MAGIC);
             prop_assert_eq!(info.mem_size, 2 << 20);
-            prop_assert_eq!(info.tsc_hz, tsc_hz);
+            prop_assert_eq!(info.counter_hz, counter_hz);
             prop_assert_eq!(info.net.mac, mac);
             prop_assert_eq!(info.net.ipv4, ip);
             prop_assert_eq!(info.net.gateway, gw.unwrap_or([0; 4]));

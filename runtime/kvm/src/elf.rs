@@ -9,6 +9,12 @@ use crate::memory::{GuestMemory, MemoryError};
 /// More loadable segments than this is not a unikernel we built.
 const MAX_SEGMENTS: usize = 16;
 
+/// The ELF machine of the guests this monitor runs: its own.
+#[cfg(target_arch = "x86_64")]
+const MACHINE: u16 = header::EM_X86_64;
+#[cfg(target_arch = "aarch64")]
+const MACHINE: u16 = header::EM_AARCH64;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ElfError {
     #[error("not an ELF file")]
@@ -19,7 +25,7 @@ pub enum ElfError {
     Malformed(String),
     #[error("not an executable (ELF type {0}, want ET_EXEC; a unikernel is linked static and not position-independent)")]
     NotExecutable(u16),
-    #[error("wrong architecture (ELF machine {0}, want x86-64)")]
+    #[error("wrong architecture (ELF machine {0}, want {arch}: this monitor runs {arch} guests)", arch = crate::arch::NAME)]
     WrongArchitecture(u16),
     #[error("no loadable segments")]
     NoSegments,
@@ -101,7 +107,7 @@ impl KernelImage {
         if elf.header.e_type != header::ET_EXEC {
             return Err(ElfError::NotExecutable(elf.header.e_type));
         }
-        if elf.header.e_machine != header::EM_X86_64 {
+        if elf.header.e_machine != MACHINE {
             return Err(ElfError::WrongArchitecture(elf.header.e_machine));
         }
         let segments = load_segments(&elf, bytes.len() as u64, mem_size)?;
@@ -262,7 +268,7 @@ mod tests {
         let mut out = vec![0u8; data_off];
         out[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
         out[16..18].copy_from_slice(&2u16.to_le_bytes());
-        out[18..20].copy_from_slice(&62u16.to_le_bytes());
+        out[18..20].copy_from_slice(&MACHINE.to_le_bytes());
         out[20..24].copy_from_slice(&1u32.to_le_bytes());
         out[24..32].copy_from_slice(&entry.to_le_bytes());
         out[32..40].copy_from_slice(&64u64.to_le_bytes());

@@ -27,9 +27,11 @@ use crate::stop::StopSignal;
 /// What the guest did wrong; the monitor stops it and reports this.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HypercallError {
-    #[error("unknown hypercall port {port:#x}")]
-    UnknownCall { port: u16 },
-    #[error("hypercall {call}: argument must be written with a 32-bit `out`, got {size} bytes")]
+    #[error("unknown hypercall number {nr}")]
+    UnknownCall { nr: u16 },
+    #[error(
+        "hypercall {call}: the argument's address must be written in 32 bits, got {size} bytes"
+    )]
     BadWidth { call: &'static str, size: usize },
     #[error(
         "hypercall {call}: argument structure at {gpa:#x} is outside the guest's writable memory"
@@ -147,16 +149,16 @@ impl Guest<'_> {
     }
 }
 
-/// Serves the hypercall on `port` whose `out` carried `data`.
+/// Serves hypercall `nr`, whose trap (an `out`, an MMIO store) carried
+/// `data`.
 pub fn dispatch(
-    port: u16,
+    nr: u16,
     data: &[u8],
     guest: &mut Guest,
     devices: &mut Devices,
 ) -> Result<Action, HypercallError> {
-    let nr = port.wrapping_sub(hc::PORT_BASE);
     if nr >= hc::COUNT {
-        return Err(HypercallError::UnknownCall { port });
+        return Err(HypercallError::UnknownCall { nr });
     }
     let call = name(nr);
     let gpa = match <[u8; 4]>::try_from(data) {

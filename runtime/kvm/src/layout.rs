@@ -1,67 +1,68 @@
-//! The guest's address space, built from the host side: GDT and TSS, 4-level
-//! page tables identity-mapping guest memory, and the map of what the guest
-//! may read and write (which the hypercall checks use too).
+//! The guest's address space, built from the host side: page tables
+//! identity-mapping guest memory, the monitor's own page, and the map of
+//! what the guest may read and write (which the hypercall checks use too).
+//! The tables are the same three levels on both architectures (a PDPT of
+//! 1 GiB entries, page directories of 2 MiB ones, page tables of 4 KiB
+//! pages: arm64's levels 1 to 3 with a 39-bit address space); how an entry
+//! encodes a [`Mapping`] is `arch::tables`' business.
 //!
 //! ```text
 //! 0x0000            unmapped (null guard)
-//! 0x1000            boot info + command line      user, RW, NX
-//! 0x2000            GDT + TSS                     supervisor only
+//! 0x1000            boot info + command line      guest, RW, NX
+//! 0x2000            the monitor's page            x86-64: GDT + TSS, supervisor
+//!                                                 only; arm64: the exception
+//!                                                 vectors, read-only code
 //! 0x3000..PT_END    page tables                   not mapped at all
-//! 1 MiB..           image segments                user, R-X / R-- / RW- (NX)
-//! image end..top    heap and stack                user, RW, NX
-//! 4 GiB..           the conduit window            user, RW, NX; backed
+//! 1 MiB..           image segments                guest, R-X / R-- / RW- (NX)
+//! image end..top    heap and stack                guest, RW, NX
+//! 4 GiB..           the conduit window            guest, RW, NX; backed
 //!                                                 only where a channel is open
+//! 4 GiB + 256 MiB   arm64: the hypercall page     device memory
 //! ```
 //! The image's 2 MiB region(s) use 4 KiB pages so that each segment gets its
 //! own permissions; the heap above uses 2 MiB pages, and so does the conduit
 //! window, whose slots have no memory behind them (an access is an exit the
 //! monitor reports as a crash) until a channel's memory is put there.
 
-use jitsu_abi::hypercall as hc;
 use jitsu_abi::layout::{BOOT_INFO_ADDR, IMAGE_MIN_ADDR, PAGE_SIZE};
 use thiserror::Error;
 
+use crate::arch::tables;
 use crate::elf::KernelImage;
 use crate::memory::{GuestMemory, MemoryError};
 
-pub const GDT_ADDR: u64 = 0x2000;
-pub const TSS_ADDR: u64 = GDT_ADDR + 0x100;
-/// The TSS proper is 104 bytes; the I/O permission bitmap follows it.
-const TSS_SIZE: u64 = 104;
-const IO_BITMAP_BYTES: u64 = (hc::PORT_BASE as u64 + hc::PORT_WINDOW as u64).div_ceil(8);
-/// Covers the bitmap and the all-ones byte the CPU wants after it.
-pub const TSS_LIMIT: u32 = (TSS_SIZE + IO_BITMAP_BYTES) as u32;
-pub const PML4_ADDR: u64 = 0x3000;
-const PDPT_ADDR: u64 = 0x4000;
+/// The GDT and TSS (x86-64) or the exception vectors (arm64).
+pub const MONITOR_PAGE: u64 = 0x2000;
+/// The 1 GiB entries (x86-64: under a PML4 at 0x3000; arm64: TTBR0).
+pub const PDPT_ADDR: u64 = 0x4000;
 /// One page directory per GiB, up to the 4 GiB guest-memory limit.
 const PD_ADDR: u64 = 0x5000;
-/// The page directory of the conduit window (the fifth GiB).
-const CONDUIT_PD_ADDR: u64 = 0x9000;
+/// The page directory of the fifth GiB: the conduit window (and on arm64
+/// the hypercall page).
+const HIGH_PD_ADDR: u64 = 0x9000;
 const PT_ADDR: u64 = 0xa000;
 const PT_END: u64 = 0xf_0000;
 
 const LARGE_PAGE: u64 = 0x20_0000;
 const GIB: u64 = 1 << 30;
 
-const P: u64 = 1;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
-const PS: u64 = 1 << 7;
-const NX: u64 = 1 << 63;
-const TABLE: u64 = P | RW | US;
+/// What a page is for; each architecture encodes it in its own entry bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// The guest's: readable, writable or executable (never both) as its
+    /// segment says.
+    Guest { write: bool, exec: bool },
+    /// The monitor's page: on x86-64 out of the guest's reach (CPL 3); on
+    /// arm64 the guest's exception vectors, read-only code at EL1.
+    Monitor,
+    /// Device memory: arm64's hypercall page.
+    Device,
+}
 
-/// GDT selectors (RPL 3 for the user ones).
-pub const USER_CODE_SELECTOR: u16 = (3 << 3) | 3;
-pub const USER_DATA_SELECTOR: u16 = (4 << 3) | 3;
-pub const TSS_SELECTOR: u16 = 5 << 3;
-pub const GDT_LIMIT: u16 = 7 * 8 - 1;
-const GDT: [u64; 5] = [
-    0,
-    0x00af_9a00_0000_ffff, // kernel code (unused: the guest never runs at CPL 0)
-    0x00cf_9200_0000_ffff, // kernel data (unused)
-    0x00af_fa00_0000_ffff, // user code, 64-bit, DPL 3
-    0x00cf_f200_0000_ffff, // user data, DPL 3
-];
+const DATA: Mapping = Mapping::Guest {
+    write: true,
+    exec: false,
+};
 
 #[derive(Debug, Error)]
 pub enum LayoutError {
@@ -115,8 +116,8 @@ impl AccessMap {
     }
 }
 
-/// Writes GDT, TSS and page tables into `mem` and returns the access map;
-/// with `conduit`, the window's pages are mapped too.
+/// Writes the monitor's page and the page tables into `mem` and returns
+/// the access map; with `conduit`, the window's pages are mapped too.
 pub fn build(
     mem: &mut GuestMemory,
     image: &KernelImage,
@@ -125,23 +126,26 @@ pub fn build(
     let mem_size = mem.size();
     let heap_start = image.end();
     let small_end = heap_start.next_multiple_of(LARGE_PAGE);
-    let tables = small_end / LARGE_PAGE;
+    let page_tables = small_end / LARGE_PAGE;
     let max = (PT_END - PT_ADDR) / PAGE_SIZE;
-    if tables > max {
+    if page_tables > max {
         return Err(LayoutError::ImageTooLarge {
-            needed: tables,
+            needed: page_tables,
             max,
         });
     }
 
-    write_gdt(mem)?;
-    mem.write(PML4_ADDR, &(PDPT_ADDR | TABLE))?;
+    tables::write_monitor_page(mem)?;
+    tables::write_root(mem, PDPT_ADDR)?;
     for gib in 0..mem_size.div_ceil(GIB) {
-        mem.write(PDPT_ADDR + gib * 8, &((PD_ADDR + gib * PAGE_SIZE) | TABLE))?;
+        let pd = PD_ADDR + gib * PAGE_SIZE;
+        mem.write(PDPT_ADDR + gib * 8, &tables::table(pd))?;
     }
     let mut entries = Vec::with_capacity((small_end / PAGE_SIZE) as usize);
     for page in (0..small_end).step_by(PAGE_SIZE as usize) {
-        entries.push(small_page_entry(page, image, heap_start, mem_size));
+        let entry = small_page_mapping(page, image, heap_start, mem_size)
+            .map_or(0, |m| tables::page(page, m));
+        entries.push(entry);
     }
     let pt_bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
     mem.slice_mut(PT_ADDR, pt_bytes.len() as u64)?
@@ -149,56 +153,69 @@ pub fn build(
     for chunk in 0..mem_size / LARGE_PAGE {
         let addr = chunk * LARGE_PAGE;
         let entry = if addr < small_end {
-            (PT_ADDR + chunk * PAGE_SIZE) | TABLE
+            tables::table(PT_ADDR + chunk * PAGE_SIZE)
         } else {
-            addr | P | RW | US | PS | NX
+            tables::block(addr, DATA)
         };
         mem.write(PD_ADDR + chunk * 8, &entry)?;
     }
-    if conduit {
-        map_conduit_window(mem)?;
-    }
+    map_high(mem, conduit)?;
     Ok(access_map(image, heap_start, mem_size))
 }
 
-/// The window's slots as user pages (2 MiB each), in a page directory of
-/// their own. The hypercalls never take an address there (the access map
-/// leaves it out): the monitor only ever touches guest memory.
-fn map_conduit_window(mem: &mut GuestMemory) -> Result<(), LayoutError> {
+/// The fifth GiB: the conduit window's slots as guest pages (2 MiB each),
+/// and the architecture's own blocks there. The hypercalls never take an
+/// address in it (the access map leaves it out): the monitor only ever
+/// touches guest memory.
+fn map_high(mem: &mut GuestMemory, conduit: bool) -> Result<(), LayoutError> {
     use jitsu_abi::conduit::{SLOTS, SLOT_SIZE, WINDOW_BASE};
     let gib = WINDOW_BASE / GIB;
-    let end = WINDOW_BASE + SLOTS as u64 * SLOT_SIZE;
-    debug_assert!(WINDOW_BASE % GIB == 0 && end <= (gib + 1) * GIB);
-    mem.write(PDPT_ADDR + gib * 8, &(CONDUIT_PD_ADDR | TABLE))?;
-    for addr in (WINDOW_BASE..end).step_by(LARGE_PAGE as usize) {
-        let index = (addr - WINDOW_BASE) / LARGE_PAGE;
-        mem.write(CONDUIT_PD_ADDR + index * 8, &(addr | P | RW | US | PS | NX))?;
+    let window_end = WINDOW_BASE + SLOTS as u64 * SLOT_SIZE;
+    debug_assert!(WINDOW_BASE % GIB == 0 && window_end <= (gib + 1) * GIB);
+    let window = (WINDOW_BASE..window_end)
+        .step_by(LARGE_PAGE as usize)
+        .filter(|_| conduit)
+        .map(|addr| (addr, DATA));
+    let mut blocks = window.chain(tables::HIGH_BLOCKS.iter().copied()).peekable();
+    if blocks.peek().is_none() {
+        return Ok(());
+    }
+    mem.write(PDPT_ADDR + gib * 8, &tables::table(HIGH_PD_ADDR))?;
+    for (addr, mapping) in blocks {
+        debug_assert!(addr / GIB == gib && addr % LARGE_PAGE == 0);
+        let index = (addr - gib * GIB) / LARGE_PAGE;
+        mem.write(HIGH_PD_ADDR + index * 8, &tables::block(addr, mapping))?;
     }
     Ok(())
 }
 
-fn small_page_entry(page: u64, image: &KernelImage, heap_start: u64, mem_size: u64) -> u64 {
+fn small_page_mapping(
+    page: u64,
+    image: &KernelImage,
+    heap_start: u64,
+    mem_size: u64,
+) -> Option<Mapping> {
     if page == BOOT_INFO_ADDR {
-        return page | P | RW | US | NX;
+        return Some(DATA);
     }
-    if page == GDT_ADDR {
-        return page | P | RW | NX; // supervisor only: CPL 3 cannot read it
+    if page == MONITOR_PAGE {
+        return Some(Mapping::Monitor);
     }
     if page >= heap_start && page < mem_size {
-        return page | P | RW | US | NX;
+        return Some(DATA);
     }
     if page < IMAGE_MIN_ADDR {
-        return 0;
+        return None;
     }
-    for s in &image.segments {
+    // A hole between segments stays unmapped.
+    let s = image.segments.iter().find(|s| {
         let first = s.gpa & !(PAGE_SIZE - 1);
-        if page >= first && page < s.end() {
-            let write = if s.perms.write { RW } else { 0 };
-            let nx = if s.perms.exec { 0 } else { NX };
-            return page | P | US | write | nx;
-        }
-    }
-    0 // a hole between segments stays unmapped
+        page >= first && page < s.end()
+    })?;
+    Some(Mapping::Guest {
+        write: s.perms.write,
+        exec: s.perms.exec,
+    })
 }
 
 fn access_map(image: &KernelImage, heap_start: u64, mem_size: u64) -> AccessMap {
@@ -222,41 +239,6 @@ fn access_map(image: &KernelImage, heap_start: u64, mem_size: u64) -> AccessMap 
         });
     }
     AccessMap { regions }
-}
-
-fn write_gdt(mem: &mut GuestMemory) -> Result<(), MemoryError> {
-    for (i, entry) in GDT.iter().enumerate() {
-        mem.write(GDT_ADDR + i as u64 * 8, entry)?;
-    }
-    let (low, high) = tss_descriptor(TSS_ADDR, TSS_LIMIT);
-    mem.write(GDT_ADDR + 5 * 8, &low)?;
-    mem.write(GDT_ADDR + 6 * 8, &high)?;
-    write_io_bitmap(mem)
-}
-
-/// Lets CPL 3 use exactly the hypercall ports: the CPU consults the TSS I/O
-/// bitmap when IOPL < CPL, and a set bit (every other port) is a #GP.
-fn write_io_bitmap(mem: &mut GuestMemory) -> Result<(), MemoryError> {
-    mem.slice_mut(TSS_ADDR + 0x66, 2)?
-        .copy_from_slice(&(TSS_SIZE as u16).to_le_bytes());
-    let bitmap = mem.slice_mut(TSS_ADDR + TSS_SIZE, IO_BITMAP_BYTES + 1)?;
-    bitmap.fill(0xff);
-    let base = hc::PORT_BASE as usize;
-    for port in base..base + hc::PORT_WINDOW as usize {
-        bitmap[port / 8] &= !(1 << (port % 8));
-    }
-    Ok(())
-}
-
-/// A 16-byte 64-bit TSS descriptor (type 9, present).
-fn tss_descriptor(base: u64, limit: u32) -> (u64, u64) {
-    let limit = limit as u64;
-    let low = (limit & 0xffff)
-        | ((base & 0xff_ffff) << 16)
-        | (0x89 << 40)
-        | (((limit >> 16) & 0xf) << 48)
-        | (((base >> 24) & 0xff) << 56);
-    (low, base >> 32)
 }
 
 #[cfg(test)]
@@ -283,28 +265,31 @@ mod tests {
         }
     }
 
-    fn pte(mem: &GuestMemory, addr: u64) -> u64 {
-        mem.read::<u64>(PT_ADDR + addr / PAGE_SIZE * 8).unwrap()
+    /// What the 4 KiB page at `addr` (in the first 2 MiB) maps.
+    fn page(mem: &GuestMemory, addr: u64) -> Option<Mapping> {
+        tables::decode(mem.read::<u64>(PT_ADDR + addr / PAGE_SIZE * 8).unwrap())
+    }
+
+    fn guest(write: bool, exec: bool) -> Option<Mapping> {
+        Some(Mapping::Guest { write, exec })
     }
 
     #[test]
     fn pages_carry_segment_permissions() {
         let mut mem = GuestMemory::new(8 << 20).unwrap();
         let map = build(&mut mem, &image(), false).unwrap();
-        assert_eq!(pte(&mem, 0), 0, "null page unmapped");
-        assert_eq!(pte(&mem, PML4_ADDR), 0, "page tables unmapped");
-        assert_eq!(pte(&mem, GDT_ADDR) & US, 0, "GDT supervisor-only");
-        let code = pte(&mem, 0x10_1000);
-        assert!(code & US != 0 && code & RW == 0 && code & NX == 0);
-        let rodata = pte(&mem, 0x10_2000);
-        assert!(rodata & RW == 0 && rodata & NX != 0);
-        assert_eq!(pte(&mem, 0x10_3000), 0, "hole unmapped");
-        let data = pte(&mem, 0x10_4000);
-        assert!(data & RW != 0 && data & NX != 0);
-        let heap = pte(&mem, 0x10_5000);
-        assert!(heap & RW != 0 && heap & NX != 0 && heap & US != 0);
+        assert_eq!(page(&mem, 0), None, "null page unmapped");
+        assert_eq!(page(&mem, PDPT_ADDR), None, "page tables unmapped");
+        assert_eq!(page(&mem, MONITOR_PAGE), Some(Mapping::Monitor));
+        assert_eq!(page(&mem, BOOT_INFO_ADDR), guest(true, false));
+        assert_eq!(page(&mem, 0x10_1000), guest(false, true), "code");
+        assert_eq!(page(&mem, 0x10_2000), guest(false, false), "rodata");
+        assert_eq!(page(&mem, 0x10_3000), None, "hole unmapped");
+        assert_eq!(page(&mem, 0x10_4000), guest(true, false), "data");
+        assert_eq!(page(&mem, 0x10_5000), guest(true, false), "heap");
         let large = mem.read::<u64>(PD_ADDR + 8).unwrap();
-        assert_eq!(large, 0x20_0000 | P | RW | US | PS | NX);
+        assert_eq!(large, tables::block(0x20_0000, DATA));
+        assert_eq!(tables::decode(large), guest(true, false));
 
         assert!(map.allows(0x10_0000, 0x3000, false));
         assert!(
@@ -312,7 +297,8 @@ mod tests {
             "code not writable via hypercalls"
         );
         assert!(!map.allows(0x10_3000, 1, false));
-        assert!(!map.allows(PML4_ADDR, 8, true));
+        assert!(!map.allows(PDPT_ADDR, 8, true));
+        assert!(!map.allows(MONITOR_PAGE, 8, false));
         assert!(
             map.allows(0x10_4000, 0x2000, true),
             "data runs into the heap"
@@ -324,36 +310,43 @@ mod tests {
     #[test]
     fn the_conduit_window_is_mapped_only_for_a_guest_that_has_the_device() {
         use jitsu_abi::conduit::{SLOTS, SLOT_SIZE, WINDOW_BASE};
+        let slot_entry = |mem: &GuestMemory, index: u64| {
+            let pdpt = mem.read::<u64>(PDPT_ADDR + 4 * 8).unwrap();
+            if pdpt == 0 {
+                return 0;
+            }
+            assert_eq!(pdpt, tables::table(HIGH_PD_ADDR));
+            mem.read::<u64>(HIGH_PD_ADDR + index * 8).unwrap()
+        };
         let mut without = GuestMemory::new(4 << 20).unwrap();
         build(&mut without, &image(), false).unwrap();
-        assert_eq!(without.read::<u64>(PDPT_ADDR + 4 * 8).unwrap(), 0);
+        assert_eq!(slot_entry(&without, 0), 0);
         let mut with = GuestMemory::new(4 << 20).unwrap();
         let map = build(&mut with, &image(), true).unwrap();
-        assert_eq!(
-            with.read::<u64>(PDPT_ADDR + 4 * 8).unwrap(),
-            CONDUIT_PD_ADDR | TABLE
-        );
         let last = (SLOTS as u64 * SLOT_SIZE) / LARGE_PAGE - 1;
-        let entry = with.read::<u64>(CONDUIT_PD_ADDR + last * 8).unwrap();
         assert_eq!(
-            entry,
-            (WINDOW_BASE + last * LARGE_PAGE) | P | RW | US | PS | NX
+            slot_entry(&with, last),
+            tables::block(WINDOW_BASE + last * LARGE_PAGE, DATA)
         );
-        let past = with.read::<u64>(CONDUIT_PD_ADDR + (last + 1) * 8).unwrap();
-        assert_eq!(past, 0, "nothing past the last slot");
+        let past = slot_entry(&with, last + 1);
+        assert_eq!(past, 0, "nothing right past the last slot");
         assert!(
             !map.allows(WINDOW_BASE, 8, false),
             "no hypercall reaches the window"
         );
-        const { assert!(CONDUIT_PD_ADDR + PAGE_SIZE <= PT_ADDR) };
+        const { assert!(HIGH_PD_ADDR + PAGE_SIZE <= PT_ADDR) };
     }
 
     #[test]
-    fn tss_descriptor_encodes_base_and_limit() {
-        let (low, high) = tss_descriptor(0x1234_5678_9abc, 0x67);
-        assert_eq!(low & 0xffff, 0x67);
-        assert_eq!((low >> 16) & 0xff_ffff, 0x56_789abc & 0xff_ffff);
-        assert_eq!((low >> 40) & 0xff, 0x89);
-        assert_eq!(high, 0x1234);
+    fn the_architectures_high_blocks_are_mapped_with_or_without_conduit() {
+        for conduit in [false, true] {
+            let mut mem = GuestMemory::new(4 << 20).unwrap();
+            build(&mut mem, &image(), conduit).unwrap();
+            for &(addr, mapping) in tables::HIGH_BLOCKS {
+                let index = (addr % GIB) / LARGE_PAGE;
+                let entry = mem.read::<u64>(HIGH_PD_ADDR + index * 8).unwrap();
+                assert_eq!(tables::decode(entry), Some(mapping), "{addr:#x}");
+            }
+        }
     }
 }

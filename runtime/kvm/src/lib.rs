@@ -1,12 +1,14 @@
 //! Jitsu's KVM backend: validates a unikernel ELF, builds a KVM VM for it
-//! from the host side (page tables, GDT, CPL 3 long mode), serves its
-//! hypercalls on a seccomp-confined vCPU thread, and moves its frames to
-//! and from a TAP. The ABI it implements is described in `ABI.md` beside
-//! this crate. [`KvmBackend`] is how the supervisor drives it.
+//! from the host side (page tables and the vCPU's entry state: CPL 3 long
+//! mode on x86-64, EL1 with the MMU on on arm64), serves its hypercalls on a
+//! seccomp-confined vCPU thread, and moves its frames to and from a TAP.
+//! The ABI it implements is described in `ABI.md` beside this crate; what
+//! differs between x86-64 and arm64 is in `arch/`. [`KvmBackend`] is how
+//! the supervisor drives it.
 
+pub mod arch;
 pub mod boot_clock;
 pub mod boot_info;
-pub mod cpu;
 pub mod devices;
 pub mod elf;
 pub mod hypercall;

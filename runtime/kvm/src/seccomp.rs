@@ -16,9 +16,11 @@ use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op,
-    SeccompCondition as Cond, SeccompFilter, SeccompRule, TargetArch,
+    SeccompCondition as Cond, SeccompFilter, SeccompRule,
 };
 use thiserror::Error;
+
+use crate::arch::seccomp as arch;
 
 #[derive(Debug, Error)]
 pub enum SeccompError {
@@ -29,50 +31,32 @@ pub enum SeccompError {
 }
 
 const KVMIO: u64 = 0xae;
-const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+pub(crate) const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
 }
-const fn io(nr: u64) -> u64 {
+pub(crate) const fn io(nr: u64) -> u64 {
     ioc(0, nr, 0)
 }
-const fn iow(nr: u64, size: usize) -> u64 {
+pub(crate) const fn iow(nr: u64, size: usize) -> u64 {
     ioc(1, nr, size)
 }
-const fn ior(nr: u64, size: usize) -> u64 {
+pub(crate) const fn ior(nr: u64, size: usize) -> u64 {
     ioc(2, nr, size)
 }
-const fn iowr(nr: u64, size: usize) -> u64 {
-    ioc(3, nr, size)
-}
-use kvm_bindings as kb;
 pub const KVM_RUN: u64 = io(0x80);
-pub const KVM_GET_REGS: u64 = ior(0x81, size_of::<kb::kvm_regs>());
-pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kb::kvm_sregs>());
-pub const KVM_SET_USER_MEMORY_REGION: u64 = iow(0x46, size_of::<kb::kvm_userspace_memory_region>());
+pub const KVM_SET_USER_MEMORY_REGION: u64 =
+    iow(0x46, size_of::<kvm_bindings::kvm_userspace_memory_region>());
 
-/// The KVM requests the monitor makes to build and run VMs: on `/dev/kvm`,
-/// on a VM and on a vCPU.
-const KVM_REQUESTS: [u64; 20] = [
-    io(0x00),                                // KVM_GET_API_VERSION
-    io(0x01),                                // KVM_CREATE_VM
-    io(0x03),                                // KVM_CHECK_EXTENSION
-    io(0x04),                                // KVM_GET_VCPU_MMAP_SIZE
-    iowr(0x05, size_of::<kb::kvm_cpuid2>()), // KVM_GET_SUPPORTED_CPUID
-    io(0x41),                                // KVM_CREATE_VCPU
+/// The KVM requests every architecture makes to build and run VMs: on
+/// `/dev/kvm`, on a VM and on a vCPU (`arch::seccomp` adds its own).
+const KVM_REQUESTS: [u64; 7] = [
+    io(0x00), // KVM_GET_API_VERSION
+    io(0x01), // KVM_CREATE_VM
+    io(0x03), // KVM_CHECK_EXTENSION
+    io(0x04), // KVM_GET_VCPU_MMAP_SIZE
+    io(0x41), // KVM_CREATE_VCPU
     KVM_SET_USER_MEMORY_REGION,
-    io(0x47), // KVM_SET_TSS_ADDR
     KVM_RUN,
-    KVM_GET_REGS,
-    iow(0x82, size_of::<kb::kvm_regs>()), // KVM_SET_REGS
-    KVM_GET_SREGS,
-    iow(0x84, size_of::<kb::kvm_sregs>()),  // KVM_SET_SREGS
-    iowr(0x88, size_of::<kb::kvm_msrs>()),  // KVM_GET_MSRS
-    iow(0x89, size_of::<kb::kvm_msrs>()),   // KVM_SET_MSRS
-    ior(0x8c, size_of::<kb::kvm_fpu>()),    // KVM_GET_FPU
-    iow(0x8d, size_of::<kb::kvm_fpu>()),    // KVM_SET_FPU
-    iow(0x90, size_of::<kb::kvm_cpuid2>()), // KVM_SET_CPUID2
-    io(0xa2),                               // KVM_SET_TSC_KHZ
-    io(0xa3),                               // KVM_GET_TSC_KHZ
 ];
 /// Other requests on the monitor's descriptors: non-blocking and
 /// close-on-exec flags (tokio, std) and whether stderr is a terminal.
@@ -101,8 +85,8 @@ fn fd_is(arg: u8, fd: RawFd) -> Result<Cond, seccompiler::BackendError> {
 fn rules(fds: &VcpuFds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let allow = Vec::new;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let mut ioctl: Vec<SeccompRule> = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]
-        .into_iter()
+    let mut ioctl: Vec<SeccompRule> = std::iter::once(KVM_RUN)
+        .chain(arch::VCPU_REQUESTS)
         .map(|req| {
             SeccompRule::new(vec![
                 fd_is(0, fds.vcpu)?,
@@ -160,9 +144,8 @@ fn rules(fds: &VcpuFds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
         libc::SYS_mprotect,
         vec![SeccompRule::new(vec![no_exec(2)?])?],
     );
-    for syscall in [
+    let shared = [
         libc::SYS_ppoll,
-        libc::SYS_poll,
         libc::SYS_clock_gettime,
         libc::SYS_futex,
         libc::SYS_munmap,
@@ -175,7 +158,8 @@ fn rules(fds: &VcpuFds) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::
         libc::SYS_sched_yield,
         libc::SYS_exit,
         libc::SYS_exit_group,
-    ] {
+    ];
+    for syscall in shared.into_iter().chain(arch::VCPU_LEGACY_SYSCALLS) {
         rules.insert(syscall, allow());
     }
     Ok(rules)
@@ -196,6 +180,7 @@ fn monitor_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
             .collect()
     };
     let mut requests = KVM_REQUESTS.to_vec();
+    requests.extend(arch::KVM_REQUESTS);
     requests.extend(OTHER_REQUESTS);
     let ioctl = requests
         .into_iter()
@@ -255,11 +240,9 @@ fn monitor_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
         libc::SYS_rt_sigprocmask,
         libc::SYS_rt_sigreturn,
         libc::SYS_sigaltstack,
-        libc::SYS_poll,
         libc::SYS_ppoll,
         libc::SYS_epoll_create1,
         libc::SYS_epoll_ctl,
-        libc::SYS_epoll_wait,
         libc::SYS_epoll_pwait,
         libc::SYS_eventfd2,
         libc::SYS_signalfd4,
@@ -278,12 +261,11 @@ fn monitor_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
         libc::SYS_getsockname,
         libc::SYS_getpeername,
         // The control socket's name, on the way out (a no-op in the jail).
-        libc::SYS_unlink,
+        libc::SYS_unlinkat,
         // Conduit: a channel's memory (a sealed memfd), and a name's group
         // in the socket directory (a symlink's target).
         libc::SYS_memfd_create,
         libc::SYS_ftruncate,
-        libc::SYS_readlink,
         libc::SYS_readlinkat,
         libc::SYS_futex,
         libc::SYS_set_robust_list,
@@ -302,7 +284,10 @@ fn monitor_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Backe
         libc::SYS_seccomp,
         libc::SYS_exit,
         libc::SYS_exit_group,
-    ] {
+    ]
+    .into_iter()
+    .chain(arch::LEGACY_SYSCALLS)
+    {
         rules.insert(syscall, Vec::new());
     }
     Ok(rules)
@@ -314,7 +299,7 @@ pub fn monitor_filter() -> Result<Vec<BpfProgram>, SeccompError> {
         monitor_rules()?,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
-        TargetArch::x86_64,
+        arch::TARGET,
     )?;
     let mut clone3 = BTreeMap::new();
     clone3.insert(libc::SYS_clone3, Vec::new());
@@ -322,7 +307,7 @@ pub fn monitor_filter() -> Result<Vec<BpfProgram>, SeccompError> {
         clone3,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
-        TargetArch::x86_64,
+        arch::TARGET,
     )?;
     Ok(vec![allowlist.try_into()?, clone3_unsupported.try_into()?])
 }
@@ -341,7 +326,7 @@ pub fn vcpu_filter(fds: &VcpuFds) -> Result<BpfProgram, SeccompError> {
         rules(fds)?,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
-        TargetArch::x86_64,
+        arch::TARGET,
     )?;
     Ok(filter.try_into()?)
 }

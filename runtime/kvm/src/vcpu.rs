@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use jitsu_abi::BootInfo;
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
+use crate::arch::{self, Exit};
 use crate::boot_clock::BootClock;
-use crate::cpu;
 use crate::hypercall::{self, Action, Devices, Guest};
 use crate::layout::AccessMap;
 use crate::memory::GuestMemory;
@@ -23,12 +23,13 @@ pub(crate) struct VcpuState {
     pub mem: GuestMemory,
     pub access: AccessMap,
     pub devices: Devices,
-    pub tsc_khz: u32,
+    pub counter_khz: u32,
     pub clock: Arc<BootClock>,
 }
 
 /// Runs the guest until it halts, faults or is stopped. At the first exit
-/// the guest has recorded its entry TSC, which times its first instruction.
+/// the guest has recorded its entry counter, which times its first
+/// instruction.
 pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
     let mut exited = false;
     loop {
@@ -36,59 +37,43 @@ pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
         if stop.should_stop(|d| state.devices.quiet_for(d)) {
             return Outcome::Stopped;
         }
-        let exit = state.vcpu.run();
-        let crashed = |reason: String, vcpu: &VcpuFd| Outcome::Crashed {
-            reason,
-            registers: cpu::crash_state(vcpu),
+        let exit = match state.vcpu.run() {
+            Ok(exit) => arch::exit::decode(exit),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Again,
+            Err(e) => Exit::Crash(format!("KVM_RUN failed: {e}")),
         };
         match exit {
-            Ok(VcpuExit::IoOut(port, data)) => {
+            Exit::Hypercall { nr, data, len } => {
                 if !exited {
                     exited = true;
-                    record_first_instruction(&state.mem, &state.clock, state.tsc_khz);
+                    record_first_instruction(&state.mem, &state.clock, state.counter_khz);
                 }
-                let mut buf = [0u8; 8];
-                let len = data.len().min(8);
-                buf[..len].copy_from_slice(&data[..len]);
                 let mut guest = Guest {
                     mem: &mut state.mem,
                     access: &state.access,
                     vm: &state._vm,
                 };
-                match hypercall::dispatch(port, &buf[..len], &mut guest, &mut state.devices) {
+                match hypercall::dispatch(nr, &data[..len], &mut guest, &mut state.devices) {
                     Ok(Action::Resume) => continue,
                     Ok(Action::Halt(status)) => return Outcome::Halted(status),
                     Err(violation) => return Outcome::Violation(violation),
                 }
             }
-            Ok(VcpuExit::Shutdown) => {
-                let reason = "triple fault (an exception with no handler)".into();
-                return crashed(reason, &state.vcpu);
+            Exit::Again => continue,
+            Exit::Crash(reason) => {
+                return Outcome::Crashed {
+                    reason,
+                    registers: arch::vcpu::crash_state(&state.vcpu),
+                }
             }
-            Ok(VcpuExit::IoIn(port, _)) => {
-                let reason = format!("read from I/O port {port:#x}, which the ABI does not define");
-                return crashed(reason, &state.vcpu);
-            }
-            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
-                let reason =
-                    format!("access to guest-physical address {addr:#x}, outside guest memory");
-                return crashed(reason, &state.vcpu);
-            }
-            Ok(VcpuExit::Intr) => continue,
-            Ok(other) => {
-                let reason = format!("unexpected VM exit: {other:?}");
-                return crashed(reason, &state.vcpu);
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => return crashed(format!("KVM_RUN failed: {e}"), &state.vcpu),
         }
     }
 }
 
-fn record_first_instruction(mem: &GuestMemory, clock: &BootClock, tsc_khz: u32) {
+fn record_first_instruction(mem: &GuestMemory, clock: &BootClock, counter_khz: u32) {
     let exit_ns = clock::now_ns();
-    let entry_tsc = mem
+    let entry_counter = mem
         .read::<BootInfo>(jitsu_abi::layout::BOOT_INFO_ADDR)
-        .map_or(0, |info| info.entry_tsc);
-    clock.record_entry(entry_tsc, tsc_khz, exit_ns);
+        .map_or(0, |info| info.entry_counter);
+    clock.record_entry(entry_counter, counter_khz, exit_ns);
 }

@@ -14,9 +14,9 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
 use thiserror::Error;
 
+use crate::arch;
 use crate::boot_clock::BootClock;
 use crate::boot_info::{self, BootParams, GuestNet};
-use crate::cpu;
 use crate::devices::conduit::ConduitDevice;
 use crate::devices::console::Console;
 use crate::devices::net::NetDevice;
@@ -130,7 +130,7 @@ impl Vm {
 
         let t = Instant::now();
         let kvm = config.kvm.clone();
-        let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        let vm = arch::vcpu::create_vm(&kvm).map_err(kvm_err("create VM"))?;
         let mut mem = GuestMemory::new(mem_size)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
@@ -143,8 +143,8 @@ impl Vm {
         // it outlives the VM (VcpuState drops the VM first).
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))?;
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create vCPU"))?;
-        cpu::set_cpuid(&kvm, &vcpu).map_err(kvm_err("set CPUID"))?;
-        let tsc_khz = vcpu.get_tsc_khz().map_err(kvm_err("get TSC frequency"))?;
+        let counter_khz = arch::vcpu::setup(&kvm, &vm, &vcpu)
+            .map_err(|(what, source)| VmError::Kvm { what, source })?;
         timings.vm_create = t.elapsed();
 
         let t = Instant::now();
@@ -164,7 +164,7 @@ impl Vm {
             });
         let params = BootParams {
             image_end: image.end(),
-            tsc_hz: tsc_khz as u64 * 1000,
+            counter_hz: counter_khz as u64 * 1000,
             walltime_nanos: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
@@ -173,7 +173,7 @@ impl Vm {
             conduit: config.conduit.as_ref().map(|c| c.name()),
         };
         let boot_info = boot_info::write(&mut mem, &params)?;
-        cpu::set_registers(&vcpu, image.entry, mem_size, boot_info)
+        arch::vcpu::set_registers(&vcpu, image.entry, mem_size, boot_info)
             .map_err(kvm_err("set registers"))?;
         timings.load = parse + t.elapsed();
 
@@ -204,7 +204,7 @@ impl Vm {
             mem,
             access,
             devices,
-            tsc_khz,
+            counter_khz,
             clock: Arc::new(BootClock::default()),
         };
         Ok(Vm {
@@ -292,11 +292,11 @@ fn park_then_run(
     go: &mpsc::Receiver<Go>,
     timings: &mut Timings,
 ) -> Result<RunReport, VmError> {
-    if let Some(tsc) = cpu::guest_tsc(&state.vcpu) {
-        state.clock.tsc_before.store(tsc, Ordering::Release);
+    if let Some(tsc) = arch::vcpu::guest_counter(&state.vcpu) {
+        state.clock.counter_before.store(tsc, Ordering::Release);
         state
             .clock
-            .tsc_before_ns
+            .counter_before_ns
             .store(clock::now_ns(), Ordering::Release);
     }
     seccomp::apply(filter)?;

@@ -150,11 +150,11 @@ pub fn system_time_nanos() -> u64 {
     let Some((tsc, system, mul, shift)) = time_info() else {
         return 0;
     };
-    system + scale(crate::clock::rdtsc().saturating_sub(tsc), mul, shift)
+    system + scale(crate::clock::counter().saturating_sub(tsc), mul, shift)
 }
 
 /// The TSC's rate, from the scale Xen publishes (ticks → nanoseconds).
-pub fn tsc_hz() -> u64 {
+pub fn counter_hz() -> u64 {
     let Some((_, _, mul, shift)) = time_info() else {
         return 1;
     };

@@ -115,7 +115,7 @@ fn fail() -> ! {
     super::shutdown(SHUTDOWN_CRASH)
 }
 
-extern "C" fn rust_start(start_info: u32, entry_tsc: u64) -> ! {
+extern "C" fn rust_start(start_info: u32, entry_counter: u64) -> ! {
     if !hypercall::init() {
         // Not Xen: there is nobody to tell. Stop here.
         loop {
@@ -126,7 +126,7 @@ extern "C" fn rust_start(start_info: u32, entry_tsc: u64) -> ! {
     if events::init().is_err() {
         fail();
     }
-    crate::clock::init(entry_tsc, events::tsc_hz());
+    crate::clock::init(entry_counter, events::counter_hz());
     if console::init().is_err() {
         fail();
     }

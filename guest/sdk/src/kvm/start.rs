@@ -1,7 +1,5 @@
-//! Entry, the ABI note and the boot information.
-
-use core::arch::global_asm;
-use core::mem::offset_of;
+//! The ABI note and the boot information; the entry code that leads here
+//! is the architecture's (`arch::_start`).
 
 use jitsu_abi::{layout, AbiNoteSection, BootInfo, ABI_VERSION, BOOT_INFO_MAGIC};
 
@@ -15,26 +13,8 @@ const STACK_RESERVE: u64 = 1 << 20;
 #[link_section = ".note.jitsu"]
 static ABI_NOTE: AbiNoteSection = AbiNoteSection::CURRENT;
 
-// The monitor enters here at CPL 3 with RDI = &BootInfo and RSP at the top of
-// guest memory. The first thing we do is record the TSC, so that the monitor
-// can tell when the first guest instruction ran.
-global_asm!(
-    ".pushsection .text.start, \"ax\"",
-    ".global _start",
-    "_start:",
-    "    rdtsc",
-    "    shl rdx, 32",
-    "    or rax, rdx",
-    "    mov [rdi + {entry_tsc}], rax",
-    "    and rsp, -16",
-    "    call {rust_start}",
-    "    ud2",
-    ".popsection",
-    entry_tsc = const offset_of!(BootInfo, entry_tsc),
-    rust_start = sym rust_start,
-);
-
-extern "C" fn rust_start(info: *const BootInfo) -> ! {
+/// Where the architecture's entry code calls in, on the monitor's stack.
+pub(super) extern "C" fn rust_start(info: *const BootInfo) -> ! {
     // SAFETY: the monitor passes the address of a BootInfo it wrote into
     // guest memory, mapped readable for the whole run and never written by
     // the monitor again.
@@ -42,7 +22,7 @@ extern "C" fn rust_start(info: *const BootInfo) -> ! {
     if info.magic != BOOT_INFO_MAGIC || info.abi_version != ABI_VERSION {
         super::hypercall::halt(70);
     }
-    crate::clock::init(info.entry_tsc, info.tsc_hz);
+    crate::clock::init(info.entry_counter, info.counter_hz);
     crate::heap::init(info.image_end, info.mem_size.saturating_sub(STACK_RESERVE));
     crate::run_main(Boot {
         cmdline: cmdline(info),

@@ -1,26 +1,24 @@
-//! Hypercalls: an `out` to the call's port with the argument structure's
-//! guest-physical address in EAX. Guest memory is identity-mapped below
-//! 4 GiB, so a pointer to a live structure is its guest-physical address.
+//! Hypercalls: the argument structure's guest-physical address handed to
+//! the monitor through the architecture's trap (`arch::trap`). Guest memory
+//! is identity-mapped below 4 GiB, so a pointer to a live structure is its
+//! guest-physical address, and it fits the trap's 32 bits.
 
-use core::arch::asm;
-
-use jitsu_abi::hypercall::{self as hc, PORT_BASE};
+use jitsu_abi::hypercall as hc;
 use jitsu_abi::{
     ConduitClose, ConduitConnect, ConduitEvent, ConduitEvents, ConduitListen, ConsoleWrite, Halt,
     NetIo, Poll, SignalPoll, Walltime,
 };
 
+use super::arch;
+
 /// Issues hypercall `nr` with `arg`, which the monitor may read and write.
 fn call<T>(nr: u16, arg: &mut T) {
     let addr = arg as *mut T as u64;
     debug_assert!(addr <= u32::MAX as u64);
-    // SAFETY: `out` to our ports exits to the monitor, which reads and writes
-    // only `arg` and the buffers it names; they are borrowed for this call,
-    // and the asm has no `nomem` so the compiler reloads them afterwards.
-    unsafe {
-        asm!("out dx, eax", in("dx") PORT_BASE + nr, in("eax") addr as u32,
-            options(nostack, preserves_flags));
-    }
+    // SAFETY: the trap exits to the monitor, which reads and writes only
+    // `arg` and the buffers it names; they are borrowed for this call, and
+    // the trap is not `nomem`, so the compiler reloads them afterwards.
+    unsafe { arch::trap(nr, addr as u32) };
 }
 
 /// Nanoseconds since the Unix epoch, from the host.
@@ -153,8 +151,7 @@ pub fn halt(status: u64) -> ! {
     call(hc::HALT, &mut arg);
     // The monitor never resumes a halted guest; if it did, fault loudly.
     loop {
-        // SAFETY: ud2 raises #UD, which ends the guest; it touches nothing.
-        unsafe { asm!("ud2", options(nomem, nostack)) };
+        arch::fault();
     }
 }
 
@@ -163,8 +160,13 @@ pub fn halt(status: u64) -> ! {
 pub fn raw(nr: u16, addr: u32) {
     // SAFETY: the monitor validates `addr`; a bad one ends the guest, it
     // cannot make the monitor touch memory on the guest's behalf.
-    unsafe {
-        asm!("out dx, eax", in("dx") PORT_BASE + nr, in("eax") addr,
-            options(nostack, preserves_flags));
+    unsafe { arch::trap(nr, addr) };
+}
+
+/// Raises an exception on purpose (an undefined instruction): the monitor
+/// ends the guest and reports it as a crash.
+pub fn fault() -> ! {
+    loop {
+        arch::fault();
     }
 }

@@ -4,10 +4,11 @@
 //! never runs at CPL 0.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
-use crate::layout::{
-    self, GDT_ADDR, PML4_ADDR, TSS_ADDR, TSS_SELECTOR, USER_CODE_SELECTOR, USER_DATA_SELECTOR,
+use super::tables::{
+    GDT_ADDR, GDT_LIMIT, PML4_ADDR, TSS_ADDR, TSS_LIMIT, TSS_SELECTOR, USER_CODE_SELECTOR,
+    USER_DATA_SELECTOR,
 };
 
 const CR0_PE: u64 = 1;
@@ -27,10 +28,23 @@ const EFER_NXE: u64 = 1 << 11;
 const RFLAGS: u64 = 0x2 | (3 << 12);
 const MSR_IA32_TSC: u32 = 0x10;
 
-/// Gives the guest the host's CPUID, as KVM supports it.
-pub fn set_cpuid(kvm: &Kvm, vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
-    let cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
-    vcpu.set_cpuid2(&cpuid)
+/// Creates the VM (the default type).
+pub fn create_vm(kvm: &Kvm) -> Result<VmFd, kvm_ioctls::Error> {
+    kvm.create_vm()
+}
+
+/// Gives the guest the host's CPUID, as KVM supports it; returns the
+/// guest's TSC frequency in kHz (the counter the guest reads).
+pub fn setup(
+    kvm: &Kvm,
+    _vm: &VmFd,
+    vcpu: &VcpuFd,
+) -> Result<u32, (&'static str, kvm_ioctls::Error)> {
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| ("get supported CPUID", e))?;
+    vcpu.set_cpuid2(&cpuid).map_err(|e| ("set CPUID", e))?;
+    vcpu.get_tsc_khz().map_err(|e| ("get TSC frequency", e))
 }
 
 pub fn set_registers(
@@ -85,14 +99,14 @@ fn long_mode_user(sregs: &mut kvm_sregs) {
     sregs.ss = data;
     sregs.tr = kvm_segment {
         base: TSS_ADDR,
-        limit: layout::TSS_LIMIT,
+        limit: TSS_LIMIT,
         selector: TSS_SELECTOR,
         type_: 0xb,
         present: 1,
         ..Default::default()
     };
     sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = layout::GDT_LIMIT;
+    sregs.gdt.limit = GDT_LIMIT;
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
     sregs.cr3 = PML4_ADDR;
@@ -102,7 +116,7 @@ fn long_mode_user(sregs: &mut kvm_sregs) {
 }
 
 /// The guest's TSC now, as the guest would read it.
-pub fn guest_tsc(vcpu: &VcpuFd) -> Option<u64> {
+pub fn guest_counter(vcpu: &VcpuFd) -> Option<u64> {
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_IA32_TSC,
         ..Default::default()
