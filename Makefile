@@ -71,7 +71,7 @@ test: deps build lint
 	    $(foreach s,$(CONTAINERD_SUITES),--test $(s)); \
 	fi
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  echo "== the Xen suite, in a dom0 of the Xen test bed (scripts/xen-testbed.sh)" && \
+	  echo "== the Xen suite, in a dom0 of the Xen test bed (scripts/testbed.sh xen)" && \
 	  $(CARGO) nextest run --release --workspace --no-fail-fast -E 'binary(xen)'; \
 	fi
 
@@ -90,7 +90,7 @@ xen-shell: build
 	  mkdir -p "$$share/bin" "$$share/guests" && \
 	  cp target/release/jitsu target/release/jitsu-xen-monitor target/release/jitsu-xen-suite target/release/containerd-shim-jitsu-v1 "$$share/bin/" && \
 	  cp $(JITSU_XEN_GUESTS)/abi-test $(JITSU_XEN_GUESTS)/hello-http $(JITSU_XEN_GUESTS)/counter $(JITSU_XEN_GUESTS)/probe "$$share/guests/" && \
-	  scripts/xen-testbed.sh shell --share "$$share"
+	  scripts/testbed.sh xen shell --share "$$share"
 
 clean:
 	$(CARGO) clean

@@ -1,4 +1,4 @@
-//! The Xen test bed from the host's side (`scripts/xen-testbed.sh`): what
+//! The Xen test bed from the host's side (`scripts/testbed.sh xen`): what
 //! goes into a dom0's share, and the command that runs a script there. Used
 //! by the Xen suite's host test and by the benchmark's `xen` section.
 
@@ -62,8 +62,8 @@ pub fn image() -> PathBuf {
 
 /// Boots the test bed with `share` as /jitsu and runs `script` (sh) in dom0.
 pub fn run_in_dom0(share: &Path, script: &str) -> Command {
-    let mut cmd = Command::new(root().join("scripts/xen-testbed.sh"));
-    cmd.args(["run", "--share"])
+    let mut cmd = Command::new(root().join("scripts/testbed.sh"));
+    cmd.args(["xen", "run", "--share"])
         .arg(share)
         .args(["--", "sh", "-c", script]);
     cmd

@@ -1,5 +1,5 @@
 //! The Xen backend, on real Xen: boots the Xen test bed (Xen 4.17 and a
-//! Debian dom0 under QEMU's emulation, `scripts/xen-testbed.sh`) once, runs
+//! Debian dom0 under QEMU's emulation, `scripts/testbed.sh xen`) once, runs
 //! the Xen suite (`src/bin/jitsu-xen-suite/`) in its dom0 against the
 //! freshly built binaries and Xen guests, and checks that every one of its
 //! tests ran and passed. Its output, the suite's per-test lines included,
@@ -84,7 +84,7 @@ fn the_xen_suite_passes_in_a_xen_dom0() {
     let mut testbed = run_in_dom0(s, script)
         .stdout(Stdio::piped())
         .spawn()
-        .expect("xen-testbed.sh");
+        .expect("testbed.sh");
     let mut passed = None;
     for line in BufReader::new(testbed.stdout.take().unwrap())
         .lines()
