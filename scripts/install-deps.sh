@@ -37,7 +37,21 @@ for file in "${!want_file[@]}"; do
 done
 [ -e /dev/net/tun ] || { echo "install-deps: /dev/net/tun is missing (no TUN/TAP support)" >&2; exit 1; }
 
-if [ ${#missing[@]} -gt 0 ]; then
+# The aarch64 cross toolchain (`make cross`): Debian's rustc, whose arm64
+# std is an arm64 package (hence the foreign architecture), GNU's cross
+# linker, and qemu-user to run the arm64 unit tests. rustup cannot fetch
+# other targets here. kmod's depmod indexes the arm64 test bed's modules.
+update=
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  echo "install-deps: adding the arm64 architecture"
+  dpkg --add-architecture arm64
+  update=1
+fi
+for pkg in rustc-web cargo-web rust-web-clippy gcc-aarch64-linux-gnu qemu-user-static libstd-rust-web-dev:arm64 kmod; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+
+if [ ${#missing[@]} -gt 0 ] || [ -n "$update" ]; then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -56,8 +56,12 @@ trap 'exit 130' INT TERM
 mkdir -p "$stage/payload/jitsu"
 [[ -n $share ]] && cp -a "$share/." "$stage/payload/jitsu/"
 if [[ $mode == run ]]; then
-  printf '%q ' "$@" >"$stage/command"
-  { echo '#!/bin/sh'; cat "$stage/command"; echo; } >"$stage/payload/jitsu/run"
+  # Quoted for the bed's sh (dash: no $'...'), each argument in single quotes.
+  {
+    echo '#!/bin/sh'
+    for arg in "$@"; do printf "'%s' " "${arg//\'/\'\\\'\'}"; done
+    echo
+  } >"$stage/payload/jitsu/run"
 else
   printf '#!/bin/sh\necho "%s shell: busybox poweroff -f to leave"\nsetsid cttyhack sh -l\n' "$bed" >"$stage/payload/jitsu/run"
 fi

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use jitsu_e2e::xen_testbed::{copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
+use jitsu_e2e::testbed::{copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
 
 use crate::stats::{Row, Samples, Unit};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::netns::NetNs;
 use crate::process::{run_with_timeout, Guarded};
-use crate::{guest, jitsu_bin};
+use crate::{foreign_guest, guest, jitsu_bin};
 
 pub struct Containerd {
     /// The node's network namespace (shared by containerds `beside` this one).
@@ -167,7 +167,8 @@ impl Containerd {
         self.import_guest_in(namespace, "hello-http", name, pack_args);
     }
 
-    /// Packs the guest `guest` (by its name in the guest workspace) with
+    /// Packs the guest `guest` (by its name in the guest workspace, built
+    /// for both architectures: containerd picks the node's) with
     /// `pack_args` and imports it into `namespace` as `name`.
     pub fn import_guest_in(
         &self,
@@ -183,6 +184,8 @@ impl Containerd {
         let out = Command::new(jitsu_bin())
             .args(["pack", "--kernel"])
             .arg(guest(guest_name))
+            .arg("--kernel")
+            .arg(foreign_guest(guest_name))
             .args(["--name", name])
             .args(pack_args)
             .arg("-o")

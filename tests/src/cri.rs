@@ -32,12 +32,19 @@ pub const POD_SUBNET: &str = "10.99.0.0/24";
 /// The static binaries of `bench/native-http` (`make build`): the pause
 /// program of runc pods and the native HTTP server.
 pub fn native_binary(name: &str) -> PathBuf {
-    let path = crate::root()
-        .join("bench/native-http/target/x86_64-unknown-linux-gnu/release")
-        .join(name);
+    let dir = std::env::var_os("JITSU_NATIVE_BINS").map_or_else(
+        || {
+            crate::root().join(format!(
+                "bench/native-http/target/{}-unknown-linux-gnu/release",
+                std::env::consts::ARCH
+            ))
+        },
+        PathBuf::from,
+    );
+    let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `make build`",
+        "{} is missing: run `make build` (or set JITSU_NATIVE_BINS)",
         path.display()
     );
     path

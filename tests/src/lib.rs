@@ -16,12 +16,17 @@ pub mod netns;
 pub mod node;
 pub mod packet;
 pub mod process;
-pub mod xen_testbed;
+pub mod testbed;
 
 use std::path::PathBuf;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The repository this test binary was built from.
+pub fn root_dir() -> PathBuf {
+    root()
 }
 
 /// The `jitsu` binary under test: `$JITSU_BIN`, else the release build.
@@ -50,16 +55,36 @@ pub fn monitor_bin() -> PathBuf {
     path
 }
 
-/// A guest ELF by name: `$JITSU_GUESTS/NAME`, else the guest workspace's release build.
+/// The architecture the tests run on, and the other one Jitsu builds for.
+const NATIVE_ARCH: &str = std::env::consts::ARCH;
+const FOREIGN_ARCH: &str = if cfg!(target_arch = "aarch64") {
+    "x86_64"
+} else {
+    "aarch64"
+};
+
+/// A guest ELF by name, for this machine: `$JITSU_GUESTS/NAME`, else the
+/// guest workspace's release build.
 pub fn guest(name: &str) -> PathBuf {
-    let dir = std::env::var_os("JITSU_GUESTS").map_or_else(
-        || root().join("guest/target/x86_64-unknown-linux-gnu/release"),
+    guest_in("JITSU_GUESTS", NATIVE_ARCH, name)
+}
+
+/// The same guest built for the other architecture (x86-64 or arm64):
+/// `$JITSU_FOREIGN_GUESTS/NAME`, else the guest workspace's cross build. The
+/// images the tests pack carry both, so that a node picks its own.
+pub fn foreign_guest(name: &str) -> PathBuf {
+    guest_in("JITSU_FOREIGN_GUESTS", FOREIGN_ARCH, name)
+}
+
+fn guest_in(variable: &str, arch: &str, name: &str) -> PathBuf {
+    let dir = std::env::var_os(variable).map_or_else(
+        || root().join(format!("guest/target/{arch}-unknown-linux-gnu/release")),
         PathBuf::from,
     );
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `make guests` (or set JITSU_GUESTS)",
+        "{} is missing: run `make guests` (or set {variable})",
         path.display()
     );
     path

@@ -107,9 +107,22 @@ fn missing_file() {
 
 #[test]
 fn wrong_architecture() {
+    // The other architecture Jitsu runs, and one it runs nowhere.
+    let (other, native) = if cfg!(target_arch = "aarch64") {
+        (62, "arm64") // EM_X86_64
+    } else {
+        (183, "x86-64") // EM_AARCH64
+    };
     let mut elf = Elf::abi_test();
-    elf.put_u16(0x12, 183); // EM_AARCH64
-    refuse(&elf, "arm.elf", &[], "wrong architecture");
+    elf.put_u16(0x12, other);
+    refuse(&elf, "other.elf", &[], &format!("want {native})"));
+    elf.put_u16(0x12, 40); // EM_ARM
+    refuse(
+        &elf,
+        "arm32.elf",
+        &[],
+        "wrong architecture (ELF machine 40, want",
+    );
 }
 
 #[test]

@@ -136,3 +136,37 @@ fn the_containerd_under_test_reads_the_runtime_from_its_own_default_config() {
     );
     assert!(body.contains("org.jitsu.*"), "{table}{body}");
 }
+
+/// The installer image has a platform per architecture, told by its
+/// binaries; the cross build (`make cross`) is linked statically.
+#[test]
+fn the_installer_image_carries_each_architectures_binaries() {
+    let arm64 = jitsu_e2e::root_dir().join("target/aarch64-unknown-linux-gnu/release");
+    let out_dir = tempfile::tempdir().unwrap();
+    let image = out_dir.path().join("installer.tar");
+    let pack = |dirs: &[&std::path::Path]| {
+        let mut cmd = Command::new(jitsu_bin());
+        cmd.arg("pack-installer");
+        for dir in dirs {
+            cmd.arg("--bin-dir").arg(dir);
+        }
+        cmd.arg("-o").arg(&image).output().unwrap()
+    };
+    let out = pack(&[&arm64]);
+    assert!(
+        out.status.success(),
+        "{} (run `make cross`)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&image).unwrap();
+    let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has(r#""architecture":"arm64""#));
+    assert!(!has(r#""architecture":"amd64""#));
+
+    std::fs::remove_file(&image).unwrap();
+    let out = pack(&[&arm64, &arm64]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("two images for arm64"), "{err}");
+    assert!(!image.exists());
+}

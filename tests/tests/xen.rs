@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use jitsu_e2e::jitsu_bin;
-use jitsu_e2e::xen_testbed::{self, copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
+use jitsu_e2e::testbed::{self, copy, copy_stripped, release_bin, run_in_dom0, xen_guest, Bed};
 
 /// How many tests the suite has; a suite that ran fewer hid something.
 const SUITE_TESTS: usize = 21;
@@ -49,7 +49,7 @@ fn the_xen_suite_passes_in_a_xen_dom0() {
         nix::unistd::geteuid().is_root(),
         "the Xen test bed needs root (apt, QEMU)"
     );
-    let image = xen_testbed::image();
+    let image = testbed::image(Bed::Xen);
 
     let share = tempfile::tempdir().unwrap();
     let s = share.path();

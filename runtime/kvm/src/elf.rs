@@ -9,11 +9,23 @@ use crate::memory::{GuestMemory, MemoryError};
 /// More loadable segments than this is not a unikernel we built.
 const MAX_SEGMENTS: usize = 16;
 
+/// The ELF machines of the unikernels Jitsu runs, by name.
+pub const MACHINES: [(u16, &str); 2] =
+    [(header::EM_X86_64, "x86-64"), (header::EM_AARCH64, "arm64")];
+
 /// The ELF machine of the guests this monitor runs: its own.
 #[cfg(target_arch = "x86_64")]
-const MACHINE: u16 = header::EM_X86_64;
+pub const MACHINE: u16 = header::EM_X86_64;
 #[cfg(target_arch = "aarch64")]
-const MACHINE: u16 = header::EM_AARCH64;
+pub const MACHINE: u16 = header::EM_AARCH64;
+
+/// `machine`'s name, if Jitsu runs it.
+pub fn machine_name(machine: u16) -> Option<&'static str> {
+    MACHINES
+        .iter()
+        .find(|(m, _)| *m == machine)
+        .map(|(_, n)| *n)
+}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ElfError {
@@ -25,8 +37,8 @@ pub enum ElfError {
     Malformed(String),
     #[error("not an executable (ELF type {0}, want ET_EXEC; a unikernel is linked static and not position-independent)")]
     NotExecutable(u16),
-    #[error("wrong architecture (ELF machine {0}, want {arch}: this monitor runs {arch} guests)", arch = crate::arch::NAME)]
-    WrongArchitecture(u16),
+    #[error("wrong architecture (ELF machine {found}{}, want {})", machine_name(*.found).map(|n| format!(", {n}")).unwrap_or_default(), machine_name(*.want).unwrap_or("?"))]
+    WrongArchitecture { found: u16, want: u16 },
     #[error("no loadable segments")]
     NoSegments,
     #[error("too many loadable segments ({0}, at most {MAX_SEGMENTS})")]
@@ -95,8 +107,15 @@ pub struct KernelImage {
 }
 
 impl KernelImage {
-    /// Validates `bytes` as a unikernel for a guest of `mem_size` bytes.
+    /// Validates `bytes` as a unikernel for a guest of `mem_size` bytes on
+    /// this monitor.
     pub fn parse(bytes: &[u8], mem_size: u64) -> Result<KernelImage, ElfError> {
+        Self::parse_for(bytes, mem_size, MACHINE)
+    }
+
+    /// [`KernelImage::parse`] for a monitor on `machine` (`jitsu pack`
+    /// checks every architecture's build).
+    pub fn parse_for(bytes: &[u8], mem_size: u64, machine: u16) -> Result<KernelImage, ElfError> {
         if bytes.get(..4) != Some(b"\x7fELF".as_slice()) {
             return Err(ElfError::NotElf);
         }
@@ -107,8 +126,11 @@ impl KernelImage {
         if elf.header.e_type != header::ET_EXEC {
             return Err(ElfError::NotExecutable(elf.header.e_type));
         }
-        if elf.header.e_machine != MACHINE {
-            return Err(ElfError::WrongArchitecture(elf.header.e_machine));
+        if elf.header.e_machine != machine {
+            return Err(ElfError::WrongArchitecture {
+                found: elf.header.e_machine,
+                want: machine,
+            });
         }
         let segments = load_segments(&elf, bytes.len() as u64, mem_size)?;
         let entry = elf.entry;
@@ -366,7 +388,22 @@ mod tests {
         assert_eq!(parse(&b), ElfError::NotElf64);
         let mut b = good();
         b[18] = 40; // EM_ARM
-        assert_eq!(parse(&b), ElfError::WrongArchitecture(40));
+        assert_eq!(
+            parse(&b),
+            ElfError::WrongArchitecture {
+                found: 40,
+                want: MACHINE
+            }
+        );
+        let other = MACHINES.iter().find(|(m, _)| *m != MACHINE).unwrap();
+        let message = KernelImage::parse_for(&good(), MEM, other.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(&format!(", want {}", other.1)),
+            "{message}"
+        );
+        assert!(KernelImage::parse_for(&good(), MEM, MACHINE).is_ok());
         let mut b = good();
         b[16] = 3;
         assert_eq!(parse(&b), ElfError::NotExecutable(3));
