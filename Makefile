@@ -42,7 +42,7 @@ cross: deps
 	@scripts/cross-build.sh
 
 ## The example OCI images (oci-images/), in build/images/.
-images: build
+images: build cross
 	@oci-images/build.sh
 
 ## Clippy for aarch64 is Debian's (rust-web-clippy), with its rustc: the

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 JITSU=${JITSU_BIN:-target/release/jitsu}
 GUESTS=${JITSU_GUESTS:-guest/target/x86_64-unknown-linux-gnu/release}
+ARM64_GUESTS=guest/target/aarch64-unknown-linux-gnu/release
 NS="jitsu-demo-$$"
 LOG=$(mktemp -d)
 
@@ -103,8 +104,8 @@ nsenter --net="/run/netns/$NS" env PATH="$(dirname "$JITSU"):$PATH" JITSU_STATE_
 CONTAINERD=$!
 CTR=(ctr --address "$CTD/sock")
 until "${CTR[@]}" version >/dev/null 2>&1; do sleep 0.05; done
-say "Packing hello-http as an OCI image (DNS name hello, idle timeout 2 s) and importing it:"
-"$JITSU" pack --kernel "$GUESTS/hello-http" --name jitsu/hello:latest --dns-name hello --idle-timeout 2s -o "$LOG/hello.tar"
+say "Packing hello-http as an OCI image for x86-64 and arm64 (DNS name hello, idle timeout 2 s) and importing it; containerd unpacks this node's:"
+"$JITSU" pack --kernel "$GUESTS/hello-http" --kernel "$ARM64_GUESTS/hello-http" --name jitsu/hello:latest --dns-name hello --idle-timeout 2s -o "$LOG/hello.tar"
 "${CTR[@]}" images import "$LOG/hello.tar"
 t0=$(now_us)
 "${CTR[@]}" run -d --runtime io.containerd.jitsu.v1 docker.io/jitsu/hello:latest hello
