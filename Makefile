@@ -69,15 +69,16 @@ lint:
 ## for minutes, which would starve the timed KVM tests.
 CONTAINERD_SUITES := containerd cri lifecycle install_node
 BED_SUITES := xen arm64
-# Xen's crates link the machine's amd64 libxl; the end-to-end tests run in
-# the arm64 bed instead.
+# As scripts/cross-build.sh builds them: Xen's crates link the machine's
+# amd64 libxl, the end-to-end tests run in the arm64 bed, and the benchmarks
+# have no tests.
 # What qemu-user cannot show, each run for real in the arm64 bed instead
 # (tests/tests/arm64.rs): qemu-user 7.2 has no openat2 (the shim's image
 # reads), and a seccomp filter there would filter the emulator's own calls.
 QEMU_USER_SKIP := (package(containerd-shim-jitsu-v1) & test(/^image::tests::/)) | \
   (package(jitsu-kvm) & test(/^seccomp::tests::(what_a_monitor_does_is_allowed|a_syscall_outside_the_list_kills_the_monitor)$$/))
 CROSS_ENV := RUSTC=/usr/bin/rustc CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
-CROSS_UNIT := --workspace --exclude jitsu-xen --exclude jitsu-xen-monitor --exclude jitsu-bench --exclude jitsu-e2e --lib --bins
+CROSS_UNIT := --workspace --exclude jitsu-xen --exclude jitsu-xen-monitor --exclude jitsu-e2e --exclude jitsu-bench --lib --bins
 test: deps build cross lint
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --release --workspace --no-fail-fast -E '$(foreach s,$(BED_SUITES),not binary($(s)) &) all()'; \
@@ -113,7 +114,8 @@ demo: deps build
 	@scripts/demo.sh
 
 ## The benchmark table (ratios against baselines measured in the same run).
-bench: deps build
+bench: deps build cross
+	@$(CROSS_ENV) $(CARGO) build --release --quiet --target aarch64-unknown-linux-gnu -p jitsu-bench
 	@target/release/jitsu-bench
 
 ## An interactive dom0 in the Xen test bed (Xen 4.17 under QEMU), with the

@@ -4,12 +4,11 @@
 # other targets here):
 #   guest/target/aarch64-unknown-linux-gnu/release/   the unikernels
 #   target/aarch64-unknown-linux-gnu/release/         jitsu, the monitor, the
-#       shim, the daemons and the test fixtures, linked statically
+#       shim and the daemons, linked statically
 #   target/aarch64-unknown-linux-gnu/release/e2e/     test binaries by name
 #       for the arm64 test bed (tests/tests/arm64.rs)
 #   bench/native-http/target/aarch64-unknown-linux-gnu/release/
 #       the static native server and pause program (runc pods, baselines)
-# Xen's crates are left out: they link the machine's amd64 libxl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=aarch64-unknown-linux-gnu
@@ -19,18 +18,28 @@ export CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
 cargo=${CARGO:-cargo}
 
 (cd guest && $cargo build --release --target "$target")
-exclude=(--exclude jitsu-xen --exclude jitsu-xen-monitor --exclude jitsu-bench)
-$cargo build --release --target "$target" --workspace "${exclude[@]}" --bins --tests
+# Xen's crates link the machine's amd64 libxl; the end-to-end crate's own
+# programs (the CRI demo, the Xen suite) and the benchmarks (`make bench`
+# builds those) are not wanted on arm64 nodes.
+exclude=(--exclude jitsu-xen --exclude jitsu-xen-monitor --exclude jitsu-e2e --exclude jitsu-bench)
+$cargo build --release --target "$target" --workspace "${exclude[@]}" --bins
+# The unit and property tests, which `make test` runs under qemu-user.
+$cargo test --no-run --release --target "$target" --workspace "${exclude[@]}" --lib --bins
 (cd bench/native-http && $cargo build --release --target "$target")
 
 # Cargo names test binaries by hash; the test bed wants them by name: the
-# end-to-end tests, and the unit tests of the crates whose tests qemu-user
-# cannot run (openat2, seccomp), which the bed runs for real.
+# end-to-end tests it runs (tests/tests/arm64.rs, SUITE), and the unit tests
+# of the crates whose tests qemu-user cannot run (openat2, seccomp), which
+# it runs for real.
+e2e=(abi bad_elf hello_http lazy conduit containerd cri)
 tests=target/$target/release/e2e
 rm -rf "$tests" && mkdir -p "$tests"
-$cargo build --release --target "$target" -p jitsu-e2e -p jitsu-kvm -p containerd-shim-jitsu-v1 \
-  --tests --message-format=json-render-diagnostics |
-  python3 -c '
+{
+  $cargo test --no-run --release --target "$target" -p jitsu-e2e "${e2e[@]/#/--test=}" \
+    --message-format=json-render-diagnostics
+  $cargo test --no-run --release --target "$target" -p jitsu-kvm -p containerd-shim-jitsu-v1 --lib --bins \
+    --message-format=json-render-diagnostics
+} | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -40,4 +49,6 @@ for line in sys.stdin:
             name = "unit-" + name
         shutil.copy(m["executable"], sys.argv[1] + "/" + name)
 ' "$tests"
-ls "$tests" | grep -q . || { echo "cross-build: no test binaries found" >&2; exit 1; }
+for name in "${e2e[@]}" unit-jitsu_kvm unit-containerd_shim_jitsu_v1; do
+  [[ -x $tests/$name ]] || { echo "cross-build: no test binary $name" >&2; exit 1; }
+done

@@ -2,6 +2,8 @@
 //! baseline measured in the same run, because these machines are noisy.
 //! Benchmarks measure; they assert nothing (that is what tests are for).
 
+mod arm64;
+mod bed;
 mod conduit;
 mod containerd;
 mod cri;
@@ -19,6 +21,10 @@ fn main() -> anyhow::Result<()> {
     // Inside the Xen test bed's dom0 (started by the `xen` section).
     if std::env::args().nth(1).as_deref() == Some("xen-dom0") {
         return xen::dom0_rows(quick);
+    }
+    // On the arm64 test bed (started by the `arm64` section).
+    if std::env::args().nth(1).as_deref() == Some("arm64-node") {
+        return arm64::node_rows(quick);
     }
     jitsu_e2e::require_root_and_kvm();
     let machine = machine();
@@ -61,6 +67,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("xen") {
         rows.extend(xen::rows(quick)?);
+    }
+    if wanted("arm64") {
+        rows.extend(arm64::rows(quick)?);
     }
     stats::print_table(&rows);
     Ok(())

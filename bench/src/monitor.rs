@@ -31,7 +31,7 @@ fn monotonic_nanos() -> u64 {
 
 /// Exec of a halting guest against exec of /bin/true, interleaved; and exec
 /// to the guest's first instruction, from `--timings`.
-fn exec_rows(n: usize) -> Result<Vec<Row>> {
+pub(crate) fn exec_rows(n: usize) -> Result<Vec<Row>> {
     let (mut truth, mut halt, mut first) = (Samples::new(), Samples::new(), Samples::new());
     let abi_test = guest("abi-test");
     for _ in 0..n {

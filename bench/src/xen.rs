@@ -23,9 +23,9 @@ use anyhow::{bail, Result};
 
 use jitsu_e2e::testbed::{copy, copy_stripped, release_bin, run_in_dom0, xen_guest};
 
-use crate::stats::{Row, Samples, Unit};
+use crate::bed::{self, print_row};
+use crate::stats::Row;
 
-const ROW_TAG: &str = "jitsu-bench-row";
 const EMULATED: &str = " (emulated)";
 
 /// Host side: the rows, measured in a dom0 of the test bed.
@@ -50,45 +50,7 @@ pub fn rows(quick: bool) -> Result<Vec<Row>> {
     if !out.status.success() {
         bail!("the Xen bench failed in dom0 ({}):\n{text}", out.status);
     }
-    text.lines()
-        .filter_map(|l| l.strip_prefix(ROW_TAG))
-        .map(parse_row)
-        .collect()
-}
-
-fn parse_row(line: &str) -> Result<Row> {
-    let fields: Vec<&str> = line.trim_start_matches('\t').split('\t').collect();
-    let [name, baseline_name, samples, baseline] = fields[..] else {
-        bail!("a malformed row from dom0: {line:?}");
-    };
-    let parse = |s: &str| -> Result<Samples> {
-        let mut samples = Samples::new();
-        for v in s.split(',').filter(|v| !v.is_empty()) {
-            samples.push_value(v.parse()?);
-        }
-        Ok(samples)
-    };
-    Ok(Row {
-        name: format!("{name}{EMULATED}"),
-        samples: parse(samples)?,
-        baseline_name: baseline_name.to_string(),
-        baseline: parse(baseline)?,
-        unit: Unit::Time,
-    })
-}
-
-fn print_row(name: &str, samples: &[f64], baseline_name: &str, baseline: &[f64]) {
-    let join = |v: &[f64]| {
-        v.iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    println!(
-        "{ROW_TAG}\t{name}\t{baseline_name}\t{}\t{}",
-        join(samples),
-        join(baseline)
-    );
+    bed::read_rows(&text, EMULATED)
 }
 
 /// Inside dom0: measures and prints the rows.

@@ -33,9 +33,9 @@ kernel_pkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-im
 qemu_pkgs=(qemu-system-arm qemu-system-common qemu-system-data)
 qemu_libs=(libcapstone4 libfdt1 libpmem1 librdmacm1 libibverbs1 libslirp0 libvdeplug2)
 # What the end-to-end tests call: containerd (with ctr) and runc, the CNI
-# plugins for CRI pods, ip, pgrep, curl, dig, nsenter and setpriv.
-root_pkgs=(busybox-static dash libc6 containerd runc containernetworking-plugins iproute2 procps curl
-  bind9-dnsutils util-linux kmod ca-certificates)
+# plugins for CRI pods, ip, pgrep, curl, dig, nsenter, setpriv and xenstore-ls.
+root_pkgs=(busybox-static dash coreutils libc6 containerd runc containernetworking-plugins iproute2 procps curl
+  bind9-dnsutils util-linux kmod ca-certificates xenstore-utils)
 key_input=$(
   cat "$0" "$here/init"
   for p in "$kernel_pkg:arm64" "${root_pkgs[@]/%/:arm64}" "${qemu_pkgs[@]}"; do

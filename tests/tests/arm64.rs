@@ -1,13 +1,13 @@
 //! An ARM node, for real: boots the arm64 test bed (Debian's arm64 kernel
 //! with KVM under QEMU's emulation, `scripts/testbed.sh arm64`) once and runs
 //! there the end-to-end tests of the cross build (`make cross`) that show a
-//! node works: the ABI, `jitsu run` of hello-http, the lazy path, `ctr run`
-//! through the shim and a CRI pod, each leaving nothing behind. The tests
-//! are the same sources as this machine's; the bed runs their arm64 builds
-//! against arm64 unikernels, with arm64 containerd, runc and CNI plugins,
-//! and the unit tests of the monitor and the shim that need a real arm64
-//! kernel.
-//! Every test named here must run there and pass.
+//! node works: the ABI, `jitsu run` of hello-http, the lazy path, Conduit
+//! between two unikernels, `ctr run` through the shim and a CRI pod, each
+//! leaving nothing behind. The tests are the same sources as this
+//! machine's; the bed runs their arm64 builds against arm64 unikernels, with
+//! arm64 containerd, runc and CNI plugins, and the unit tests of the monitor
+//! and the shim that need a real arm64 kernel. Every test named here must
+//! run there and pass.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -40,6 +40,14 @@ const SUITE: &[(&str, &[&str])] = &[
             "no_guest_instruction_runs_until_the_trigger",
             "a_service_parked_for_any_time_answers_its_first_syn_and_boots_once",
             "a_kept_alive_connection_to_a_reparked_vm_is_reset_at_once",
+        ],
+    ),
+    (
+        "conduit",
+        &[
+            "a_connection_to_a_parked_name_boots_it_and_carries_bytes_both_ways",
+            "hello_http_shows_visits_counted_by_a_parked_counter",
+            "many_clients_at_once_boot_the_listener_once",
         ],
     ),
     (
