@@ -47,7 +47,7 @@ images: build cross
 
 ## Clippy for aarch64 is Debian's (rust-web-clippy), with its rustc: the
 ## guests and the crate with the arm64 backend.
-DEBIAN_CLIPPY := PATH=/usr/bin:$$PATH RUSTC=/usr/bin/rustc CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo clippy --release --target aarch64-unknown-linux-gnu
+DEBIAN_CLIPPY := PATH=/usr/bin:$$PATH RUSTC=/usr/bin/rustc cargo clippy --release --target aarch64-unknown-linux-gnu
 lint:
 	$(CARGO) fmt --all -- --check
 	cd guest && $(CARGO) fmt --all -- --check
@@ -77,7 +77,7 @@ BED_SUITES := xen arm64
 # reads), and a seccomp filter there would filter the emulator's own calls.
 QEMU_USER_SKIP := (package(containerd-shim-jitsu-v1) & test(/^image::tests::/)) | \
   (package(jitsu-kvm) & test(/^seccomp::tests::(what_a_monitor_does_is_allowed|a_syscall_outside_the_list_kills_the_monitor)$$/))
-CROSS_ENV := RUSTC=/usr/bin/rustc CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
+CROSS_ENV := RUSTC=/usr/bin/rustc
 CROSS_UNIT := --workspace --exclude jitsu-xen --exclude jitsu-xen-monitor --exclude jitsu-e2e --exclude jitsu-bench --lib --bins
 test: deps build cross lint
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -13,8 +13,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target=aarch64-unknown-linux-gnu
 export RUSTC=/usr/bin/rustc
-# Line tables are enough for an emulated backtrace, and link much faster.
-export CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
 cargo=${CARGO:-cargo}
 
 (cd guest && $cargo build --release --target "$target")

@@ -12,8 +12,7 @@
 use std::process::Stdio;
 
 use anyhow::{bail, Result};
-use jitsu_e2e::testbed::{arm64_dir, copy, copy_stripped, run_in, Bed};
-use jitsu_e2e::{foreign_guest, guest, root_dir};
+use jitsu_e2e::testbed::{arm64_dir, arm64_node_share, copy_stripped, run_in, Bed};
 
 use crate::stats::Row;
 use crate::{bed, containerd, lazy, monitor};
@@ -24,27 +23,10 @@ const EMULATED: &str = " (arm64, emulated)";
 pub fn rows(quick: bool) -> Result<Vec<Row>> {
     let share = tempfile::tempdir()?;
     let s = share.path();
-    let arm64 = arm64_dir();
-    for bin in [
-        "jitsu-bench",
-        "jitsu",
-        "jitsu-monitor",
-        "containerd-shim-jitsu-v1",
-    ] {
-        copy_stripped(&arm64.join(bin), &s.join("bin").join(bin));
-    }
-    for name in ["abi-test", "hello-http"] {
-        copy(&foreign_guest(name), &s.join("guests/arm64").join(name));
-        copy(&guest(name), &s.join("guests/x86_64").join(name));
-    }
-    let native = root_dir().join("bench/native-http/target/aarch64-unknown-linux-gnu/release");
-    for bin in ["native-http", "pause"] {
-        copy(&native.join(bin), &s.join("native").join(bin));
-    }
+    let env = arm64_node_share(s, &["abi-test", "hello-http"]);
+    copy_stripped(&arm64_dir().join("jitsu-bench"), &s.join("bin/jitsu-bench"));
     let script = format!(
-        "export JITSU_BIN=/jitsu/bin/jitsu JITSU_MONITOR=/jitsu/bin/jitsu-monitor \
-         JITSU_GUESTS=/jitsu/guests/arm64 JITSU_FOREIGN_GUESTS=/jitsu/guests/x86_64 \
-         JITSU_NATIVE_BINS=/jitsu/native {}\n/jitsu/bin/jitsu-bench arm64-node",
+        "{env} {}\n/jitsu/bin/jitsu-bench arm64-node",
         if quick { "JITSU_BENCH_QUICK=1" } else { "" }
     );
     let out = run_in(Bed::Arm64, s, &script)

@@ -109,3 +109,32 @@ pub fn run_in(bed: Bed, share: &Path, script: &str) -> Command {
         .args(["--", "sh", "-c", script]);
     cmd
 }
+
+/// Fills `share` with what an arm64 node needs to run the end-to-end
+/// fixtures: the cross build's `jitsu`, monitor and shim, `guests` for arm64
+/// and for x86-64 (the images the fixtures pack carry both), and the static
+/// native server and pause program. Returns the shell line that points the
+/// fixtures at them inside the bed.
+pub fn arm64_node_share(share: &Path, guests: &[&str]) -> String {
+    let arm64 = arm64_dir();
+    for bin in ["jitsu", "jitsu-monitor", "containerd-shim-jitsu-v1"] {
+        copy_stripped(&arm64.join(bin), &share.join("bin").join(bin));
+    }
+    // On this machine `guest` is the x86-64 build and `foreign_guest` the
+    // arm64 one; in the bed it is the other way round.
+    for name in guests {
+        copy(
+            &crate::foreign_guest(name),
+            &share.join("guests/arm64").join(name),
+        );
+        copy(&crate::guest(name), &share.join("guests/x86_64").join(name));
+    }
+    let native = root().join("bench/native-http/target/aarch64-unknown-linux-gnu/release");
+    for bin in ["native-http", "pause"] {
+        copy(&native.join(bin), &share.join("native").join(bin));
+    }
+    "export JITSU_BIN=/jitsu/bin/jitsu JITSU_MONITOR=/jitsu/bin/jitsu-monitor \
+     JITSU_GUESTS=/jitsu/guests/arm64 JITSU_FOREIGN_GUESTS=/jitsu/guests/x86_64 \
+     JITSU_NATIVE_BINS=/jitsu/native"
+        .to_string()
+}

@@ -12,8 +12,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use jitsu_e2e::testbed::{self, arm64_dir, copy, copy_stripped, run_in, Bed};
-use jitsu_e2e::{foreign_guest, guest};
+use jitsu_e2e::testbed::{self, arm64_dir, copy_stripped, run_in, Bed};
 
 /// Test binary, and the tests of it the bed runs (empty: all of them).
 /// The `unit-` ones are the unit tests qemu-user cannot run (`make test`
@@ -74,31 +73,14 @@ fn the_arm64_suite_passes_on_an_arm64_node() {
 
     let share = tempfile::tempdir().unwrap();
     let s = share.path();
-    let arm64 = arm64_dir();
-    for bin in ["jitsu", "jitsu-monitor", "containerd-shim-jitsu-v1"] {
-        copy_stripped(&arm64.join(bin), &s.join("bin").join(bin));
-    }
+    let env = testbed::arm64_node_share(s, GUESTS);
     for (test, _) in SUITE {
-        copy_stripped(&arm64.join("e2e").join(test), &s.join("tests").join(test));
+        copy_stripped(
+            &arm64_dir().join("e2e").join(test),
+            &s.join("tests").join(test),
+        );
     }
-    // On this machine `guest` is the x86-64 build and `foreign_guest` the
-    // arm64 one; in the bed it is the other way round.
-    for name in GUESTS {
-        copy(&foreign_guest(name), &s.join("guests/arm64").join(name));
-        copy(&guest(name), &s.join("guests/x86_64").join(name));
-    }
-    copy(
-        &jitsu_e2e::root_dir()
-            .join("bench/native-http/target/aarch64-unknown-linux-gnu/release/pause"),
-        &s.join("native/pause"),
-    );
-
-    let mut script = String::from(
-        "export JITSU_BIN=/jitsu/bin/jitsu JITSU_MONITOR=/jitsu/bin/jitsu-monitor \
-         JITSU_GUESTS=/jitsu/guests/arm64 JITSU_FOREIGN_GUESTS=/jitsu/guests/x86_64 \
-         JITSU_NATIVE_BINS=/jitsu/native RUST_BACKTRACE=1\n\
-         failed=0\n",
-    );
+    let mut script = format!("{env} RUST_BACKTRACE=1\nfailed=0\n");
     for (test, names) in SUITE {
         let filter = if names.is_empty() {
             String::new()
