@@ -37,7 +37,9 @@ build: deps guests
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu -p jitsu-monitor
 	cd bench/native-http && RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target x86_64-unknown-linux-gnu
 
-## Everything for ARM nodes (aarch64), statically linked: scripts/cross-build.sh.
+## Everything for ARM nodes (aarch64), statically linked (but the Xen
+## backend, which links the dom0's libxl), and the unikernels as arm64 Xen
+## domains: scripts/cross-build.sh.
 cross: deps
 	@scripts/cross-build.sh
 
@@ -57,6 +59,9 @@ lint:
 	  -p hello-http -p abi-test -p counter -p probe \
 	  --features hello-http/xen,abi-test/xen,counter/xen,probe/xen -- -D warnings
 	cd guest && $(DEBIAN_CLIPPY) -- -D warnings
+	cd guest && $(DEBIAN_CLIPPY) --target-dir target/xen \
+	  -p hello-http -p abi-test -p counter -p probe \
+	  --features hello-http/xen,abi-test/xen,counter/xen,probe/xen -- -D warnings
 	$(DEBIAN_CLIPPY) -p jitsu-kvm --all-targets -- -D warnings
 
 ## Every test: unit, property and end to end (needs root and /dev/kvm).
@@ -68,7 +73,7 @@ lint:
 ## suites of the test beds, each alone: an emulated machine takes both cores
 ## for minutes, which would starve the timed KVM tests.
 CONTAINERD_SUITES := containerd cri lifecycle install_node
-BED_SUITES := xen arm64
+BED_SUITES := xen arm64 xen_arm64
 # As scripts/cross-build.sh builds them: Xen's crates link the machine's
 # amd64 libxl, the end-to-end tests run in the arm64 bed, and the benchmarks
 # have no tests.
@@ -106,7 +111,9 @@ test: deps build cross lint
 	  echo "== the Xen suite, in a dom0 of the Xen test bed (scripts/testbed.sh xen)" && \
 	  $(CARGO) nextest run --release --workspace --no-fail-fast -E 'binary(xen)' && \
 	  echo "== the arm64 suite, on the arm64 test bed (scripts/testbed.sh arm64)" && \
-	  $(CARGO) nextest run --release --workspace --no-fail-fast -E 'binary(arm64)'; \
+	  $(CARGO) nextest run --release --workspace --no-fail-fast -E 'binary(arm64)' && \
+	  echo "== the Xen suite on arm64, in a dom0 of the xen-arm64 test bed" && \
+	  $(CARGO) nextest run --release --workspace --no-fail-fast -E 'binary(xen_arm64)'; \
 	fi
 
 ## Boot hello-http in a private network namespace and fetch a page, narrated.

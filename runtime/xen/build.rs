@@ -11,8 +11,12 @@ fn main() {
         .file("glue/toolstack.c")
         .warnings(true)
         .extra_warnings(true);
+    // As system headers: libxl's own trip -Wextra, and a cross build's
+    // sysroot is not a system directory to the compiler.
     for path in &libs.include_paths {
-        build.include(path);
+        build
+            .flag("-isystem")
+            .flag(path.to_str().expect("a UTF-8 include path"));
     }
     build.compile("jitsu_xen_toolstack");
     for lib in ["xenstore", "xencontrol", "xentoollog"] {

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds the arm64 test bed's image, or finds it in the cache, and prints its
 # folder: QEMU for aarch64 (Debian 12's, unpacked privately like the Xen test
-# bed's), Debian's arm64 kernel (KVM built in) and an arm64 root as one cpio:
-# containerd and runc, the CNI plugins, iproute2, procps, curl, dig, the
-# kernel's tun, bridge, veth, overlay and netfilter modules, and our /init.
+# bed's), Debian's arm64 kernel (KVM built in), Xen 4.17 for arm64, and an
+# arm64 root as one cpio: containerd and runc, the CNI plugins, iproute2,
+# procps, curl, dig, Xen's tools, the kernel's tun, bridge, veth, overlay,
+# netfilter, Xen and netback modules, and our /init. One image serves both
+# arm64 beds: `arm64` boots the kernel alone (a KVM node), `xen-arm64` boots
+# Xen with the same kernel and root as its dom0.
 #
 # The root is only unpacked (mmdebstrap's extract variant): no arm64 code
 # runs on this machine, so no binfmt handler is needed; /init does the
@@ -33,12 +36,14 @@ kernel_pkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-im
 qemu_pkgs=(qemu-system-arm qemu-system-common qemu-system-data)
 qemu_libs=(libcapstone4 libfdt1 libpmem1 librdmacm1 libibverbs1 libslirp0 libvdeplug2)
 # What the end-to-end tests call: containerd (with ctr) and runc, the CNI
-# plugins for CRI pods, ip, pgrep, curl, dig, nsenter, setpriv and xenstore-ls.
+# plugins for CRI pods, ip, pgrep, curl, dig, nsenter, setpriv and xenstore-ls;
+# xen-utils for the Xen bed's dom0 (xl, libxl, xenstored, xenconsoled), and
+# what its init and hotplug scripts call (grep, sed, bash, awk, logger, find).
 root_pkgs=(busybox-static dash coreutils libc6 containerd runc containernetworking-plugins iproute2 procps curl
-  bind9-dnsutils util-linux kmod ca-certificates xenstore-utils)
+  bind9-dnsutils util-linux kmod ca-certificates xenstore-utils xen-utils-4.17 grep sed bash mawk bsdutils findutils)
 key_input=$(
   cat "$0" "$here/init"
-  for p in "$kernel_pkg:arm64" "${root_pkgs[@]/%/:arm64}" "${qemu_pkgs[@]}"; do
+  for p in "$kernel_pkg:arm64" xen-hypervisor-4.17-arm64:arm64 "${root_pkgs[@]/%/:arm64}" "${qemu_pkgs[@]}"; do
     echo "$p $(candidate "$p")"
   done
 )
@@ -65,12 +70,15 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 started=$SECONDS
 
-log "fetching QEMU and $kernel_pkg (arm64)"
+log "fetching QEMU, Xen and $kernel_pkg (arm64)"
 mkdir debs
-(cd debs && apt-get download -qq -o APT::Sandbox::User=root "${qemu_pkgs[@]}" "$kernel_pkg:arm64" >/dev/null)
+(cd debs && apt-get download -qq -o APT::Sandbox::User=root "${qemu_pkgs[@]}" "$kernel_pkg:arm64" \
+  xen-hypervisor-4.17-arm64:arm64 >/dev/null)
 for deb in debs/qemu-*; do dpkg-deb -x "$deb" qemu; done
 dpkg-deb -x debs/"$kernel_pkg"_*.deb kernel
+dpkg-deb -x debs/xen-hypervisor-4.17-arm64_*.deb xenpkg
 cp kernel/boot/vmlinuz-* vmlinuz
+cp xenpkg/boot/xen-4.17-arm64 xen
 kver=$(ls kernel/lib/modules)
 
 log "unpacking the arm64 root (mmdebstrap)"
@@ -85,17 +93,19 @@ cp -a "$mods"/modules.* "root/lib/modules/$kver/"
   "lib/modules/$kver/kernel/drivers/net/veth.ko"* "lib/modules/$kver/kernel/fs/overlayfs" \
   "lib/modules/$kver/kernel/net/sched" "lib/modules/$kver/kernel/net/netfilter" \
   "lib/modules/$kver/kernel/net/ipv4/netfilter" "lib/modules/$kver/kernel/net/ipv6/netfilter" \
+  "lib/modules/$kver/kernel/drivers/xen" "lib/modules/$kver/kernel/drivers/net/xen-netback" \
   -name '*.ko*' | cpio -pdm --quiet ../root)
 # The machine's depmod reads any architecture's modules.
 depmod -b root "$kver"
 install -m 0755 "$here/init" root/init
 (cd root && find . | cpio -o -H newc --quiet) >root.cpio
-rm -rf root debs kernel
+rm -rf root debs kernel xenpkg
 
 echo "$key_input" >inputs
 touch done
 rm -rf "$image"
-mv "$work" "$image"
+# Another build that got here first leaves a folder that -T will not replace.
+mv -T "$work" "$image" 2>/dev/null || [[ -f $image/done ]]
 trap - EXIT
 log "image $key built in $((SECONDS - started)) s"
 echo "$image"

@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::root;
 
 /// A Xen guest by name: `$JITSU_XEN_GUESTS/NAME`, else the guest
-/// workspace's Xen build.
+/// workspace's Xen build for x86-64.
 pub fn xen_guest(name: &str) -> PathBuf {
     let dir = std::env::var_os("JITSU_XEN_GUESTS").map_or_else(
         || root().join("guest/target/xen/x86_64-unknown-linux-gnu/release"),
@@ -25,6 +25,8 @@ pub enum Bed {
     Xen,
     /// A Debian arm64 node with KVM.
     Arm64,
+    /// Xen 4.17 for arm64, the arm64 node's kernel and root as its dom0.
+    XenArm64,
 }
 
 impl Bed {
@@ -32,6 +34,15 @@ impl Bed {
         match self {
             Bed::Xen => "xen",
             Bed::Arm64 => "arm64",
+            Bed::XenArm64 => "xen-arm64",
+        }
+    }
+
+    /// The folder of the script that builds the bed's image.
+    fn image_dir(self) -> &'static str {
+        match self {
+            Bed::Xen => "xen-testbed",
+            Bed::Arm64 | Bed::XenArm64 => "arm64-testbed",
         }
     }
 }
@@ -39,6 +50,19 @@ impl Bed {
 /// A release binary of this workspace by name.
 pub fn release_bin(name: &str) -> PathBuf {
     root().join("target/release").join(name)
+}
+
+/// An arm64 Xen guest by name, as the Image libxl boots (`make cross`).
+pub fn xen_arm64_guest(name: &str) -> PathBuf {
+    root()
+        .join("guest/target/xen/aarch64-unknown-linux-gnu/release/image")
+        .join(name)
+}
+
+/// The cross build of the Xen backend's monitor for arm64, linked against
+/// the arm64 dom0's libxl (`make cross`).
+pub fn xen_arm64_monitor() -> PathBuf {
+    root().join("target/xen-arm64/aarch64-unknown-linux-gnu/release/jitsu-xen-monitor")
 }
 
 /// The cross build of the workspace for arm64 (`make cross`).
@@ -84,7 +108,7 @@ pub fn copy(from: &Path, to: &Path) {
 
 /// The bed's image folder (built, or found in the cache).
 pub fn image(bed: Bed) -> PathBuf {
-    let out = Command::new(root().join(format!("scripts/{}-testbed/image.sh", bed.name())))
+    let out = Command::new(root().join(format!("scripts/{}/image.sh", bed.image_dir())))
         .output()
         .expect("image.sh");
     assert!(

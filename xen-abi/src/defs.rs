@@ -151,6 +151,51 @@ pub struct SharedInfo {
     pub wc_sec_hi: u32,
 }
 
+/// The arm64 forms of the structures above (`arch-arm.h`): no time or
+/// per-architecture words in a vCPU's info (the guest reads the generic
+/// timer), and one legacy vCPU slot in the shared info page.
+pub mod arm64 {
+    use super::{VcpuTimeInfo, EVTCHN_WORDS};
+
+    #[repr(C)]
+    pub struct VcpuInfo {
+        pub evtchn_upcall_pending: u8,
+        pub evtchn_upcall_mask: u8,
+        pub evtchn_pending_sel: u64,
+        /// Not kept current on arm64.
+        pub time: VcpuTimeInfo,
+    }
+
+    pub const LEGACY_MAX_VCPUS: usize = 1;
+    #[repr(C)]
+    pub struct SharedInfo {
+        pub vcpu_info: [VcpuInfo; LEGACY_MAX_VCPUS],
+        pub evtchn_pending: [u64; EVTCHN_WORDS],
+        pub evtchn_mask: [u64; EVTCHN_WORDS],
+        pub wc_version: u32,
+        pub wc_sec: u32,
+        pub wc_nsec: u32,
+        pub wc_sec_hi: u32,
+    }
+
+    /// The header of an arm64 Linux `Image`, the one kernel format libxl
+    /// boots on arm64 (`Documentation/arm64/booting.rst`): the image is
+    /// loaded at RAM base + `text_offset` and entered at its first byte.
+    pub const IMAGE_MAGIC: u32 = 0x644d_5241;
+    pub const IMAGE_MAGIC_OFFSET: usize = 0x38;
+    pub const IMAGE_HEADER_BYTES: usize = 64;
+
+    /// `hvc` immediate of a Xen hypercall; the number goes in x16.
+    pub const HYPERCALL_IMM: u16 = 0xea1;
+
+    const _: () = {
+        assert!(core::mem::size_of::<VcpuInfo>() == 48);
+        assert!(core::mem::offset_of!(SharedInfo, evtchn_pending) == 48);
+        assert!(core::mem::offset_of!(SharedInfo, evtchn_mask) == 560);
+        assert!(core::mem::offset_of!(SharedInfo, wc_version) == 1072);
+    };
+}
+
 /// `grant_table.h`, version 1 entries.
 pub const GTF_PERMIT_ACCESS: u16 = 1;
 pub const GTF_READONLY: u16 = 1 << 2;

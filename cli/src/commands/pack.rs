@@ -143,8 +143,11 @@ pub fn run(args: PackArgs) -> Result<u8> {
 /// checked as a PVH kernel here (a KVM build once its memory is known).
 fn build_arch(bytes: &[u8], xen: bool) -> Result<Arch> {
     if xen {
-        jitsu_xen_abi::image::check(bytes).context("not a Xen PVH kernel")?;
-        return Ok(Arch::Amd64);
+        let kind = jitsu_xen_abi::image::check(bytes).context("not a Xen PVH kernel")?;
+        return Ok(match kind {
+            jitsu_xen_abi::image::KernelKind::Arm64Image => Arch::ARM64,
+            _ => Arch::Amd64,
+        });
     }
     binary_arch(bytes)
 }

@@ -100,7 +100,16 @@ fn crash() -> i32 {
 
 #[cfg(feature = "xen")]
 fn crash() -> i32 {
-    // SAFETY: none needed; ud2 raises #UD, which ends the domain.
-    unsafe { core::arch::asm!("ud2") };
+    // SAFETY: none needed; the instruction raises an undefined-instruction
+    // exception (x86-64: #UD with no handler, a triple fault; arm64: the
+    // SDK's vectors report it), which ends the domain.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("ud2")
+    };
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("udf #0")
+    };
     0
 }

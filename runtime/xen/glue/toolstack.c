@@ -149,14 +149,17 @@ int jx_create_paused(struct jx *jx, const struct jx_spec *spec, uint32_t *domid)
     libxl_domain_config_dispose(&config);
     if (rc)
         return rc;
+#if defined(__x86_64__)
     /* A triple fault is a crash, not the reboot Xen makes of it by default:
-     * a unikernel that faults with no handler left must be reported. */
+     * a unikernel that faults with no handler left must be reported. (On
+     * arm64 there is no triple fault: a guest's vectors report and crash.) */
     if (xc_hvm_param_set(jx->xc, *domid, HVM_PARAM_TRIPLE_FAULT_REASON, SHUTDOWN_crash)) {
         int saved = errno;
         libxl_domain_destroy(jx->ctx, *domid, NULL);
         errno = saved;
         return ERROR_FAIL;
     }
+#endif
     return 0;
 }
 
@@ -258,6 +261,24 @@ void jx_watch_drain(struct jx *jx)
     (void)n;
 }
 
+#if defined(__aarch64__)
+/* vCPU 0's registers, in the x86 names' slots: pc, sp (EL1), cpsr, x0,
+ * sctlr, (nothing), ttbr0. */
+int jx_vcpu_regs(struct jx *jx, uint32_t domid, struct jx_regs *out)
+{
+    vcpu_guest_context_any_t ctx;
+    if (xc_vcpu_getcontext(jx->xc, domid, 0, &ctx))
+        return -1;
+    out->rip = ctx.c.user_regs.pc64;
+    out->rsp = ctx.c.user_regs.sp_el1;
+    out->rflags = ctx.c.user_regs.cpsr;
+    out->rax = ctx.c.user_regs.x0;
+    out->cr0 = ctx.c.sctlr;
+    out->cr2 = 0;
+    out->cr3 = ctx.c.ttbr0;
+    return 0;
+}
+#else
 /* A PVH vCPU's registers, from its saved HVM context. */
 int jx_vcpu_regs(struct jx *jx, uint32_t domid, struct jx_regs *out)
 {
@@ -273,6 +294,7 @@ int jx_vcpu_regs(struct jx *jx, uint32_t domid, struct jx_regs *out)
     out->rax = cpu.rax;
     return 0;
 }
+#endif
 
 void jx_free(void *p)
 {

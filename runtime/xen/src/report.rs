@@ -50,9 +50,16 @@ impl GuestReport for Report {
         match &self.outcome {
             Outcome::Exited(_) | Outcome::Stopped => None,
             Outcome::Rebooted => Some("guest asked to reboot; ended instead".into()),
+            #[cfg(not(target_arch = "aarch64"))]
             Outcome::Crashed { reason, registers: Some(r) } => Some(format!(
                 "guest {reason}\nrip={:#018x} rsp={:#018x} rflags={:#x} rax={:#x}\ncr0={:#x} cr2={:#x} cr3={:#x}",
                 r.rip, r.rsp, r.rflags, r.rax, r.cr0, r.cr2, r.cr3
+            )),
+            // The glue puts arm64's registers in the same slots.
+            #[cfg(target_arch = "aarch64")]
+            Outcome::Crashed { reason, registers: Some(r) } => Some(format!(
+                "guest {reason}\npc={:#018x} sp={:#018x} cpsr={:#x} x0={:#x}\nsctlr={:#x} ttbr0={:#x}",
+                r.rip, r.rsp, r.rflags, r.rax, r.cr0, r.cr3
             )),
             Outcome::Crashed { reason, registers: None } => Some(format!("guest {reason}")),
             Outcome::Vanished => Some("the domain was destroyed by someone else".into()),

@@ -1,12 +1,17 @@
-//! Event channels (2-level ABI) and Xen's clock, both from the shared info
-//! page. The guest never enables interrupts: it blocks in `SCHEDOP_poll` on
-//! the ports it waits for, and clears their pending bits itself.
+//! Event channels (2-level ABI), through the shared info page. The guest
+//! never takes an interrupt: it blocks until a port it waits for is pending
+//! (or a deadline passes) and clears the pending bits itself. How it blocks
+//! and keeps time is the architecture's (`time.rs` in `x86_64/`, `aarch64/`).
 
-use core::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use super::hypercall;
 use super::page::Frame;
+#[cfg(target_arch = "aarch64")]
+use jitsu_xen_abi::defs::arm64::SharedInfo;
 use jitsu_xen_abi::defs::*;
+
+pub use super::arch::time::{system_time_nanos, wait};
 
 static SHARED_INFO_FRAME: Frame = Frame::new();
 static SHARED: AtomicPtr<SharedInfo> = AtomicPtr::new(core::ptr::null_mut());
@@ -31,7 +36,7 @@ pub fn init() -> Result<(), i64> {
     Ok(())
 }
 
-fn shared() -> *mut SharedInfo {
+pub(super) fn shared() -> *mut SharedInfo {
     SHARED.load(Ordering::Acquire)
 }
 
@@ -53,6 +58,13 @@ fn pending_word(port: u32) -> Option<&'static AtomicU64> {
 pub fn take(port: u32) -> bool {
     let bit = 1u64 << (port % 64);
     pending_word(port).is_some_and(|word| word.fetch_and(!bit, Ordering::AcqRel) & bit != 0)
+}
+
+/// Whether `port` is pending (its bit is left as it is): arm64's wait
+/// looks; x86-64's leaves it to Xen's poll.
+#[cfg(target_arch = "aarch64")]
+pub fn pending(port: u32) -> bool {
+    pending_word(port).is_some_and(|word| word.load(Ordering::Acquire) & (1u64 << (port % 64)) != 0)
 }
 
 /// Tells the other end of `port`.
@@ -91,77 +103,4 @@ pub fn bind_interdomain(remote: u16, remote_port: u32) -> Result<u32, i64> {
 pub fn close(port: u32) {
     let mut close = EvtchnClose { port };
     hypercall::event_channel_op(EVTCHNOP_CLOSE, &mut close);
-}
-
-/// Blocks until one of `ports` is pending or `timeout_nanos` passed
-/// (`u64::MAX`: no deadline). Pending bits are left for the caller.
-pub fn wait(ports: &[u32], timeout_nanos: u64) {
-    let timeout = if timeout_nanos == u64::MAX {
-        0
-    } else {
-        system_time_nanos().saturating_add(timeout_nanos.max(1))
-    };
-    let mut poll = SchedPoll {
-        ports: ports.as_ptr(),
-        nr_ports: ports.len() as u32,
-        timeout,
-    };
-    hypercall::sched_op(SCHEDOP_POLL, &mut poll);
-}
-
-/// A consistent copy of vCPU 0's time info (Xen bumps `version` around updates).
-fn time_info() -> Option<(u64, u64, u32, i8)> {
-    let shared = shared();
-    if shared.is_null() {
-        return None;
-    }
-    loop {
-        // SAFETY: the page is mapped for good; the fields are read with
-        // volatile loads between two reads of the version, as Xen asks.
-        unsafe {
-            let time = core::ptr::addr_of!((*shared).vcpu_info[0].time);
-            let version = core::ptr::read_volatile(core::ptr::addr_of!((*time).version));
-            fence(Ordering::Acquire);
-            let tsc = core::ptr::read_volatile(core::ptr::addr_of!((*time).tsc_timestamp));
-            let system = core::ptr::read_volatile(core::ptr::addr_of!((*time).system_time));
-            let mul = core::ptr::read_volatile(core::ptr::addr_of!((*time).tsc_to_system_mul));
-            let shift = core::ptr::read_volatile(core::ptr::addr_of!((*time).tsc_shift));
-            fence(Ordering::Acquire);
-            if version & 1 == 0
-                && version == core::ptr::read_volatile(core::ptr::addr_of!((*time).version))
-            {
-                return Some((tsc, system, mul, shift));
-            }
-        }
-    }
-}
-
-fn scale(delta: u64, mul: u32, shift: i8) -> u64 {
-    let delta = if shift >= 0 {
-        delta << shift
-    } else {
-        delta >> -shift
-    };
-    ((delta as u128 * mul as u128) >> 32) as u64
-}
-
-/// Xen's system time: nanoseconds since the hypervisor booted.
-pub fn system_time_nanos() -> u64 {
-    let Some((tsc, system, mul, shift)) = time_info() else {
-        return 0;
-    };
-    system + scale(crate::clock::counter().saturating_sub(tsc), mul, shift)
-}
-
-/// The TSC's rate, from the scale Xen publishes (ticks → nanoseconds).
-pub fn counter_hz() -> u64 {
-    let Some((_, _, mul, shift)) = time_info() else {
-        return 1;
-    };
-    let hz = (1_000_000_000u128 << 32) / mul.max(1) as u128;
-    (if shift >= 0 {
-        hz >> shift
-    } else {
-        hz << -shift
-    }) as u64
 }

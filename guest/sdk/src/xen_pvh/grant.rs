@@ -11,27 +11,45 @@ use super::hypercall;
 use super::page::Frame;
 use jitsu_xen_abi::defs::*;
 
-const FRAMES: usize = 8;
+pub const FRAMES: usize = 8;
 const ENTRIES: u32 = (FRAMES * 4096 / 8) as u32;
 
 static TABLE: [Frame; FRAMES] = [const { Frame::new() }; FRAMES];
+/// Where the table's frames go when the domain was given a region for them
+/// (arm64: the device tree's `/hypervisor` region); 0: over `TABLE`.
+static REGION: AtomicU64 = AtomicU64::new(0);
 static NEXT: AtomicU32 = AtomicU32::new(GNTTAB_NR_RESERVED_ENTRIES);
 static MAPPED: AtomicU32 = AtomicU32::new(0);
 /// References given back, one bit each.
 static FREE: [AtomicU64; (ENTRIES / 64) as usize] =
     [const { AtomicU64::new(0) }; (ENTRIES / 64) as usize];
 
+/// Maps the table's frames at `base` (a region with no RAM behind it, at
+/// least `FRAMES` pages) instead of over frames of the image. Called once,
+/// before the first grant.
+#[cfg(target_arch = "aarch64")]
+pub fn place_at(base: u64) {
+    REGION.store(base, Ordering::Relaxed);
+}
+
+fn frame_addr(idx: usize) -> u64 {
+    match REGION.load(Ordering::Relaxed) {
+        0 => TABLE[idx].addr(),
+        base => base + idx as u64 * 4096,
+    }
+}
+
 fn init() -> Result<(), i64> {
     if MAPPED.load(Ordering::Acquire) != 0 {
         return Ok(());
     }
-    for (idx, frame) in TABLE.iter().enumerate() {
+    for idx in 0..FRAMES {
         let mut map = AddToPhysmap {
             domid: DOMID_SELF,
             size: 0,
             space: XENMAPSPACE_GRANT_TABLE,
             idx: idx as u64,
-            gpfn: frame.gfn(),
+            gpfn: frame_addr(idx) >> 12,
         };
         let rc = hypercall::memory_op(XENMEM_ADD_TO_PHYSMAP, &mut map);
         if rc != 0 {
@@ -43,8 +61,7 @@ fn init() -> Result<(), i64> {
 }
 
 fn entry(gref: u32) -> *mut GrantEntryV1 {
-    let frame = &TABLE[(gref / 512) as usize];
-    (frame.addr() as *mut GrantEntryV1).wrapping_add((gref % 512) as usize)
+    (frame_addr((gref / 512) as usize) as *mut GrantEntryV1).wrapping_add((gref % 512) as usize)
 }
 
 /// A reference nobody holds: one given back, else a fresh one.

@@ -1,8 +1,11 @@
-//! Xen PVH domains (x86-64): the guest runs in long mode it sets up itself
-//! (`start.rs`), calls Xen through the hypercall page, and talks to dom0
-//! through shared rings: console, XenStore, netfront (grant tables and event
-//! channels underneath). Xen's structures and the ring protocol are in
-//! `xen-abi/` (`jitsu-xen-abi`), where they are tested on the host.
+//! Xen domains of libxl's type PVH: on x86-64 and on arm64. The guest talks
+//! to dom0 through shared rings: console, XenStore, netfront (grant tables
+//! and event channels underneath), the same code on both. What differs is
+//! in one folder per architecture, with the same parts in each: `start`
+//! (entry and memory), `hypercall` (how a call reaches Xen) and `time` (the
+//! clock, and blocking until an event or a deadline). Xen's structures and
+//! the ring protocol are in `xen-abi/` (`jitsu-xen-abi`), where they are
+//! tested on the host.
 
 pub(crate) mod conduit;
 mod console;
@@ -12,20 +15,18 @@ mod hypercall;
 pub(crate) mod net;
 mod netconfig;
 mod page;
-mod start;
 pub(crate) mod xenstore;
+
+#[cfg_attr(target_arch = "x86_64", path = "x86_64/mod.rs")]
+#[cfg_attr(target_arch = "aarch64", path = "aarch64/mod.rs")]
+mod arch;
+
+pub(crate) use arch::counter;
 
 use defs::*;
 use jitsu_xen_abi::defs;
 
 pub(crate) const NAME: &str = "xen-pvh";
-
-/// The TSC, which Xen's time info scales to system time.
-#[inline]
-pub(crate) fn counter() -> u64 {
-    // SAFETY: rdtsc reads a counter; the domain's CR4.TSD is clear.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
 
 pub(crate) fn console_write(bytes: &[u8]) {
     console::write(bytes);
@@ -56,6 +57,28 @@ pub(crate) fn halt(status: u8) -> ! {
     let _ = xenstore::write("data/exit-status", text.as_str());
     console::drain();
     shutdown(SHUTDOWN_POWEROFF)
+}
+
+/// What every architecture's start does once the machine is set up and the
+/// console works: the heap, XenStore, the network's configuration, main.
+fn run(cmdline: &'static str, mem_size: u64, heap: (u64, u64)) -> ! {
+    crate::heap::init(heap.0, heap.1);
+    if let Err(err) = xenstore::init() {
+        crate::println!("xen: XenStore: {err}");
+        shutdown(SHUTDOWN_CRASH);
+    }
+    let net = match netconfig::read() {
+        Ok(net) => net,
+        Err(err) => {
+            crate::println!("xen: network configuration: {err}");
+            shutdown(SHUTDOWN_CRASH);
+        }
+    };
+    crate::run_main(crate::boot::Boot {
+        cmdline,
+        mem_size,
+        net,
+    })
 }
 
 fn shutdown(reason: u32) -> ! {

@@ -8,10 +8,8 @@
 use core::arch::global_asm;
 use core::mem::{size_of, size_of_val};
 
-use jitsu_abi::NetConfig;
-
-use super::{console, events, hypercall, netconfig, xenstore};
-use crate::boot::Boot;
+use super::{hypercall, time};
+use crate::platform::{console, events};
 use jitsu_xen_abi::defs::*;
 
 /// Stack for the whole run (the heap takes the rest of RAM).
@@ -112,7 +110,7 @@ extern "C" {
 
 /// Status for a platform that cannot even start (Xen sees a crash).
 fn fail() -> ! {
-    super::shutdown(SHUTDOWN_CRASH)
+    crate::platform::shutdown(SHUTDOWN_CRASH)
 }
 
 extern "C" fn rust_start(start_info: u32, entry_counter: u64) -> ! {
@@ -126,7 +124,7 @@ extern "C" fn rust_start(start_info: u32, entry_counter: u64) -> ! {
     if events::init().is_err() {
         fail();
     }
-    crate::clock::init(entry_counter, events::counter_hz());
+    crate::clock::init(entry_counter, time::counter_hz());
     if console::init().is_err() {
         fail();
     }
@@ -138,23 +136,7 @@ extern "C" fn rust_start(start_info: u32, entry_counter: u64) -> ! {
         fail();
     }
     let (mem_size, heap_start, heap_end) = memory(info);
-    crate::heap::init(heap_start, heap_end);
-    if let Err(err) = xenstore::init() {
-        crate::println!("xen-pvh: XenStore: {err}");
-        fail();
-    }
-    let net: Option<NetConfig> = match netconfig::read() {
-        Ok(net) => net,
-        Err(err) => {
-            crate::println!("xen-pvh: network configuration: {err}");
-            fail();
-        }
-    };
-    crate::run_main(Boot {
-        cmdline: cmdline(info),
-        mem_size,
-        net,
-    })
+    crate::platform::run(cmdline(info), mem_size, (heap_start, heap_end))
 }
 
 /// Total RAM, and the heap's range: from past the image and what Xen's
