@@ -140,9 +140,11 @@ pub struct VcpuInfo {
 pub const LEGACY_MAX_VCPUS: usize = 32;
 /// Event channels of the 2-level ABI: one bit each in these words.
 pub const EVTCHN_WORDS: usize = 64;
+/// The shared info page: `N` legacy vCPU slots of an architecture's
+/// `V`, then the event channel words and the wall clock.
 #[repr(C)]
-pub struct SharedInfo {
-    pub vcpu_info: [VcpuInfo; LEGACY_MAX_VCPUS],
+pub struct SharedInfoOf<V, const N: usize> {
+    pub vcpu_info: [V; N],
     pub evtchn_pending: [u64; EVTCHN_WORDS],
     pub evtchn_mask: [u64; EVTCHN_WORDS],
     pub wc_version: u32,
@@ -150,12 +152,13 @@ pub struct SharedInfo {
     pub wc_nsec: u32,
     pub wc_sec_hi: u32,
 }
+pub type SharedInfo = SharedInfoOf<VcpuInfo, LEGACY_MAX_VCPUS>;
 
 /// The arm64 forms of the structures above (`arch-arm.h`): no time or
 /// per-architecture words in a vCPU's info (the guest reads the generic
 /// timer), and one legacy vCPU slot in the shared info page.
 pub mod arm64 {
-    use super::{VcpuTimeInfo, EVTCHN_WORDS};
+    use super::VcpuTimeInfo;
 
     #[repr(C)]
     pub struct VcpuInfo {
@@ -167,16 +170,7 @@ pub mod arm64 {
     }
 
     pub const LEGACY_MAX_VCPUS: usize = 1;
-    #[repr(C)]
-    pub struct SharedInfo {
-        pub vcpu_info: [VcpuInfo; LEGACY_MAX_VCPUS],
-        pub evtchn_pending: [u64; EVTCHN_WORDS],
-        pub evtchn_mask: [u64; EVTCHN_WORDS],
-        pub wc_version: u32,
-        pub wc_sec: u32,
-        pub wc_nsec: u32,
-        pub wc_sec_hi: u32,
-    }
+    pub type SharedInfo = super::SharedInfoOf<VcpuInfo, LEGACY_MAX_VCPUS>;
 
     /// The header of an arm64 Linux `Image`, the one kernel format libxl
     /// boots on arm64 (`Documentation/arm64/booting.rst`): the image is
