@@ -11,24 +11,28 @@ mkdir -p "$OUT"
 
 # Every image carries the x86-64 and the arm64 build under one name (an OCI
 # image index): containerd on each node unpacks and runs its own.
-kernels() { echo --kernel "$GUESTS/$1" --kernel "$ARM64_GUESTS/$1"; }
+pack() {
+  local guest=$1
+  shift
+  "$JITSU" pack --kernel "$GUESTS/$guest" --kernel "$ARM64_GUESTS/$guest" "$@"
+}
 
 # hello: the HTTP unikernel, parked until its first packet or lookup,
 # parked again after 30 s idle, registered as hello.jitsu.internal.
-"$JITSU" pack $(kernels hello-http) --name jitsu/hello:latest \
+pack hello-http --name jitsu/hello:latest \
   --dns-name hello --idle-timeout 30s -o "$OUT/hello.tar"
 
 # hello-eager: the same unikernel, booted as soon as its task starts.
-"$JITSU" pack $(kernels hello-http) --name jitsu/hello-eager:latest \
+pack hello-http --name jitsu/hello-eager:latest \
   --boot eager -o "$OUT/hello-eager.tar"
 
 # counter and hello-counter: the Conduit pair. The counter keeps a count
 # for whoever asks over Conduit (its name: counter); hello-counter is
 # hello-http showing each page's visit number, asked of the counter. Both
 # park; a page boots hello-counter, whose question boots the counter.
-"$JITSU" pack $(kernels counter) --name jitsu/counter:latest \
+pack counter --name jitsu/counter:latest \
   --conduit counter --idle-timeout 30s -o "$OUT/counter.tar"
-"$JITSU" pack $(kernels hello-http) --name jitsu/hello-counter:latest \
+pack hello-http --name jitsu/hello-counter:latest \
   --conduit hello-counter --dns-name hello-counter --idle-timeout 30s \
   --cmdline "hello-counter counter=counter" -o "$OUT/hello-counter.tar"
 

@@ -40,14 +40,15 @@ done
 # The aarch64 cross toolchain (`make cross`): Debian's rustc, whose arm64
 # std is an arm64 package (hence the foreign architecture), GNU's cross
 # linker, and qemu-user to run the arm64 unit tests. rustup cannot fetch
-# other targets here. kmod's depmod indexes the arm64 test bed's modules.
+# other targets here; the C library for aarch64 is only a recommendation of
+# the cross gcc, so it is named. kmod's depmod indexes the arm64 test bed's modules.
 update=
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
   echo "install-deps: adding the arm64 architecture"
   dpkg --add-architecture arm64
   update=1
 fi
-for pkg in rustc-web cargo-web rust-web-clippy gcc-aarch64-linux-gnu qemu-user-static libstd-rust-web-dev:arm64 kmod; do
+for pkg in rustc-web cargo-web rust-web-clippy gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static libstd-rust-web-dev:arm64 kmod; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 

@@ -7,6 +7,9 @@
 #          KVM runs arm64 guests nested; see arm64-testbed/image.sh)
 #   xen-arm64  Xen 4.17 for arm64 with the arm64 bed's kernel and root as
 #          its dom0 (the same image)
+#   x86    the xen bed's kernel and root without Xen: an x86-64 node whose
+#          KVM runs our guests nested under the same emulation as arm64's
+#          (the baseline of the arm64 bed's benchmark rows)
 #
 #   testbed.sh BED run [--share DIR] [--] COMMAND [ARG...]
 #       boots, runs COMMAND there (cwd /jitsu, DIR's contents copied there),
@@ -26,10 +29,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-usage() { sed -n '11,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '14,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 (($# >= 2)) || usage
 bed=$1 mode=$2; shift 2
-case $bed in xen | arm64 | xen-arm64) ;; *) usage ;; esac
+case $bed in xen | arm64 | xen-arm64 | x86) ;; *) usage ;; esac
 share=
 while (($#)); do
   case $1 in
@@ -44,7 +47,10 @@ case $mode in
   *) usage ;;
 esac
 
-image=$("$here/${bed#xen-}-testbed/image.sh")
+case $bed in
+  xen | x86) image=$("$here/xen-testbed/image.sh") ;;
+  *) image=$("$here/arm64-testbed/image.sh") ;;
+esac
 stage=$(mktemp -d "/tmp/jitsu-$bed.XXXXXX")
 qemu_pid=
 cleanup() {
@@ -70,6 +76,12 @@ fi
 (cd "$stage/payload" && find jitsu | cpio -o -H newc --quiet) >"$stage/payload.cpio"
 
 mem=${JITSU_TESTBED_MEM:-3072}
+# The x86-64 machine of the xen and x86 beds (see xen below for its CPU).
+x86_machine=(
+  "$image/qemu/usr/bin/qemu-system-x86_64" -L "$image/qemu/usr/share/qemu" -L "$image/qemu/usr/share/seabios"
+  -machine q35 -cpu qemu64,+svm,+npt -m "$mem" -smp 2
+  -display none -vga none -nic none -no-reboot
+)
 case $bed in
 xen)
   root_cpio=dom0.cpio
@@ -79,11 +91,16 @@ xen)
   # multiboot modules separated by commas (a comma inside one would be
   # written twice).
   qemu=(
-    "$image/qemu/usr/bin/qemu-system-x86_64" -L "$image/qemu/usr/share/qemu" -L "$image/qemu/usr/share/seabios"
-    -machine q35 -cpu qemu64,+svm,+npt -m "$mem" -smp 2
-    -display none -vga none -nic none -no-reboot
-    -kernel "$image/xen" -append "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M"
+    "${x86_machine[@]}" -kernel "$image/xen" -append "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M"
     -initrd "$image/vmlinuz console=hvc0 earlyprintk=xen loglevel=3,$stage/initrd"
+  ) ;;
+x86)
+  root_cpio=dom0.cpio
+  # QEMU emulates SVM with nested paging, so the kernel's kvm_amd comes up
+  # and runs our guests nested, as the arm64 bed's KVM does under EL2.
+  qemu=(
+    "${x86_machine[@]}" -kernel "$image/vmlinuz" -initrd "$stage/initrd"
+    -append "console=ttyS0 loglevel=3 jitsu.bed=x86"
   ) ;;
 arm64)
   root_cpio=root.cpio
@@ -135,6 +152,9 @@ qemu_pid=$!
       # which Xen on arm64 under QEMU never completes.
       "=== jitsu: exit "*) kill "$qemu_pid" 2>/dev/null; break ;;
       "=== jitsu: "*" ready "*) go=1 ;;
+      # The init's own warnings (a module that did not load) come before
+      # the ready marker; they go to stderr.
+      "=== jitsu: "*) [[ -n $go ]] && printf '%s\n' "$line" || printf 'testbed: %s\n' "${line#=== jitsu: }" >&2 ;;
       *"Initramfs unpacking failed"* | *"Kernel panic"* | *"Panic on CPU"*)
         if [[ -z $go ]]; then
           echo "testbed: the $bed machine failed to start: $line" >&2

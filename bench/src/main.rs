@@ -2,7 +2,6 @@
 //! baseline measured in the same run, because these machines are noisy.
 //! Benchmarks measure; they assert nothing (that is what tests are for).
 
-mod arm64;
 mod bed;
 mod conduit;
 mod containerd;
@@ -10,6 +9,7 @@ mod cri;
 mod dns;
 mod lazy;
 mod monitor;
+mod node_bed;
 mod parking;
 mod stats;
 mod timeline;
@@ -22,9 +22,9 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("xen-dom0") {
         return xen::dom0_rows(quick);
     }
-    // On the arm64 test bed (started by the `arm64` section).
-    if std::env::args().nth(1).as_deref() == Some("arm64-node") {
-        return arm64::node_rows(quick);
+    // On a KVM node bed (started by the `arm64` and `x86-emulated` sections).
+    if std::env::args().nth(1).as_deref() == Some("bed-node") {
+        return node_bed::node_rows(quick);
     }
     jitsu_e2e::require_root_and_kvm();
     let machine = machine();
@@ -69,7 +69,10 @@ fn main() -> anyhow::Result<()> {
         rows.extend(xen::rows(quick)?);
     }
     if wanted("arm64") {
-        rows.extend(arm64::rows(quick)?);
+        rows.extend(node_bed::rows(quick, jitsu_e2e::testbed::Bed::Arm64)?);
+    }
+    if wanted("x86-emulated") {
+        rows.extend(node_bed::rows(quick, jitsu_e2e::testbed::Bed::X86)?);
     }
     stats::print_table(&rows);
     Ok(())

@@ -3,7 +3,9 @@
 # folder: QEMU (Debian 12's, unpacked privately: `apt-get install
 # qemu-system-x86` conflicts with this image's qemu-utils backport), Xen 4.17
 # as a multiboot ELF, Debian's dom0 kernel, and a dom0 root (minbase,
-# xen-utils, curl, the Xen, netback, bridge, veth and tc modules, our /init) as one cpio.
+# xen-utils, curl, the Xen, netback, bridge, veth, tc and KVM modules, our
+# /init) as one cpio. The same kernel and root boot without Xen as the `x86`
+# bed: an x86-64 KVM node under the same emulation as the arm64 bed.
 #
 # The cache key is this script, the dom0 /init and the versions of the
 # packages that go in, so a change to any of them builds a new image; an
@@ -78,6 +80,8 @@ cp -a "$mods"/modules.* "root/lib/modules/$kver/"
   "lib/modules/$kver/kernel/net/bridge" "lib/modules/$kver/kernel/net/802" "lib/modules/$kver/kernel/net/llc" \
   "lib/modules/$kver/kernel/drivers/net/tun.ko"* "lib/modules/$kver/kernel/fs/overlayfs" \
   "lib/modules/$kver/kernel/drivers/net/veth.ko"* "lib/modules/$kver/kernel/net/sched" \
+  "lib/modules/$kver/kernel/arch/x86/kvm" "lib/modules/$kver/kernel/virt/lib" \
+  "lib/modules/$kver/kernel/drivers/crypto/ccp" \
   -name '*.ko*' | cpio -pdm --quiet ../root)
 chroot root /sbin/depmod "$kver"
 install -m 0755 "$here/dom0-init" root/init

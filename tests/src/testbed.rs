@@ -3,8 +3,9 @@
 //! Xen suite's and the arm64 suite's host tests and by the benchmark's `xen`
 //! and `arm64` sections.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
 
 use crate::root;
 
@@ -27,6 +28,10 @@ pub enum Bed {
     Arm64,
     /// Xen 4.17 for arm64, the arm64 node's kernel and root as its dom0.
     XenArm64,
+    /// An x86-64 Debian node with KVM under the same emulation as `Arm64`
+    /// (the Xen bed's kernel and root, without Xen): the baseline that
+    /// makes the arm64 bed's benchmark rows comparable.
+    X86,
 }
 
 impl Bed {
@@ -35,13 +40,14 @@ impl Bed {
             Bed::Xen => "xen",
             Bed::Arm64 => "arm64",
             Bed::XenArm64 => "xen-arm64",
+            Bed::X86 => "x86",
         }
     }
 
     /// The folder of the script that builds the bed's image.
     fn image_dir(self) -> &'static str {
         match self {
-            Bed::Xen => "xen-testbed",
+            Bed::Xen | Bed::X86 => "xen-testbed",
             Bed::Arm64 | Bed::XenArm64 => "arm64-testbed",
         }
     }
@@ -134,31 +140,68 @@ pub fn run_in(bed: Bed, share: &Path, script: &str) -> Command {
     cmd
 }
 
-/// Fills `share` with what an arm64 node needs to run the end-to-end
-/// fixtures: the cross build's `jitsu`, monitor and shim, `guests` for arm64
-/// and for x86-64 (the images the fixtures pack carry both), and the static
+/// Runs `script` in `bed` (as `run_in`), echoing each line of its output
+/// with `tag` in front as it comes and handing it to `each`; returns the
+/// command's status. Lines need not be UTF-8 (a guest's console is not).
+pub fn run_in_lines(
+    bed: Bed,
+    share: &Path,
+    script: &str,
+    tag: &str,
+    mut each: impl FnMut(&str),
+) -> ExitStatus {
+    let mut child = run_in(bed, share, script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("testbed.sh");
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+        let line = String::from_utf8_lossy(&line);
+        println!("{tag}{line}");
+        each(&line);
+    }
+    child.wait().expect("waiting for testbed.sh")
+}
+
+/// Fills `share` with what a KVM node bed (`Bed::Arm64` or `Bed::X86`)
+/// needs to run the end-to-end fixtures: `jitsu`, the monitor (static: the
+/// jail has no libraries) and the shim built for it, `guests` for both
+/// architectures (the images the fixtures pack carry both), and its static
 /// native server and pause program. Returns the shell line that points the
 /// fixtures at them inside the bed.
-pub fn arm64_node_share(share: &Path, guests: &[&str]) -> String {
-    let arm64 = arm64_dir();
-    for bin in ["jitsu", "jitsu-monitor", "containerd-shim-jitsu-v1"] {
-        copy_stripped(&arm64.join(bin), &share.join("bin").join(bin));
+pub fn node_share(bed: Bed, share: &Path, guests: &[&str]) -> String {
+    let (arch, bins, monitor) = match bed {
+        Bed::X86 => (
+            "x86_64",
+            root().join("target/release"),
+            root().join("target/x86_64-unknown-linux-gnu/release/jitsu-monitor"),
+        ),
+        _ => ("aarch64", arm64_dir(), arm64_dir().join("jitsu-monitor")),
+    };
+    for bin in ["jitsu", "containerd-shim-jitsu-v1"] {
+        copy_stripped(&bins.join(bin), &share.join("bin").join(bin));
     }
-    // On this machine `guest` is the x86-64 build and `foreign_guest` the
-    // arm64 one; in the bed it is the other way round.
+    copy_stripped(&monitor, &share.join("bin/jitsu-monitor"));
+    // `guest` is this machine's architecture's build, `foreign_guest` the
+    // other's; the bed's own go to `guests/own`.
+    let bed_is_this_machine = arch == std::env::consts::ARCH;
     for name in guests {
-        copy(
-            &crate::foreign_guest(name),
-            &share.join("guests/arm64").join(name),
-        );
-        copy(&crate::guest(name), &share.join("guests/x86_64").join(name));
+        let (own, other) = if bed_is_this_machine {
+            (crate::guest(name), crate::foreign_guest(name))
+        } else {
+            (crate::foreign_guest(name), crate::guest(name))
+        };
+        copy(&own, &share.join("guests/own").join(name));
+        copy(&other, &share.join("guests/other").join(name));
     }
-    let native = root().join("bench/native-http/target/aarch64-unknown-linux-gnu/release");
+    let native = root().join(format!(
+        "bench/native-http/target/{arch}-unknown-linux-gnu/release"
+    ));
     for bin in ["native-http", "pause"] {
         copy(&native.join(bin), &share.join("native").join(bin));
     }
     "export JITSU_BIN=/jitsu/bin/jitsu JITSU_MONITOR=/jitsu/bin/jitsu-monitor \
-     JITSU_GUESTS=/jitsu/guests/arm64 JITSU_FOREIGN_GUESTS=/jitsu/guests/x86_64 \
+     JITSU_GUESTS=/jitsu/guests/own JITSU_FOREIGN_GUESTS=/jitsu/guests/other \
      JITSU_NATIVE_BINS=/jitsu/native"
         .to_string()
 }

@@ -9,10 +9,7 @@
 //! and the shim that need a real arm64 kernel. Every test named here must
 //! run there and pass.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
-use jitsu_e2e::testbed::{self, arm64_dir, copy_stripped, run_in, Bed};
+use jitsu_e2e::testbed::{self, arm64_dir, copy_stripped, run_in_lines, Bed};
 
 /// Test binary, and the tests of it the bed runs (empty: all of them).
 /// The `unit-` ones are the unit tests qemu-user cannot run (`make test`
@@ -73,7 +70,7 @@ fn the_arm64_suite_passes_on_an_arm64_node() {
 
     let share = tempfile::tempdir().unwrap();
     let s = share.path();
-    let env = testbed::arm64_node_share(s, GUESTS);
+    let env = testbed::node_share(Bed::Arm64, s, GUESTS);
     for (test, _) in SUITE {
         copy_stripped(
             &arm64_dir().join("e2e").join(test),
@@ -94,15 +91,9 @@ fn the_arm64_suite_passes_on_an_arm64_node() {
     }
     script.push_str("exit $failed\n");
 
-    let mut child = run_in(Bed::Arm64, s, &script)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("testbed.sh");
     let mut results: Vec<(String, usize, usize)> = Vec::new();
     let mut current = String::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        println!("{line}");
+    let status = run_in_lines(Bed::Arm64, s, &script, "", |line| {
         if let Some(test) = line.strip_prefix("== arm64: ") {
             current = test.to_string();
         } else if let Some(summary) = line.strip_prefix("test result: ") {
@@ -120,8 +111,7 @@ fn the_arm64_suite_passes_on_an_arm64_node() {
             };
             results.push((current.clone(), count(" passed"), count(" failed")));
         }
-    }
-    let status = child.wait().unwrap();
+    });
 
     for (test, names) in SUITE {
         let (_, passed, failed) = results

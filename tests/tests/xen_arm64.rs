@@ -8,11 +8,8 @@
 //! after any time, to a crowd, and resets a kept-alive connection when it is
 //! parked again). Every test named here must run there and pass.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-
 use jitsu_e2e::testbed::{
-    self, arm64_dir, copy, copy_stripped, run_in, xen_arm64_guest, xen_arm64_monitor, Bed,
+    self, arm64_dir, copy, copy_stripped, run_in_lines, xen_arm64_guest, xen_arm64_monitor, Bed,
 };
 
 /// The suite's tests the bed runs: what is not about x86-64 (a stock Linux
@@ -64,25 +61,15 @@ fn the_xen_suite_passes_in_an_arm64_dom0() {
          exit $status",
         TESTS.join(" ")
     );
-    let mut bed = run_in(Bed::XenArm64, s, &script)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("testbed.sh");
     let mut passed = Vec::new();
-    for line in BufReader::new(bed.stdout.take().unwrap())
-        .split(b'\n')
-        .map_while(Result::ok)
-    {
-        let line = String::from_utf8_lossy(&line);
-        println!("dom0| {line}");
+    let status = run_in_lines(Bed::XenArm64, s, &script, "dom0| ", |line| {
         if let Some(name) = line
             .strip_prefix("test ")
             .and_then(|rest| rest.strip_suffix(" ... ok"))
         {
             passed.push(name.to_string());
         }
-    }
-    let status = bed.wait().unwrap();
+    });
     assert!(
         status.success(),
         "the Xen suite failed in the arm64 dom0 ({status}); its output is above"

@@ -40,7 +40,7 @@ pub(crate) fn vcpu_loop(state: &mut VcpuState) -> Outcome {
         let exit = match state.vcpu.run() {
             Ok(exit) => arch::exit::decode(exit),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Again,
-            Err(e) => Exit::Crash(format!("KVM_RUN failed: {e}")),
+            Err(e) => arch::exit::run_failed(e),
         };
         match exit {
             Exit::Hypercall { nr, data, len } => {

@@ -41,6 +41,21 @@ pub fn decode(exit: VcpuExit<'_>) -> Exit {
     }
 }
 
+/// `KVM_RUN` refused to go on. ENOSYS is KVM's answer to a guest access
+/// outside memory that it cannot hand to the monitor: an access whose
+/// syndrome does not describe it (a store with writeback, a pair), which
+/// only the plain `str` the ABI asks for avoids.
+pub fn run_failed(e: kvm_ioctls::Error) -> Exit {
+    if e.errno() == libc::ENOSYS {
+        return Exit::Crash(
+            "the guest accessed device memory (the hypercall page) with an instruction \
+             KVM cannot emulate (writeback or pair): use a plain 32-bit str"
+                .to_string(),
+        );
+    }
+    Exit::Crash(format!("KVM_RUN failed: {e}"))
+}
+
 /// Which vector took the exception: its kind, and where it came from.
 fn exception(vector: u64) -> String {
     let kind = ["synchronous exception", "IRQ", "FIQ", "SError"][(vector % 4) as usize];

@@ -26,3 +26,8 @@ pub fn decode(exit: VcpuExit<'_>) -> Exit {
         other => Exit::Crash(format!("unexpected VM exit: {other:?}")),
     }
 }
+
+/// `KVM_RUN` refused to go on.
+pub fn run_failed(e: kvm_ioctls::Error) -> Exit {
+    Exit::Crash(format!("KVM_RUN failed: {e}"))
+}
