@@ -154,7 +154,8 @@ qemu_pid=$!
       "=== jitsu: "*" ready "*) go=1 ;;
       # The init's own warnings (a module that did not load) come before
       # the ready marker; they go to stderr.
-      "=== jitsu: "*) [[ -n $go ]] && printf '%s\n' "$line" || printf 'testbed: %s\n' "${line#=== jitsu: }" >&2 ;;
+      "=== jitsu: "*)
+        if [[ -n $go ]]; then printf '%s\n' "$line"; else printf 'testbed: %s\n' "${line#=== jitsu: }" >&2; fi ;;
       *"Initramfs unpacking failed"* | *"Kernel panic"* | *"Panic on CPU"*)
         if [[ -z $go ]]; then
           echo "testbed: the $bed machine failed to start: $line" >&2
